@@ -1,0 +1,139 @@
+"""Private: per-item input activations and output gradients of the posterior's linear layers.
+
+For a single-output reward ``r`` and a linear layer ``z = W a + b`` inside it, the Jacobian of
+``r`` with respect to ``W`` for one item is the rank-one matrix ``g a^T`` with
+``g = dr/dz``, and with respect to ``b`` it is ``g``. One forward pass with hooks and one
+backward pass of ``sum_items r`` give ``a`` ``(N, in)`` and ``g`` ``(N, out)`` for every item at
+once (items in a batch do not interact in eval mode), which is all that curvature and
+predictive variance need: no per-item Jacobian is ever formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["LinearTaps", "ParamSlot", "TapResult"]
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one posterior parameter tensor lives: layer index and ``"weight"`` or ``"bias"``."""
+
+    layer: int
+    kind: str
+    numel: int
+
+
+@dataclass(frozen=True)
+class TapResult:
+    """Per-item quantities of one forward/backward pass.
+
+    Attributes:
+        output: Rewards ``(N,)`` at the MAP parameters (detached).
+        acts: Per layer, input activations ``(N, in)``.
+        grads: Per layer, output gradients ``(N, out)``.
+    """
+
+    output: torch.Tensor
+    acts: list[torch.Tensor]
+    grads: list[torch.Tensor]
+
+
+class LinearTaps:
+    """Record ``a`` and ``g`` of the linear layers that hold the posterior parameters.
+
+    Args:
+        model: Module that contains every tensor in ``params``.
+        params: The posterior's parameter tensors, in the posterior's order.
+
+    Attributes:
+        supported: Whether every parameter is the weight or bias of an ``nn.Linear``.
+        reason: Why not, when ``supported`` is False.
+        slots: One :class:`ParamSlot` per parameter, in order.
+        layers: The distinct linear modules, in order of first appearance.
+    """
+
+    def __init__(self, model: nn.Module, params: list[torch.Tensor]) -> None:
+        self.model = model
+        self.params = params
+        self.layers: list[nn.Linear] = []
+        self.slots: list[ParamSlot] = []
+        self.reason = ""
+        owner: dict[int, tuple[nn.Module, str]] = {}
+        for module in model.modules():
+            for kind, p in module.named_parameters(recurse=False):
+                owner.setdefault(id(p), (module, kind))
+        for p in params:
+            module, kind = owner.get(id(p), (None, ""))
+            if not isinstance(module, nn.Linear):
+                name = type(module).__name__ if module is not None else "an unknown module"
+                self.reason = f"a posterior parameter of shape {tuple(p.shape)} belongs to {name}"
+                break
+            if module not in self.layers:
+                self.layers.append(module)
+            self.slots.append(ParamSlot(self.layers.index(module), kind, p.numel()))
+        self.supported = not self.reason
+
+    @contextmanager
+    def _only_posterior_grads(self) -> Iterator[None]:
+        """Switch off ``requires_grad`` of non-posterior parameters so no graph is built there."""
+        ids = {id(p) for p in self.params}
+        frozen = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def run(self, forward: Callable[[], torch.Tensor]) -> TapResult:
+        """Run ``forward`` (returning rewards, any shape, one per item) and collect ``a``, ``g``.
+
+        Raises:
+            NotImplementedError: If a layer is called twice or sees inputs that are not 2-D.
+        """
+        inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        outputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
+
+        def make_hook(i: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+                inputs[i].append(inp[0])
+                outputs[i].append(out)
+
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(self.layers)]
+        try:
+            with torch.enable_grad(), self._only_posterior_grads():
+                reward = forward().reshape(-1)
+                for i, (ins, outs) in enumerate(zip(inputs, outputs, strict=True)):
+                    if len(outs) != 1 or ins[0].ndim != 2:
+                        shapes = [tuple(t.shape) for t in ins]
+                        raise NotImplementedError(
+                            f"linear layer {i} ({self.layers[i]}) was called {len(outs)} times "
+                            f"with inputs {shapes}; the fast path needs one call on (N, in) "
+                            "inputs per forward"
+                        )
+                grads = torch.autograd.grad(reward.sum(), [o[0] for o in outputs])
+        finally:
+            for h in handles:
+                h.remove()
+        acts = [ins[0].detach() for ins in inputs]
+        return TapResult(reward.detach(), acts, [g.detach() for g in grads])
+
+    def jacobian(self, result: TapResult) -> torch.Tensor:
+        """Per-item Jacobian ``(N, P)`` rebuilt from ``a`` and ``g`` (for small ``P`` only)."""
+        blocks = []
+        for slot in self.slots:
+            g, a = result.grads[slot.layer], result.acts[slot.layer]
+            if slot.kind == "weight":
+                blocks.append((g[:, :, None] * a[:, None, :]).flatten(1))
+            else:
+                blocks.append(g)
+        return torch.cat(blocks, dim=1)

@@ -1,0 +1,415 @@
+"""Fit a Laplace posterior to a Bradley-Terry reward model and query it like a regression model.
+
+Shape legend: ``B`` pairs or items, ``2`` the two items of a pair (index 0 first, index 1
+second), ``*item`` one item, ``S`` samples.
+
+:func:`fit_reward_posterior` builds laplace-torch's own Laplace class for the requested
+``subset_of_weights`` and ``hessian_structure`` with the pair-correct
+:class:`~bt_laplace.curvature.BradleyTerryGGN` backend, fits it on a loader of pairs, and sets
+the prior precision. :class:`RewardPosterior` answers queries: reward mean and variance per
+item, preference probabilities per pair from the joint 2x2 Gaussian of the two rewards,
+penalized rewards, and joint samples.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+from laplace import Laplace
+from laplace.baselaplace import ParametricLaplace
+from torch.utils.data import DataLoader
+
+from bt_laplace._checks import BTLaplaceWarning, check_choice, check_positive_int, check_tensor
+from bt_laplace.bradley_terry import (
+    bradley_terry_nll,
+    mc_preference_probability,
+    pair_difference_moments,
+    probit_preference_probability,
+)
+from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
+from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.predictive import (
+    PosteriorQuadraticForm,
+    item_moments,
+    linearized_samples,
+    pair_moments,
+)
+
+__all__ = ["RewardPrediction", "RewardPosterior", "fit_reward_posterior"]
+
+SUBSETS = ("all", "last_layer")
+STRUCTURES = ("diag", "kron", "full")
+LINK_APPROXIMATIONS = ("probit", "mc")
+#: keyword arguments that go to laplace-torch's ``optimize_prior_precision``
+PRIOR_KWARGS = (
+    "n_steps",
+    "lr",
+    "init_prior_prec",
+    "prior_structure",
+    "log_prior_prec_min",
+    "log_prior_prec_max",
+    "grid_size",
+    "log_prior_prec_base",
+)
+#: largest dense posterior ``full`` builds, in bytes (P x P matrix)
+FULL_MEMORY_LIMIT = 4 * 2**30
+
+
+class RewardPrediction(NamedTuple):
+    """Predictive mean and variance of rewards, each ``(B,)``; unpacks as a tuple."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+    return x.split(batch_size) if x.shape[0] > batch_size else (x,)
+
+
+class RewardPosterior:
+    """A fitted Laplace posterior over a Bradley-Terry reward model.
+
+    Built by :func:`fit_reward_posterior`. Predictions use the linearized (GLM) predictive of
+    the underlying laplace-torch object, computed without per-item Jacobians; they carry no
+    observation noise.
+
+    Args:
+        laplace: The fitted laplace-torch object.
+        model: The :class:`~bt_laplace.PairwiseRewardModel` it was fitted on.
+        batch_size: Items per forward pass at prediction time (bounds memory).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import bt_laplace as btl
+        >>> _ = torch.manual_seed(0)
+        >>> model = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(3, 8), nn.Tanh(),
+        ...                                               nn.Linear(8, 1)))
+        >>> rows = [{"x0": torch.randn(3), "x1": torch.randn(3), "label": i % 2}
+        ...         for i in range(16)]
+        >>> loader = btl.preference_dataloader(rows, batch_size=8)
+        >>> post = btl.fit_reward_posterior(model, loader, subset_of_weights="all",
+        ...                                 hessian_structure="diag")
+        >>> mean, variance = post(torch.randn(5, 3))
+        >>> mean.shape, variance.shape
+        (torch.Size([5]), torch.Size([5]))
+        >>> post.preference_probability(torch.randn(4, 2, 3)).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self, laplace: ParametricLaplace, model: PairwiseRewardModel, *, batch_size: int = 4096
+    ) -> None:
+        self.laplace = laplace
+        self.model = model
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self._form = PosteriorQuadraticForm(laplace)
+
+    def __repr__(self) -> str:
+        la = self.laplace
+        return (
+            f"RewardPosterior({type(la).__name__}, n_params={la.n_params}, "
+            f"prior_precision={la.prior_precision.detach().cpu().tolist()})"
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _items(self, x: Any) -> torch.Tensor:
+        x = check_tensor("x", x)
+        if self.model.is_pair_batch(x):
+            raise ValueError(
+                f"`x` must be items of shape (B, *item), got pairs {tuple(x.shape)}; use "
+                "preference_probability(x) for pairs, or x.flatten(0, 1) to score both items."
+            )
+        return x.to(self.laplace._device)
+
+    def _pairs(self, x: Any) -> torch.Tensor:
+        x = check_tensor("x", x)
+        if not self.model.is_pair_batch(x):
+            raise ValueError(
+                f"`x` must be pairs of shape (B, 2, *item), got {tuple(x.shape)}; stack the "
+                "two items of each pair on dim 1 (torch.stack([x0, x1], dim=1))."
+            )
+        return x.to(self.laplace._device)
+
+    # ------------------------------------------------------------------ queries
+    def __call__(self, x: torch.Tensor) -> RewardPrediction:
+        """Predictive mean and variance of the reward of each item.
+
+        Args:
+            x: Items ``(B, *item)``.
+
+        Returns:
+            :class:`RewardPrediction` of ``mean`` ``(B,)`` and ``variance`` ``(B,)``.
+        """
+        x = self._items(x)
+        self.laplace.model.eval()
+        means, variances = zip(
+            *(item_moments(self._form, xb) for xb in _batches(x, self.batch_size)), strict=True
+        )
+        return RewardPrediction(torch.cat(means), torch.cat(variances))
+
+    predict = __call__
+
+    def pair_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint moments of the two rewards of each pair.
+
+        Args:
+            x: Pairs ``(B, 2, *item)``.
+
+        Returns:
+            ``(mean (B, 2), variance (B, 2), covariance (B,))``.
+        """
+        x = self._pairs(x)
+        self.laplace.model.eval()
+        parts = [pair_moments(self._form, xb) for xb in _batches(x, max(1, self.batch_size // 2))]
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            torch.cat([p[2] for p in parts]),
+        )
+
+    def preference_probability(
+        self,
+        x: torch.Tensor,
+        *,
+        link_approx: str = "probit",
+        n_samples: int = 20_000,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Posterior probability that item 1 of each pair is preferred over item 0.
+
+        Uses the full 2x2 covariance of the two rewards through the variance of their
+        difference, ``var(r_1 - r_0) = S_00 + S_11 - 2 S_01``:
+        ``sigmoid(dmu / sqrt(1 + pi / 8 * var(r_1 - r_0)))`` for ``link_approx="probit"``,
+        or the Monte Carlo average of ``sigmoid`` over ``n_samples`` draws for ``"mc"``.
+
+        Args:
+            x: Pairs ``(B, 2, *item)``.
+            link_approx: ``"probit"`` or ``"mc"``.
+            n_samples: Samples for ``"mc"``.
+            generator: Random generator for ``"mc"``.
+
+        Returns:
+            Probabilities ``(B,)``.
+        """
+        link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
+        mean, var, cov = self.pair_moments(x)
+        mean_diff, var_diff = pair_difference_moments(mean, var, cov)
+        if link == "probit":
+            return probit_preference_probability(mean_diff, var_diff)
+        n_samples = check_positive_int("n_samples", n_samples)
+        return mc_preference_probability(
+            mean_diff, var_diff, n_samples=n_samples, generator=generator
+        )
+
+    def penalized_reward(self, x: torch.Tensor, k: float = 1.0) -> torch.Tensor:
+        """Pessimistic reward ``mean - k * sqrt(variance)`` per item ``(B,)``.
+
+        Args:
+            x: Items ``(B, *item)``.
+            k: Number of standard deviations to subtract (``k < 0`` gives an optimistic bonus).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
+            raise ValueError(f"`k` must be a finite number, got {k!r}.")
+        mean, variance = self(x)
+        return mean - k * variance.sqrt()
+
+    def sample(
+        self,
+        x: torch.Tensor,
+        n_samples: int = 100,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Joint samples of the linearized rewards of all items in ``x``.
+
+        Args:
+            x: Items ``(B, *item)``.
+            n_samples: Number of samples ``S``.
+            generator: Random generator (on the posterior's device).
+
+        Returns:
+            ``(S, B)``; rows are draws of one function, so items are correlated across columns.
+        """
+        x = self._items(x)
+        n_samples = check_positive_int("n_samples", n_samples)
+        if x.shape[0] > self.batch_size:
+            raise ValueError(
+                f"`x` has {x.shape[0]} items but joint samples are drawn in one pass of at "
+                f"most batch_size={self.batch_size}; pass fewer items or raise `batch_size`."
+            )
+        self.laplace.model.eval()
+        return linearized_samples(self._form, x, n_samples, generator)
+
+    # ------------------------------------------------------------------ hyperparameters
+    @property
+    def prior_precision(self) -> torch.Tensor:
+        """The prior precision of the laplace-torch posterior."""
+        return self.laplace.prior_precision
+
+    def log_marginal_likelihood(self) -> torch.Tensor:
+        """Laplace approximation of the log marginal likelihood at the current prior."""
+        return self.laplace.log_marginal_likelihood().detach()
+
+    def validation_nll(self, loader: DataLoader, *, link_approx: str = "probit") -> float:
+        """Mean negative log likelihood of the labels of a loader of pairs ``(x, y)``."""
+        total, count = 0.0, 0
+        for x, y in loader:
+            p = self.preference_probability(x, link_approx=link_approx)
+            total += float(bradley_terry_nll(p, y.to(p.device))) * len(y)
+            count += len(y)
+        if count == 0:
+            raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
+        return total / count
+
+
+def _laplace_class(subset: str, structure: str, backend: type | None) -> Any:
+    if backend is BradleyTerryGGN and structure == "kron":
+        return PairKronLaplace if subset == "all" else PairKronLLLaplace
+    return None
+
+
+def fit_reward_posterior(
+    model: PairwiseRewardModel,
+    train_loader: DataLoader,
+    *,
+    subset_of_weights: str = "last_layer",
+    hessian_structure: str = "kron",
+    prior_precision: str | float = "marglik",
+    val_loader: DataLoader | None = None,
+    link_approx: str = "probit",
+    progress_bar: bool = False,
+    batch_size: int = 4096,
+    **laplace_kwargs: Any,
+) -> RewardPosterior:
+    """Fit a Laplace posterior to a trained Bradley-Terry reward model.
+
+    Args:
+        model: The trained :class:`~bt_laplace.PairwiseRewardModel` (MAP estimate).
+        train_loader: Pairs ``(x (B, 2, *item), y (B,))``, as from
+            :func:`~bt_laplace.preference_dataloader`; ``len(train_loader.dataset)`` must be
+            the number of pairs.
+        subset_of_weights: ``"last_layer"`` (default, as laplace-torch) or ``"all"``.
+        hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
+        prior_precision: ``"marglik"`` (maximize the Laplace marginal likelihood),
+            ``"gridsearch"`` (minimize validation NLL of the pair probabilities, needs
+            ``val_loader``), or a positive number.
+        val_loader: Validation pairs for ``"gridsearch"``.
+        link_approx: Pair probability used to score the grid search.
+        progress_bar: Show tqdm progress bars over the fit and the prior optimization.
+        batch_size: Items per forward pass at prediction time.
+        **laplace_kwargs: Passed to laplace-torch under its own names: to the Laplace class
+            (``backend``, ``temperature``, ``prior_mean``, ``backend_kwargs``,
+            ``last_layer_name``, ...) or to ``optimize_prior_precision`` (``n_steps``, ``lr``,
+            ``prior_structure``, ``init_prior_prec``, ``grid_size``,
+            ``log_prior_prec_min``, ``log_prior_prec_max``, ...). ``backend`` defaults to the
+            exact :class:`~bt_laplace.curvature.BradleyTerryGGN`.
+
+    Returns:
+        The fitted :class:`RewardPosterior`; ``.laplace`` is the laplace-torch object.
+    """
+    if not isinstance(model, PairwiseRewardModel):
+        raise TypeError(
+            f"`model` must be a bt_laplace.PairwiseRewardModel, got {type(model).__name__}; "
+            "wrap your reward network: PairwiseRewardModel(net)."
+        )
+    if not isinstance(train_loader, DataLoader):
+        raise TypeError(
+            f"`train_loader` must be a torch DataLoader of pairs, got "
+            f"{type(train_loader).__name__}; build one with bt_laplace.preference_dataloader."
+        )
+    subset = check_choice("subset_of_weights", subset_of_weights, SUBSETS)
+    structure = check_choice("hessian_structure", hessian_structure, STRUCTURES)
+    if isinstance(prior_precision, str):
+        method = check_choice("prior_precision", prior_precision, ("marglik", "gridsearch"))
+        if method == "gridsearch" and val_loader is None:
+            raise ValueError(
+                "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of validation "
+                "pairs; pass one or use prior_precision='marglik'."
+            )
+    elif isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) or (
+        not math.isfinite(prior_precision) or prior_precision <= 0
+    ):
+        raise ValueError(
+            f"`prior_precision` must be 'marglik', 'gridsearch' or a positive number, got "
+            f"{prior_precision!r}."
+        )
+    else:
+        method = "fixed"
+    if val_loader is not None and method == "marglik":
+        warnings.warn(
+            "`val_loader` is only used with prior_precision='gridsearch'; it is ignored.",
+            BTLaplaceWarning,
+            stacklevel=2,
+        )
+    if "likelihood" in laplace_kwargs:
+        raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
+    prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
+    backend = laplace_kwargs.setdefault("backend", BradleyTerryGGN)
+
+    if subset == "all" and structure == "full":
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        itemsize = next(model.parameters()).element_size()
+        need = n * n * itemsize
+        if need > FULL_MEMORY_LIMIT:
+            raise ValueError(
+                f"hessian_structure='full' over all {n:,} parameters needs a dense {n:,} x "
+                f"{n:,} matrix ({need / 2**30:.1f} GiB, several copies during inversion), above "
+                f"the {FULL_MEMORY_LIMIT / 2**30:.0f} GiB limit; use hessian_structure='kron' "
+                "or 'diag', or subset_of_weights='last_layer'."
+            )
+
+    model.eval()
+    cls = _laplace_class(subset, structure, backend)
+    if cls is None:
+        la = Laplace(model, "reward_modeling", subset_of_weights=subset,
+                     hessian_structure=structure, **laplace_kwargs)
+    else:
+        la = cls(model, "reward_modeling", **laplace_kwargs)
+    la.fit(train_loader, progress_bar=progress_bar)
+    posterior = RewardPosterior(la, model, batch_size=batch_size)
+
+    if method == "fixed":
+        la.prior_precision = float(prior_precision)  # type: ignore[arg-type]
+    elif method == "marglik":
+        with warnings.catch_warnings():
+            # laplace-torch warns about its own link_approx default, which marglik never uses
+            warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
+            la.optimize_prior_precision(method="marglik", progress_bar=progress_bar,
+                                        **prior_kwargs)
+    else:
+        assert val_loader is not None
+        _gridsearch(posterior, val_loader, link_approx=link_approx, progress_bar=progress_bar,
+                    **prior_kwargs)
+    return posterior
+
+
+def _gridsearch(
+    posterior: RewardPosterior,
+    val_loader: DataLoader,
+    *,
+    link_approx: str,
+    progress_bar: bool,
+    log_prior_prec_min: float = -4,
+    log_prior_prec_max: float = 4,
+    grid_size: int = 100,
+    log_prior_prec_base: float = 10.0,
+    **unused: Any,
+) -> None:
+    """Set the scalar prior precision that minimizes validation NLL of pair probabilities."""
+    from tqdm.auto import tqdm
+
+    la = posterior.laplace
+    grid = torch.logspace(log_prior_prec_min, log_prior_prec_max, grid_size,
+                          base=log_prior_prec_base)
+    best, best_nll = float(grid[0]), math.inf
+    for prior in tqdm(grid.tolist(), disable=not progress_bar, desc="[Grid search]"):
+        la.prior_precision = prior
+        nll = posterior.validation_nll(val_loader, link_approx=link_approx)
+        if nll < best_nll:
+            best, best_nll = prior, nll
+    la.prior_precision = best
