@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny float64 MLP reward model and preference pairs, seeded here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bt_laplace import PairwiseRewardModel
+
+D_IN, HIDDEN, N_PAIRS = 5, 7, 60
+
+
+def make_net(seed: int = 0, d_in: int = D_IN, hidden: int = HIDDEN) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+        nn.Linear(hidden, 1),
+    ).double()
+
+
+@pytest.fixture
+def reward_model() -> PairwiseRewardModel:
+    """A 5-7-7-1 tanh MLP reward model in float64, in eval mode."""
+    return PairwiseRewardModel(make_net()).eval()
+
+
+@pytest.fixture
+def pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """60 random pairs ``(60, 2, 5)`` with random labels ``(60,)``."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N_PAIRS, 2, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (N_PAIRS,), generator=g)
+    return x, y
+
+
+@pytest.fixture
+def pair_loader(pairs: tuple[torch.Tensor, torch.Tensor]) -> DataLoader:
+    """The 60 pairs in batches of 16 (the last batch is smaller)."""
+    return DataLoader(TensorDataset(*pairs), batch_size=16)
+
+
+def flat_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def item_jacobian(model: PairwiseRewardModel, items: torch.Tensor) -> torch.Tensor:
+    """Brute-force per-item Jacobian ``(N, P)`` of the reward with torch.func.jacrev."""
+    params = flat_params(model)
+
+    def reward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, p, (x.unsqueeze(0),)).squeeze()
+
+    jac = torch.func.vmap(torch.func.jacrev(reward), in_dims=(None, 0))(params, items)
+    return torch.cat([jac[k].reshape(items.shape[0], -1) for k in params], dim=1)
+
+
+def exact_ggn(model: PairwiseRewardModel, x: torch.Tensor) -> torch.Tensor:
+    """Exact Bradley-Terry GGN ``sum_pairs p(1-p) (J1 - J0)^T (J1 - J0)`` ``(P, P)``."""
+    b = x.shape[0]
+    jac = item_jacobian(model, x.reshape(2 * b, *x.shape[2:])).reshape(b, 2, -1)
+    with torch.no_grad():
+        logits = model(x)
+    p = torch.sigmoid(logits[:, 1] - logits[:, 0])
+    d_jac = jac[:, 1] - jac[:, 0]
+    return (d_jac * (p * (1 - p))[:, None]).T @ d_jac
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())

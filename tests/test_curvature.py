@@ -1,0 +1,175 @@
+"""Pair-correct curvature against the brute-force Bradley-Terry GGN in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import exact_ggn, rel_err
+from laplace import Laplace
+from laplace.curvature import CurvlinopsGGN
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bt_laplace import (
+    BradleyTerryGGN,
+    PairKronLaplace,
+    PairKronLLLaplace,
+    PairwiseRewardModel,
+    nearest_kronecker_factors,
+)
+
+
+def _fit(model, loader, subset, structure, **kw):
+    if structure == "kron":
+        cls = PairKronLaplace if subset == "all" else PairKronLLLaplace
+        la = cls(model, "reward_modeling", backend=BradleyTerryGGN, **kw)
+    else:
+        la = Laplace(model, "reward_modeling", subset_of_weights=subset,
+                     hessian_structure=structure, backend=BradleyTerryGGN, **kw)
+    la.fit(loader)
+    return la
+
+
+def _blocks(model: nn.Module):
+    """(name, parameter, offset) of each parameter in laplace-torch's order."""
+    off = 0
+    for name, p in model.named_parameters():
+        yield name, p, off
+        off += p.numel()
+
+
+def _nkp_floor(block: torch.Tensor, out: int, inp: int) -> float:
+    """Relative Frobenius error of the nearest Kronecker product (Van Loan-Pitsianis)."""
+    r = block.reshape(out, inp, out, inp).permute(0, 2, 1, 3).reshape(out * out, inp * inp)
+    s = torch.linalg.svdvals(r)
+    return float(s[1:].square().sum().sqrt() / s.norm())
+
+
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_all_weights_diag_and_full_are_the_exact_ggn(reward_model, pairs, pair_loader, structure):
+    la = _fit(reward_model, pair_loader, "all", structure)
+    exact = exact_ggn(reward_model, pairs[0])
+    assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
+
+
+def test_loss_is_the_summed_bradley_terry_nll(reward_model, pairs, pair_loader):
+    la = _fit(reward_model, pair_loader, "all", "diag")
+    with torch.no_grad():
+        nll = nn.functional.cross_entropy(reward_model(pairs[0]), pairs[1], reduction="sum")
+    torch.testing.assert_close(torch.as_tensor(la.loss), nll)
+
+
+def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(
+    reward_model, pairs, pair_loader
+):
+    la = _fit(reward_model, pair_loader, "all", "kron")
+    approx = la.H_facs.to_matrix()
+    exact = exact_ggn(reward_model, pairs[0])
+    checked = 0
+    for name, p, off in _blocks(reward_model):
+        sl = slice(off, off + p.numel())
+        blk, got = exact[sl, sl], approx[sl, sl]
+        if name == "net.4.bias":
+            assert torch.count_nonzero(got) == 0, "the head bias cancels in r1 - r0"
+            assert float(blk.abs().max()) == 0.0
+            continue
+        if p.ndim == 1:  # hidden biases are exact dense blocks
+            assert rel_err(got, blk) < 1e-10
+            continue
+        out, inp = p.shape
+        floor = _nkp_floor(blk, out, inp)
+        err = rel_err(got, blk)
+        if out == 1:  # last layer of a single-output network: exact
+            assert err < 1e-6
+        else:
+            assert floor > 1e-3, "the test needs a block that is not a Kronecker product"
+            assert err <= 1.25 * floor
+            assert err >= floor * (1 - 1e-6)  # nothing can beat the floor
+        checked += 1
+    assert checked == 3
+
+
+def test_laplace_torch_kron_is_far_from_exact_on_last_layer(reward_model, pairs, pair_loader):
+    """The gap bt_laplace closes: laplace-torch's KFAC treats the two items as independent."""
+    la = Laplace(reward_model, "reward_modeling", subset_of_weights="all",
+                 hessian_structure="kron")
+    la.fit(pair_loader)
+    exact = exact_ggn(reward_model, pairs[0])
+    h = la.H_facs.to_matrix()
+    n = sum(p.numel() for p in reward_model.parameters())
+    last = slice(n - 8, n - 1)  # last weight (1 x 7)
+    assert rel_err(h[last, last], exact[last, last]) > 0.5
+    assert float(h[n - 1, n - 1]) > 0  # curvature on the unidentifiable bias
+
+
+def test_diag_matches_laplace_torch_exact_backend(reward_model, pair_loader):
+    ours = _fit(reward_model, pair_loader, "all", "diag")
+    ref = Laplace(reward_model, "reward_modeling", subset_of_weights="all",
+                  hessian_structure="diag", backend=CurvlinopsGGN)
+    ref.fit(pair_loader)
+    assert rel_err(ours.H, ref.H) < 1e-10
+    torch.testing.assert_close(torch.as_tensor(ours.loss), torch.as_tensor(ref.loss))
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+def test_last_layer_curvature_is_exact(reward_model, pairs, pair_loader, structure):
+    la = _fit(reward_model, pair_loader, "last_layer", structure)
+    x = pairs[0]
+    with torch.no_grad():
+        phi = reward_model.net[:-1](x.reshape(-1, x.shape[-1])).reshape(x.shape[0], 2, -1)
+        logits = reward_model(x)
+    p = torch.sigmoid(logits[:, 1] - logits[:, 0])
+    d_phi = torch.cat([phi[:, 1] - phi[:, 0], torch.zeros(x.shape[0], 1, dtype=x.dtype)], 1)
+    exact = (d_phi * (p * (1 - p))[:, None]).T @ d_phi
+    got = {"diag": lambda: la.H, "full": lambda: la.H,
+           "kron": lambda: la.H_facs.to_matrix()}[structure]()
+    want = exact.diagonal() if structure == "diag" else exact
+    assert rel_err(got, want) < 1e-10
+    assert torch.count_nonzero(got[-1]) == 0  # the head bias gets no curvature
+
+
+class _ScaledNet(nn.Module):
+    """A parameter outside nn.Linear forces the generic (torch.func Jacobian) path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.lin(x)) * self.scale).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_generic_path_for_non_linear_parameters_is_exact(structure):
+    torch.manual_seed(0)
+    model = PairwiseRewardModel(_ScaledNet().double()).eval()
+    x = torch.randn(20, 2, 4, dtype=torch.float64)
+    y = torch.randint(0, 2, (20,))
+    la = _fit(model, DataLoader(TensorDataset(x, y), batch_size=8), "all", structure)
+    exact = exact_ggn(model, x)
+    assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
+
+
+def test_kron_with_non_linear_parameters_is_refused():
+    model = PairwiseRewardModel(_ScaledNet().double()).eval()
+    x = torch.randn(4, 2, 4, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
+    with pytest.raises(NotImplementedError, match="kron.*nn.Linear.*diag"):
+        _fit(model, loader, "all", "kron")
+
+
+def test_nearest_kronecker_factors_of_a_kronecker_product_are_exact():
+    g = torch.Generator().manual_seed(0)
+    b = 30
+    a0, a1 = torch.randn(b, 4, generator=g, dtype=torch.float64), torch.randn(
+        b, 4, generator=g, dtype=torch.float64)
+    gvec = torch.randn(1, 3, generator=g, dtype=torch.float64).expand(b, 3)
+    w = torch.rand(b, generator=g, dtype=torch.float64)
+    gf, af = nearest_kronecker_factors(gvec, gvec, a0, a1, w)
+    d = torch.einsum("bo,bi->boi", gvec, a1 - a0).reshape(b, -1)
+    exact = (d * w[:, None]).T @ d
+    assert rel_err(torch.kron(gf, af), exact) < 1e-12
+    # both factors are positive semi-definite
+    assert float(torch.linalg.eigvalsh(gf).min()) > -1e-12
+    assert float(torch.linalg.eigvalsh(af).min()) > -1e-12

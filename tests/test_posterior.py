@@ -1,0 +1,134 @@
+"""fit_reward_posterior and RewardPosterior: options, prior selection, queries and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import D_IN
+from laplace.baselaplace import DiagLaplace, FullLaplace
+from laplace.lllaplace import DiagLLLaplace
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import bt_laplace as btl
+
+
+def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader)
+    assert isinstance(post, btl.RewardPosterior)
+    assert isinstance(post.laplace, btl.PairKronLLLaplace)
+    assert isinstance(post.laplace.backend, btl.BradleyTerryGGN)
+    # marglik moved the prior away from its initial value of 1 and is a (local) optimum
+    prior = float(post.prior_precision)
+    assert prior != pytest.approx(1.0)
+    lml = post.log_marginal_likelihood()
+    for factor in (0.8, 1.25):
+        post.laplace.prior_precision = prior * factor
+        assert post.log_marginal_likelihood() < lml
+    post.laplace.prior_precision = prior
+
+
+@pytest.mark.parametrize(
+    "subset,structure,cls",
+    [("all", "diag", DiagLaplace), ("all", "full", FullLaplace),
+     ("all", "kron", btl.PairKronLaplace), ("last_layer", "diag", DiagLLLaplace)],
+    ids=["all-diag", "all-full", "all-kron", "ll-diag"],
+)
+def test_laplace_torch_classes_are_used(reward_model, pair_loader, subset, structure, cls):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
+                                    hessian_structure=structure, prior_precision=2.0)
+    assert type(post.laplace) is cls
+    assert float(post.prior_precision) == 2.0
+    assert post.laplace.likelihood == "reward_modeling"
+
+
+def test_laplace_kwargs_are_forwarded_under_laplace_names(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="all",
+                                    hessian_structure="diag", temperature=0.5, n_steps=5,
+                                    prior_structure="layerwise")
+    assert post.laplace.temperature == 0.5
+    assert post.prior_precision.shape == (6,)  # one per parameter tensor
+
+
+def test_gridsearch_minimizes_validation_nll_of_pair_probabilities(reward_model, pairs):
+    x, y = pairs
+    train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
+    post = btl.fit_reward_posterior(reward_model, train, subset_of_weights="all",
+                                    hessian_structure="kron", prior_precision="gridsearch",
+                                    val_loader=val, grid_size=9)
+    chosen = float(post.prior_precision)
+    grid = torch.logspace(-4, 4, 9).tolist()
+    assert chosen == pytest.approx(min(grid, key=lambda g: abs(g - chosen)))
+    nll = post.validation_nll(val)
+    for g in grid:
+        post.laplace.prior_precision = g
+        assert post.validation_nll(val) >= nll - 1e-12
+
+
+def test_penalized_reward_is_mean_minus_k_std(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag")
+    x = torch.randn(7, D_IN, dtype=torch.float64)
+    mean, var = post(x)
+    torch.testing.assert_close(post.penalized_reward(x, k=2.0), mean - 2.0 * var.sqrt())
+    torch.testing.assert_close(post.penalized_reward(x, k=0), mean)
+    with pytest.raises(ValueError, match="`k` must be a finite number"):
+        post.penalized_reward(x, k=float("nan"))
+
+
+def test_prediction_is_batched_without_changing_results(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="all",
+                                    hessian_structure="kron", batch_size=3)
+    x = torch.randn(10, D_IN, dtype=torch.float64)
+    small = post(x)
+    post.batch_size = 4096
+    big = post(x)
+    torch.testing.assert_close(small.mean, big.mean)
+    torch.testing.assert_close(small.variance, big.variance)
+    assert small.mean is small[0]  # a NamedTuple: unpacks as (mean, variance)
+
+
+def test_query_errors_name_the_argument(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag")
+    with pytest.raises(ValueError, match=r"`x` must be items.*got pairs \(3, 2, 5\)"):
+        post(torch.randn(3, 2, D_IN, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"`x` must be pairs.*got \(3, 5\)"):
+        post.preference_probability(torch.randn(3, D_IN, dtype=torch.float64))
+    with pytest.raises(ValueError, match="`link_approx` must be one of"):
+        post.preference_probability(torch.randn(3, 2, D_IN, dtype=torch.float64),
+                                    link_approx="bridge")
+    with pytest.raises(TypeError, match="`x` must be a torch.Tensor"):
+        post([[0.0] * D_IN])
+    with pytest.raises(ValueError, match="`n_samples` must be a positive int"):
+        post.sample(torch.randn(3, D_IN, dtype=torch.float64), 0)
+
+
+def test_fit_errors_name_the_argument(reward_model, pair_loader):
+    fit = btl.fit_reward_posterior
+    with pytest.raises(TypeError, match="`model` must be a bt_laplace.PairwiseRewardModel"):
+        fit(reward_model.net, pair_loader)
+    with pytest.raises(TypeError, match="`train_loader` must be a torch DataLoader"):
+        fit(reward_model, [(torch.zeros(1, 2, D_IN), torch.zeros(1))])
+    with pytest.raises(ValueError, match="`subset_of_weights` must be one of.*'subnetwork'"):
+        fit(reward_model, pair_loader, subset_of_weights="subnetwork")
+    with pytest.raises(ValueError, match="`hessian_structure` must be one of.*'lowrank'"):
+        fit(reward_model, pair_loader, hessian_structure="lowrank")
+    with pytest.raises(ValueError, match="gridsearch.*needs `val_loader`"):
+        fit(reward_model, pair_loader, prior_precision="gridsearch")
+    with pytest.raises(ValueError, match="`prior_precision` must be.*got -1"):
+        fit(reward_model, pair_loader, prior_precision=-1)
+    with pytest.raises(ValueError, match="`likelihood` is always 'reward_modeling'"):
+        fit(reward_model, pair_loader, likelihood="classification")
+
+
+def test_val_loader_with_marglik_warns(reward_model, pair_loader):
+    with pytest.warns(btl.BTLaplaceWarning, match="`val_loader` is only used"):
+        btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag",
+                                 val_loader=pair_loader)
+
+
+def test_full_is_refused_with_the_memory_it_would_need(monkeypatch, pair_loader):
+    wide = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(D_IN, 40_000), nn.Linear(40_000, 1)))
+    with pytest.raises(ValueError, match=r"280,001 parameters.*GiB.*'kron' or 'diag'"):
+        btl.fit_reward_posterior(wide, pair_loader, subset_of_weights="all",
+                                 hessian_structure="full")
