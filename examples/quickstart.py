@@ -28,8 +28,9 @@ def main(out: str = "quickstart.png") -> None:
         for _ in range(10)
     ]
     dataset = Dataset.from_list(rows)
-    loader = btl.preference_dataloader(dataset, batch_size=3, first="x0", second="x1",
-                                       label="label")
+    loader = btl.preference_dataloader(
+        dataset, batch_size=3, first="x0", second="x1", label="label"
+    )
 
     # 2. A single-item reward network, wrapped to score pairs: (B, 2, 3) -> (B, 2).
     net = nn.Sequential(nn.Linear(3, 100), nn.ReLU(), nn.Linear(100, 1))
@@ -44,17 +45,20 @@ def main(out: str = "quickstart.png") -> None:
             opt.step()
 
     # 4. Laplace over all weights, pair-correct Kronecker curvature, marglik prior.
-    post = btl.fit_reward_posterior(model, loader, subset_of_weights="all",
-                                    hessian_structure="kron", prior_precision="marglik")
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure="kron", prior_precision="marglik"
+    )
     print(post)
 
     # 5. Regression-style answers for items, calibrated probabilities for pairs.
     x_test = torch.randn(5, 3)
     mean, variance = post(x_test)
-    print(f"test items {tuple(x_test.shape)} -> mean {tuple(mean.shape)}, "
-          f"variance {tuple(variance.shape)}")
+    print(
+        f"test items {tuple(x_test.shape)} -> mean {tuple(mean.shape)}, "
+        f"variance {tuple(variance.shape)}"
+    )
     for i, (m, v) in enumerate(zip(mean.tolist(), variance.tolist(), strict=True)):
-        print(f"  item {i}: reward {m:+.3f} +- {v ** 0.5:.3f}")
+        print(f"  item {i}: reward {m:+.3f} +- {v**0.5:.3f}")
     pairs = torch.stack([x_test[:-1], x_test[1:]], dim=1)  # (4, 2, 3)
     probs = post.preference_probability(pairs)
     for i, p in enumerate(probs.tolist()):
@@ -79,10 +83,16 @@ def save_plot(t, mean, std, train_t, out: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(t, mean, color="C0", label="reward mean")
-    ax.fill_between(t, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.25,
-                    label="mean +- 2 std")
-    ax.plot(train_t, torch.full_like(train_t, float((mean - 2 * std).min())), "k|", ms=12,
-            label="training items (projected)")
+    ax.fill_between(
+        t, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.25, label="mean +- 2 std"
+    )
+    ax.plot(
+        train_t,
+        torch.full_like(train_t, float((mean - 2 * std).min())),
+        "k|",
+        ms=12,
+        label="training items (projected)",
+    )
     ax.set_xlabel("position along the line t * (1, 0.5, -0.5)")
     ax.set_ylabel("reward")
     ax.legend(loc="upper left", fontsize=8)

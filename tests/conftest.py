@@ -15,7 +15,10 @@ D_IN, HIDDEN, N_PAIRS = 5, 7, 60
 def make_net(seed: int = 0, d_in: int = D_IN, hidden: int = HIDDEN) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+        nn.Linear(d_in, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, hidden),
+        nn.Tanh(),
         nn.Linear(hidden, 1),
     ).double()
 

@@ -18,8 +18,9 @@ from bt_laplace import (
 
 def test_weight_is_second_derivative_of_nll() -> None:
     f = torch.linspace(-4, 4, 9, dtype=torch.float64)
-    second = torch.func.vmap(torch.func.grad(torch.func.grad(
-        lambda t: -torch.nn.functional.logsigmoid(t))))(f)
+    second = torch.func.vmap(
+        torch.func.grad(torch.func.grad(lambda t: -torch.nn.functional.logsigmoid(t)))
+    )(f)
     torch.testing.assert_close(bradley_terry_weight(f), second)
 
 

@@ -24,8 +24,14 @@ def _fit(model, loader, subset, structure, **kw):
         cls = PairKronLaplace if subset == "all" else PairKronLLLaplace
         la = cls(model, "reward_modeling", backend=BradleyTerryGGN, **kw)
     else:
-        la = Laplace(model, "reward_modeling", subset_of_weights=subset,
-                     hessian_structure=structure, backend=BradleyTerryGGN, **kw)
+        la = Laplace(
+            model,
+            "reward_modeling",
+            subset_of_weights=subset,
+            hessian_structure=structure,
+            backend=BradleyTerryGGN,
+            **kw,
+        )
     la.fit(loader)
     return la
 
@@ -91,8 +97,7 @@ def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(
 
 def test_laplace_torch_kron_is_far_from_exact_on_last_layer(reward_model, pairs, pair_loader):
     """The gap bt_laplace closes: laplace-torch's KFAC treats the two items as independent."""
-    la = Laplace(reward_model, "reward_modeling", subset_of_weights="all",
-                 hessian_structure="kron")
+    la = Laplace(reward_model, "reward_modeling", subset_of_weights="all", hessian_structure="kron")
     la.fit(pair_loader)
     exact = exact_ggn(reward_model, pairs[0])
     h = la.H_facs.to_matrix()
@@ -104,8 +109,13 @@ def test_laplace_torch_kron_is_far_from_exact_on_last_layer(reward_model, pairs,
 
 def test_diag_matches_laplace_torch_exact_backend(reward_model, pair_loader):
     ours = _fit(reward_model, pair_loader, "all", "diag")
-    ref = Laplace(reward_model, "reward_modeling", subset_of_weights="all",
-                  hessian_structure="diag", backend=CurvlinopsGGN)
+    ref = Laplace(
+        reward_model,
+        "reward_modeling",
+        subset_of_weights="all",
+        hessian_structure="diag",
+        backend=CurvlinopsGGN,
+    )
     ref.fit(pair_loader)
     assert rel_err(ours.H, ref.H) < 1e-10
     torch.testing.assert_close(torch.as_tensor(ours.loss), torch.as_tensor(ref.loss))
@@ -121,8 +131,9 @@ def test_last_layer_curvature_is_exact(reward_model, pairs, pair_loader, structu
     p = torch.sigmoid(logits[:, 1] - logits[:, 0])
     d_phi = torch.cat([phi[:, 1] - phi[:, 0], torch.zeros(x.shape[0], 1, dtype=x.dtype)], 1)
     exact = (d_phi * (p * (1 - p))[:, None]).T @ d_phi
-    got = {"diag": lambda: la.H, "full": lambda: la.H,
-           "kron": lambda: la.H_facs.to_matrix()}[structure]()
+    got = {"diag": lambda: la.H, "full": lambda: la.H, "kron": lambda: la.H_facs.to_matrix()}[
+        structure
+    ]()
     want = exact.diagonal() if structure == "diag" else exact
     assert rel_err(got, want) < 1e-10
     assert torch.count_nonzero(got[-1]) == 0  # the head bias gets no curvature
@@ -162,8 +173,10 @@ def test_kron_with_non_linear_parameters_is_refused():
 def test_nearest_kronecker_factors_of_a_kronecker_product_are_exact():
     g = torch.Generator().manual_seed(0)
     b = 30
-    a0, a1 = torch.randn(b, 4, generator=g, dtype=torch.float64), torch.randn(
-        b, 4, generator=g, dtype=torch.float64)
+    a0, a1 = (
+        torch.randn(b, 4, generator=g, dtype=torch.float64),
+        torch.randn(b, 4, generator=g, dtype=torch.float64),
+    )
     gvec = torch.randn(1, 3, generator=g, dtype=torch.float64).expand(b, 3)
     w = torch.rand(b, generator=g, dtype=torch.float64)
     gf, af = nearest_kronecker_factors(gvec, gvec, a0, a1, w)

@@ -30,22 +30,37 @@ def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
 
 @pytest.mark.parametrize(
     "subset,structure,cls",
-    [("all", "diag", DiagLaplace), ("all", "full", FullLaplace),
-     ("all", "kron", btl.PairKronLaplace), ("last_layer", "diag", DiagLLLaplace)],
+    [
+        ("all", "diag", DiagLaplace),
+        ("all", "full", FullLaplace),
+        ("all", "kron", btl.PairKronLaplace),
+        ("last_layer", "diag", DiagLLLaplace),
+    ],
     ids=["all-diag", "all-full", "all-kron", "ll-diag"],
 )
 def test_laplace_torch_classes_are_used(reward_model, pair_loader, subset, structure, cls):
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
-                                    hessian_structure=structure, prior_precision=2.0)
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        hessian_structure=structure,
+        prior_precision=2.0,
+    )
     assert type(post.laplace) is cls
     assert float(post.prior_precision) == 2.0
     assert post.laplace.likelihood == "reward_modeling"
 
 
 def test_laplace_kwargs_are_forwarded_under_laplace_names(reward_model, pair_loader):
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="all",
-                                    hessian_structure="diag", temperature=0.5, n_steps=5,
-                                    prior_structure="layerwise")
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights="all",
+        hessian_structure="diag",
+        temperature=0.5,
+        n_steps=5,
+        prior_structure="layerwise",
+    )
     assert post.laplace.temperature == 0.5
     assert post.prior_precision.shape == (6,)  # one per parameter tensor
 
@@ -54,9 +69,15 @@ def test_gridsearch_minimizes_validation_nll_of_pair_probabilities(reward_model,
     x, y = pairs
     train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
     val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
-    post = btl.fit_reward_posterior(reward_model, train, subset_of_weights="all",
-                                    hessian_structure="kron", prior_precision="gridsearch",
-                                    val_loader=val, grid_size=9)
+    post = btl.fit_reward_posterior(
+        reward_model,
+        train,
+        subset_of_weights="all",
+        hessian_structure="kron",
+        prior_precision="gridsearch",
+        val_loader=val,
+        grid_size=9,
+    )
     chosen = float(post.prior_precision)
     grid = torch.logspace(-4, 4, 9).tolist()
     assert chosen == pytest.approx(min(grid, key=lambda g: abs(g - chosen)))
@@ -77,8 +98,9 @@ def test_penalized_reward_is_mean_minus_k_std(reward_model, pair_loader):
 
 
 def test_prediction_is_batched_without_changing_results(reward_model, pair_loader):
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="all",
-                                    hessian_structure="kron", batch_size=3)
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="kron", batch_size=3
+    )
     x = torch.randn(10, D_IN, dtype=torch.float64)
     small = post(x)
     post.batch_size = 4096
@@ -95,8 +117,9 @@ def test_query_errors_name_the_argument(reward_model, pair_loader):
     with pytest.raises(ValueError, match=r"`x` must be pairs.*got \(3, 5\)"):
         post.preference_probability(torch.randn(3, D_IN, dtype=torch.float64))
     with pytest.raises(ValueError, match="`link_approx` must be one of"):
-        post.preference_probability(torch.randn(3, 2, D_IN, dtype=torch.float64),
-                                    link_approx="bridge")
+        post.preference_probability(
+            torch.randn(3, 2, D_IN, dtype=torch.float64), link_approx="bridge"
+        )
     with pytest.raises(TypeError, match="`x` must be a torch.Tensor"):
         post([[0.0] * D_IN])
     with pytest.raises(ValueError, match="`n_samples` must be a positive int"):
@@ -123,12 +146,14 @@ def test_fit_errors_name_the_argument(reward_model, pair_loader):
 
 def test_val_loader_with_marglik_warns(reward_model, pair_loader):
     with pytest.warns(btl.BTLaplaceWarning, match="`val_loader` is only used"):
-        btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag",
-                                 val_loader=pair_loader)
+        btl.fit_reward_posterior(
+            reward_model, pair_loader, hessian_structure="diag", val_loader=pair_loader
+        )
 
 
 def test_full_is_refused_with_the_memory_it_would_need(monkeypatch, pair_loader):
     wide = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(D_IN, 40_000), nn.Linear(40_000, 1)))
     with pytest.raises(ValueError, match=r"280,001 parameters.*GiB.*'kron' or 'diag'"):
-        btl.fit_reward_posterior(wide, pair_loader, subset_of_weights="all",
-                                 hessian_structure="full")
+        btl.fit_reward_posterior(
+            wide, pair_loader, subset_of_weights="all", hessian_structure="full"
+        )

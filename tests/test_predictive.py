@@ -12,8 +12,12 @@ import bt_laplace as btl
 from bt_laplace.predictive import posterior_parameters
 
 CONFIGS = [
-    ("all", "diag"), ("all", "kron"), ("all", "full"),
-    ("last_layer", "diag"), ("last_layer", "kron"), ("last_layer", "full"),
+    ("all", "diag"),
+    ("all", "kron"),
+    ("all", "full"),
+    ("last_layer", "diag"),
+    ("last_layer", "kron"),
+    ("last_layer", "full"),
 ]
 IDS = [f"{s}-{h}" for s, h in CONFIGS]
 
@@ -41,8 +45,13 @@ def _reference_jacobian(post, items: torch.Tensor) -> torch.Tensor:
 def posterior(request, reward_model, pair_loader):
     subset, structure = request.param
     # a small prior precision keeps the predictive variance large: a harder test
-    return btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
-                                    hessian_structure=structure, prior_precision=0.3)
+    return btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        hessian_structure=structure,
+        prior_precision=0.3,
+    )
 
 
 def test_item_moments_equal_brute_force(posterior):
@@ -80,10 +89,20 @@ def test_same_configuration_as_raw_laplace_torch_gives_same_answer(
     reward_model, pair_loader, structure
 ):
     """Whole pipeline with laplace-torch's own backend: identical to raw laplace-torch."""
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="all",
-                                    hessian_structure=structure, backend=CurvlinopsGGN)
-    la = Laplace(reward_model, "reward_modeling", subset_of_weights="all",
-                 hessian_structure=structure, backend=CurvlinopsGGN)
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights="all",
+        hessian_structure=structure,
+        backend=CurvlinopsGGN,
+    )
+    la = Laplace(
+        reward_model,
+        "reward_modeling",
+        subset_of_weights="all",
+        hessian_structure=structure,
+        backend=CurvlinopsGGN,
+    )
     la.fit(pair_loader)
     la.optimize_prior_precision(method="marglik")
     torch.testing.assert_close(post.prior_precision, la.prior_precision, rtol=1e-10, atol=0)
@@ -114,8 +133,13 @@ def test_preference_probability_matches_joint_monte_carlo(
 ):
     with torch.no_grad():  # a sharper head: reward gaps and variances large enough to matter
         reward_model.net[-1].weight.mul_(8.0)
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
-                                    hessian_structure=structure, prior_precision=0.3)
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        hessian_structure=structure,
+        prior_precision=0.3,
+    )
     g = torch.Generator().manual_seed(10)
     x0 = torch.randn(200, D_IN, dtype=torch.float64, generator=g) * 2
     noise = torch.randn(200, D_IN, dtype=torch.float64, generator=g)
@@ -131,7 +155,8 @@ def test_preference_probability_matches_joint_monte_carlo(
     err = (post.preference_probability(x) - mc).abs()
     assert float(err.mean()) <= 0.01 and float(err.max()) <= 0.03
     sampled = post.preference_probability(
-        x, link_approx="mc", n_samples=20_000, generator=torch.Generator().manual_seed(1))
+        x, link_approx="mc", n_samples=20_000, generator=torch.Generator().manual_seed(1)
+    )
     assert float((sampled - mc).abs().max()) < 0.015
     if kind == "near-duplicate":
         # the test can fail: laplace-torch's per-item probit (no covariance) misses the goal

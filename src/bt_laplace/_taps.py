@@ -10,7 +10,7 @@ predictive variance need: no per-item Jacobian is ever formed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -58,16 +58,16 @@ class LinearTaps:
         layers: The distinct linear modules, in order of first appearance.
     """
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor]) -> None:
         self.model = model
-        self.params = params
+        self.params = list(params)
         self.layers: list[nn.Linear] = []
         self.slots: list[ParamSlot] = []
         self.reason = ""
-        owner: dict[int, tuple[nn.Module, str]] = {}
-        for module in model.modules():
-            for kind, p in module.named_parameters(recurse=False):
-                owner.setdefault(id(p), (module, kind))
+        owner: dict[int, tuple[nn.Module | None, str]] = {}
+        for mod in model.modules():
+            for kind, param in mod.named_parameters(recurse=False):
+                owner.setdefault(id(param), (mod, kind))
         for p in params:
             module, kind = owner.get(id(p), (None, ""))
             if not isinstance(module, nn.Linear):

@@ -18,7 +18,7 @@ Under a Gaussian posterior on the rewards of the two items (mean ``mu`` ``(B, 2)
 ``Sigma_00 + Sigma_11 - 2 Sigma_01``. The probit approximation (MacKay, 1992; Spiegelhalter &
 Lauritzen, 1990) of its expected sigmoid is
 
-.. math:: E[\\sigma(f)] \\approx \\sigma\\Big(\\frac{\\mu_f}{\\sqrt{1 + \\pi \\sigma_f^2 / 8}}\\Big).
+.. math:: E[\\sigma(f)] \\approx \\sigma(\\mu_f / \\sqrt{1 + \\pi \\sigma_f^2 / 8}).
 
 Using the variance of the difference (with the covariance term) is what makes it right for
 pairs: two near-duplicate items have large, but almost perfectly correlated, reward variances.

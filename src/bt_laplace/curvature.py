@@ -47,7 +47,7 @@ __all__ = ["BradleyTerryGGN", "PairKronLaplace", "PairKronLLLaplace", "nearest_k
 
 
 def _pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split per-item rows ``(2B, d)`` ordered ``[p0 i0, p0 i1, p1 i0, ...]`` into two ``(B, d)``."""
+    """Split per-item rows ``(2B, d)``, ordered pair by pair, into items 0 and 1 ``(B, d)``."""
     t = t.reshape(-1, 2, *t.shape[1:])
     return t[:, 0], t[:, 1]
 
@@ -95,7 +95,7 @@ class BradleyTerryGGN(CurvatureInterface):
     def taps(self) -> LinearTaps:
         """Hook-based recorder over the posterior's linear layers (built on first use)."""
         if self._taps is None:
-            self._taps = LinearTaps(self.model, self.params)
+            self._taps = LinearTaps(self.model, list(self.params))
         return self._taps
 
     # ------------------------------------------------------------------ pair factors
@@ -164,9 +164,7 @@ class BradleyTerryGGN(CurvatureInterface):
             blocks.append(d.clamp_min(0.0).flatten())
         return loss, torch.cat(blocks)
 
-    def kron(
-        self, x: Any, y: torch.Tensor, N: int, **kwargs: Any
-    ) -> tuple[torch.Tensor, Kron]:
+    def kron(self, x: Any, y: torch.Tensor, N: int, **kwargs: Any) -> tuple[torch.Tensor, Kron]:
         """Store the batch's pair factors; the Kronecker factors are built by ``finish_kron``.
 
         Returns the loss and an all-zero :class:`~laplace.utils.Kron` so that laplace-torch's

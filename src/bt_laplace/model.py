@@ -82,8 +82,7 @@ class PairwiseRewardModel(nn.Module):
             out = out.logits
         if not isinstance(out, torch.Tensor):
             raise TypeError(
-                "`net` must return a tensor or an object with `.logits`, got "
-                f"{type(out).__name__}."
+                f"`net` must return a tensor or an object with `.logits`, got {type(out).__name__}."
             )
         n = items.shape[0]
         if out.shape == (n,):

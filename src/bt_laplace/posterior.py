@@ -331,8 +331,10 @@ def fit_reward_posterior(
                 "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of validation "
                 "pairs; pass one or use prior_precision='marglik'."
             )
-    elif isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) or (
-        not math.isfinite(prior_precision) or prior_precision <= 0
+    elif (
+        isinstance(prior_precision, bool)
+        or not isinstance(prior_precision, (int, float))
+        or (not math.isfinite(prior_precision) or prior_precision <= 0)
     ):
         raise ValueError(
             f"`prior_precision` must be 'marglik', 'gridsearch' or a positive number, got "
@@ -365,9 +367,15 @@ def fit_reward_posterior(
 
     model.eval()
     cls = _laplace_class(subset, structure, backend)
+    la: Any
     if cls is None:
-        la = Laplace(model, "reward_modeling", subset_of_weights=subset,
-                     hessian_structure=structure, **laplace_kwargs)
+        la = Laplace(
+            model,
+            "reward_modeling",
+            subset_of_weights=subset,
+            hessian_structure=structure,
+            **laplace_kwargs,
+        )
     else:
         la = cls(model, "reward_modeling", **laplace_kwargs)
     la.fit(train_loader, progress_bar=progress_bar)
@@ -379,12 +387,16 @@ def fit_reward_posterior(
         with warnings.catch_warnings():
             # laplace-torch warns about its own link_approx default, which marglik never uses
             warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
-            la.optimize_prior_precision(method="marglik", progress_bar=progress_bar,
-                                        **prior_kwargs)
+            la.optimize_prior_precision(method="marglik", progress_bar=progress_bar, **prior_kwargs)
     else:
         assert val_loader is not None
-        _gridsearch(posterior, val_loader, link_approx=link_approx, progress_bar=progress_bar,
-                    **prior_kwargs)
+        _gridsearch(
+            posterior,
+            val_loader,
+            link_approx=link_approx,
+            progress_bar=progress_bar,
+            **prior_kwargs,
+        )
     return posterior
 
 
@@ -404,8 +416,9 @@ def _gridsearch(
     from tqdm.auto import tqdm
 
     la = posterior.laplace
-    grid = torch.logspace(log_prior_prec_min, log_prior_prec_max, grid_size,
-                          base=log_prior_prec_base)
+    grid = torch.logspace(
+        log_prior_prec_min, log_prior_prec_max, grid_size, base=log_prior_prec_base
+    )
     best, best_nll = float(grid[0]), math.inf
     for prior in tqdm(grid.tolist(), disable=not progress_bar, desc="[Grid search]"):
         la.prior_precision = prior

@@ -34,13 +34,18 @@ from bt_laplace._taps import LinearTaps, TapResult
 
 __all__ = [
     "posterior_parameters",
-    "PosteriorQuadraticForm", "item_moments", "pair_moments", "linearized_samples"]
+    "PosteriorQuadraticForm",
+    "item_moments",
+    "pair_moments",
+    "linearized_samples",
+]
 
 
 def posterior_parameters(laplace: ParametricLaplace) -> list[torch.Tensor]:
     """The parameter tensors the posterior is over, in its order (last layer or all)."""
     if isinstance(laplace, LLLaplace):
-        return [p for p in laplace.model.last_layer.parameters() if p.requires_grad]
+        last_layer: Any = laplace.model.last_layer
+        return [p for p in last_layer.parameters() if p.requires_grad]
     return list(laplace.params)
 
 
@@ -182,8 +187,9 @@ def linearized_samples(
     if form.taps.supported:
         res = form.run(lambda: la.model(x))
         out = res.output.expand(n_samples, -1).clone()
-        for slot, d in zip(form.taps.slots, delta.split([s.numel for s in form.taps.slots], 1),
-                           strict=True):
+        for slot, d in zip(
+            form.taps.slots, delta.split([s.numel for s in form.taps.slots], 1), strict=True
+        ):
             g, a = res.grads[slot.layer], res.acts[slot.layer]
             if slot.kind == "bias":
                 out += d @ g.T
