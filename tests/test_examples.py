@@ -37,3 +37,11 @@ def test_quickstart_notebook_executes(tmp_path):
         if o.get("output_type") == "error"
     ]
     assert not errors
+
+
+def test_readme_snippet_runs():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = readme.split("## In a few lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["mean"].shape == (5,) and namespace["s"].shape == (100, 5)
