@@ -36,6 +36,8 @@ __all__ = [
     "posterior_parameters",
     "PosteriorQuadraticForm",
     "item_moments",
+    "pair_taps",
+    "pair_moments_from_taps",
     "pair_moments",
     "linearized_samples",
 ]
@@ -64,12 +66,14 @@ class PosteriorQuadraticForm:
         self._cache_key: Any = None
 
     def _posterior(self) -> tuple[Any, ...]:
-        """Per-parameter posterior pieces, recomputed when the prior precision changes."""
+        """Per-parameter posterior pieces, recomputed when the curvature, prior or temperature
+        change (the key holds the curvature object itself, so it cannot be confused with a
+        later one)."""
         la = self.laplace
-        key = (id(la.H), la.prior_precision.detach().clone(), float(la.temperature))
-        if self._cache is not None and self._cache_key is not None:
-            same = self._cache_key[0] == key[0] and self._cache_key[2] == key[2]
-            if same and torch.equal(self._cache_key[1], key[1]):
+        key = (la.H, la.prior_precision.detach().clone(), float(la.temperature))
+        old = self._cache_key
+        if self._cache is not None and old is not None and old[0] is key[0] and old[2] == key[2]:
+            if torch.equal(old[1], key[1]):
                 return self._cache
         if isinstance(la, DiagLaplace):
             var = la.posterior_variance
@@ -159,16 +163,26 @@ def item_moments(
     return f.reshape(-1).detach(), var.reshape(-1).detach()
 
 
+def pair_taps(form: PosteriorQuadraticForm, x: torch.Tensor) -> tuple[TapResult, TapResult]:
+    """Taps of items 0 and items 1 of pairs ``x`` ``(B, 2, *item)`` (one pass over ``2B`` items)."""
+    return _split_items(form.run(lambda: form.laplace.model(x)))
+
+
+def pair_moments_from_taps(
+    form: PosteriorQuadraticForm, r0: TapResult, r1: TapResult
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Means ``(B, 2)``, variances ``(B, 2)`` and covariance ``(B,)`` from pair taps."""
+    var = torch.stack([form.cross(r0, r0), form.cross(r1, r1)], dim=1).clamp_min(0.0)
+    return torch.stack([r0.output, r1.output], dim=1), var, form.cross(r0, r1)
+
+
 def pair_moments(
     form: PosteriorQuadraticForm, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Means ``(B, 2)``, variances ``(B, 2)`` and covariance ``(B,)`` of pair rewards."""
     la = form.laplace
     if form.taps.supported:
-        res = form.run(lambda: la.model(x))
-        r0, r1 = _split_items(res)
-        var = torch.stack([form.cross(r0, r0), form.cross(r1, r1)], dim=1).clamp_min(0.0)
-        return res.output.reshape(-1, 2), var, form.cross(r0, r1)
+        return pair_moments_from_taps(form, *pair_taps(form, x))
     with torch.enable_grad():
         jac, f = la.backend.jacobians(x)  # (B, 2, P), (B, 2)
     cov = la.functional_variance(jac).detach()  # (B, 2, 2)
