@@ -186,3 +186,16 @@ def test_nearest_kronecker_factors_of_a_kronecker_product_are_exact():
     # both factors are positive semi-definite
     assert float(torch.linalg.eigvalsh(gf).min()) > -1e-12
     assert float(torch.linalg.eigvalsh(af).min()) > -1e-12
+
+
+@pytest.mark.parametrize("out,inp", [(1, 4), (3, 1)], ids=["one-output", "one-input"])
+def test_nearest_kronecker_factors_single_row_or_column_are_exact(out, inp):
+    """A layer with one output or one input is a Kronecker product, even with g1 != g0."""
+    g = torch.Generator().manual_seed(2)
+    b = 25
+    g0, g1 = (torch.randn(b, out, generator=g, dtype=torch.float64) for _ in range(2))
+    a0, a1 = (torch.randn(b, inp, generator=g, dtype=torch.float64) for _ in range(2))
+    w = torch.rand(b, generator=g, dtype=torch.float64)
+    gf, af = nearest_kronecker_factors(g0, g1, a0, a1, w)
+    d = (torch.einsum("bo,bi->boi", g1, a1) - torch.einsum("bo,bi->boi", g0, a0)).reshape(b, -1)
+    assert rel_err(torch.kron(gf, af), (d * w[:, None]).T @ d) < 1e-12

@@ -40,6 +40,7 @@ from bt_laplace.predictive import (
     pair_moments_from_taps,
     pair_taps,
 )
+from bt_laplace.prior import optimize_marglik
 
 __all__ = ["RewardPrediction", "RewardPosterior", "fit_reward_posterior"]
 
@@ -389,7 +390,7 @@ def fit_reward_posterior(
         with warnings.catch_warnings():
             # laplace-torch warns about its own link_approx default, which marglik never uses
             warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
-            la.optimize_prior_precision(method="marglik", progress_bar=progress_bar, **prior_kwargs)
+            optimize_marglik(la, progress_bar=progress_bar, **prior_kwargs)
     else:
         assert val_loader is not None
         _gridsearch(

@@ -1,0 +1,130 @@
+"""Marginal-likelihood prior precision on the eigenvalues of the curvature.
+
+Shape legend: ``P`` posterior parameters, ``K`` prior precisions (1 scalar or one per layer).
+
+The Laplace log marginal likelihood as a function of the prior precision ``delta`` is
+
+.. math::
+    \\log p(D \\mid \\delta) \\approx \\log p(D \\mid \\theta^*)
+    - \\tfrac12 \\big(\\log\\det(H + \\delta) - \\log\\det \\delta
+    + (\\theta^* - \\mu_0)^T \\delta (\\theta^* - \\mu_0)\\big),
+
+(MacKay, 1992; Immer et al., 2021). With the eigenvalues ``lambda`` of the (tempered) curvature
+``H`` computed once, ``log det(H + delta) = sum log(lambda + delta)``, so each optimizer step costs
+``O(P)`` instead of a determinant. :func:`optimize_marglik` runs exactly laplace-torch's
+procedure (Adam on ``log delta``, same defaults) on that closed form, for a scalar prior and,
+for diagonal and Kronecker posteriors over all weights, a per-layer prior; other cases are handed to
+laplace-torch's ``optimize_prior_precision``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
+from laplace.lllaplace import LLLaplace
+from tqdm.auto import tqdm
+
+from bt_laplace.predictive import posterior_parameters
+
+__all__ = ["curvature_eigenvalues", "optimize_marglik"]
+
+
+def curvature_eigenvalues(laplace: ParametricLaplace) -> list[torch.Tensor] | None:
+    """Eigenvalues of the tempered curvature ``H / T``, one tensor per parameter tensor.
+
+    Returns None when they do not separate by parameter tensor (a dense ``full`` curvature
+    gives a single group) or for Kronecker posteriors with damping.
+    """
+    factor = laplace._H_factor
+    if isinstance(laplace, DiagLaplace):
+        sizes = [p.numel() for p in posterior_parameters(laplace)]
+        return list((laplace.H * factor).split(sizes))
+    if isinstance(laplace, KronLaplace):
+        h: Any = laplace.H
+        if getattr(h, "damping", False):
+            return None
+        groups = []
+        for ls in h.eigenvalues:
+            vals = ls[0] if len(ls) == 1 else torch.outer(ls[0], ls[1]).flatten()
+            groups.append(vals * factor)
+        return groups
+    if isinstance(laplace, FullLaplace):
+        return [torch.linalg.eigvalsh(laplace.H * factor)]
+    return None
+
+
+def optimize_marglik(
+    laplace: ParametricLaplace,
+    *,
+    n_steps: int = 100,
+    lr: float = 1e-1,
+    init_prior_prec: float = 1.0,
+    prior_structure: str = "scalar",
+    progress_bar: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Set ``laplace.prior_precision`` by maximizing the Laplace marginal likelihood.
+
+    Same algorithm and defaults as laplace-torch's
+    ``optimize_prior_precision(method="marglik")``, on precomputed eigenvalues.
+
+    Args:
+        laplace: A fitted laplace-torch ``DiagLaplace``, ``KronLaplace`` or ``FullLaplace``.
+        n_steps: Adam steps.
+        lr: Adam learning rate on ``log delta``.
+        init_prior_prec: Initial scalar prior precision.
+        prior_structure: ``"scalar"`` or ``"layerwise"``.
+        progress_bar: Show a tqdm bar over the steps.
+        **kwargs: Passed to laplace-torch when it handles the case itself.
+    """
+    groups = curvature_eigenvalues(laplace)
+    layerwise = prior_structure == "layerwise"
+    fast = groups is not None and (
+        prior_structure == "scalar" or (layerwise and not isinstance(laplace, LLLaplace))
+    )
+    if fast and layerwise and len(groups or []) != laplace.n_layers:
+        fast = False
+    if not fast or not isinstance(init_prior_prec, (int, float)):
+        laplace.optimize_prior_precision(
+            method="marglik",
+            n_steps=n_steps,
+            lr=lr,
+            init_prior_prec=init_prior_prec,
+            prior_structure=prior_structure,
+            progress_bar=progress_bar,
+            **kwargs,
+        )
+        return
+    assert groups is not None
+    eig = torch.cat(groups).detach()
+    delta = (laplace.mean - laplace.prior_mean).detach()
+    if layerwise:
+        sizes = [p.numel() for p in posterior_parameters(laplace)]
+        index = torch.repeat_interleave(
+            torch.arange(len(sizes), device=eig.device), torch.tensor(sizes, device=eig.device)
+        )
+        n_prior = len(sizes)
+    else:
+        index = torch.zeros(eig.numel(), dtype=torch.long, device=eig.device)
+        n_prior = 1
+    # parameter i has eigenvalue group index[i] only for diag and kron; for full (scalar) the
+    # prior is the same everywhere, so the pairing of eigenvalues and parameters is irrelevant
+    sq = torch.zeros(n_prior, dtype=eig.dtype, device=eig.device).index_add_(
+        0, index, delta.square()
+    )
+    counts = torch.bincount(index, minlength=n_prior).to(eig.dtype)
+    log_prior = torch.full(
+        (n_prior,), float(init_prior_prec), dtype=eig.dtype, device=eig.device
+    ).log()
+    log_prior.requires_grad_(True)
+    optimizer = torch.optim.Adam([log_prior], lr=lr)
+    for _ in tqdm(range(n_steps), disable=not progress_bar, desc="[Optimizing marglik]"):
+        optimizer.zero_grad()
+        prior = log_prior.exp()
+        log_det_ratio = torch.log(eig + prior[index]).sum() - (counts * log_prior).sum()
+        neg_marglik = 0.5 * (log_det_ratio + (prior * sq).sum())
+        neg_marglik.backward()
+        optimizer.step()
+    laplace.prior_precision = log_prior.detach().exp()
