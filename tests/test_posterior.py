@@ -157,3 +157,21 @@ def test_full_is_refused_with_the_memory_it_would_need(monkeypatch, pair_loader)
         btl.fit_reward_posterior(
             wide, pair_loader, subset_of_weights="all", hessian_structure="full"
         )
+
+
+@pytest.mark.parametrize(
+    "subset,structure",
+    [("all", "kron"), ("all", "diag"), ("last_layer", "kron"), ("last_layer", "full")],
+    ids=["all-kron", "all-diag", "ll-kron", "ll-full"],
+)
+def test_laplace_state_dict_round_trip(reward_model, pair_loader, subset, structure):
+    """laplace-torch's state_dict keeps working with the pair curvature."""
+    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
+                                    hessian_structure=structure)
+    state = post.laplace.state_dict()
+    fresh = type(post.laplace)(reward_model, "reward_modeling", backend=btl.BradleyTerryGGN)
+    fresh.load_state_dict(state)
+    again = btl.RewardPosterior(fresh, reward_model)
+    x = torch.randn(6, D_IN, dtype=torch.float64)
+    torch.testing.assert_close(again(x).variance, post(x).variance)
+    torch.testing.assert_close(again.prior_precision, post.prior_precision)
