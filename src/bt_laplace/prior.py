@@ -98,33 +98,23 @@ def optimize_marglik(
         )
         return
     assert groups is not None
-    eig = torch.cat(groups).detach()
     delta = (laplace.mean - laplace.prior_mean).detach()
-    if layerwise:
-        sizes = [p.numel() for p in posterior_parameters(laplace)]
-        index = torch.repeat_interleave(
-            torch.arange(len(sizes), device=eig.device), torch.tensor(sizes, device=eig.device)
-        )
-        n_prior = len(sizes)
-    else:
-        index = torch.zeros(eig.numel(), dtype=torch.long, device=eig.device)
-        n_prior = 1
-    # parameter i has eigenvalue group index[i] only for diag and kron; for full (scalar) the
-    # prior is the same everywhere, so the pairing of eigenvalues and parameters is irrelevant
-    sq = torch.zeros(n_prior, dtype=eig.dtype, device=eig.device).index_add_(
-        0, index, delta.square()
-    )
-    counts = torch.bincount(index, minlength=n_prior).to(eig.dtype)
-    log_prior = torch.full(
-        (n_prior,), float(init_prior_prec), dtype=eig.dtype, device=eig.device
-    ).log()
-    log_prior.requires_grad_(True)
+    if layerwise:  # one prior per parameter tensor, whose eigenvalues are its own group
+        eigs = [g.detach() for g in groups]
+        sq = torch.stack([d.square().sum() for d in delta.split([e.numel() for e in eigs])])
+    else:  # for full, eigenvalues do not pair with parameters, but a scalar prior needs no pairing
+        eigs = [torch.cat(groups).detach()]
+        sq = delta.square().sum().reshape(1)
+    counts = torch.tensor([e.numel() for e in eigs], dtype=sq.dtype, device=sq.device)
+    log_prior = torch.full((len(eigs),), float(init_prior_prec), dtype=sq.dtype, device=sq.device)
+    log_prior = log_prior.log().requires_grad_(True)
     optimizer = torch.optim.Adam([log_prior], lr=lr)
     for _ in tqdm(range(n_steps), disable=not progress_bar, desc="[Optimizing marglik]"):
         optimizer.zero_grad()
         prior = log_prior.exp()
-        log_det_ratio = torch.log(eig + prior[index]).sum() - (counts * log_prior).sum()
-        neg_marglik = 0.5 * (log_det_ratio + (prior * sq).sum())
+        # broadcasting per group, not a gather: its backward would be an atomic scatter on GPU
+        log_det = sum(torch.log(e + prior[i]).sum() for i, e in enumerate(eigs))
+        neg_marglik = 0.5 * (log_det - (counts * log_prior).sum() + (prior * sq).sum())
         neg_marglik.backward()
         optimizer.step()
     laplace.prior_precision = log_prior.detach().exp()
