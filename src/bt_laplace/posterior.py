@@ -314,6 +314,22 @@ def fit_reward_posterior(
 
     Returns:
         The fitted :class:`RewardPosterior`; ``.laplace`` is the laplace-torch object.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import bt_laplace as btl
+        >>> _ = torch.manual_seed(0)
+        >>> model = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(),
+        ...                                               nn.Linear(8, 1)))
+        >>> rows = [{"chosen": torch.randn(4), "rejected": torch.randn(4)} for _ in range(12)]
+        >>> loader = btl.preference_dataloader(rows, batch_size=4, chosen="chosen",
+        ...                                    rejected="rejected")
+        >>> post = btl.fit_reward_posterior(model, loader)  # last layer, kron, marglik
+        >>> type(post.laplace).__name__
+        'PairKronLLLaplace'
+        >>> bool(post.prior_precision > 0)
+        True
     """
     if not isinstance(model, PairwiseRewardModel):
         raise TypeError(
