@@ -166,8 +166,9 @@ def test_full_is_refused_with_the_memory_it_would_need(monkeypatch, pair_loader)
 )
 def test_laplace_state_dict_round_trip(reward_model, pair_loader, subset, structure):
     """laplace-torch's state_dict keeps working with the pair curvature."""
-    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights=subset,
-                                    hessian_structure=structure)
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights=subset, hessian_structure=structure
+    )
     state = post.laplace.state_dict()
     fresh = type(post.laplace)(reward_model, "reward_modeling", backend=btl.BradleyTerryGGN)
     fresh.load_state_dict(state)
@@ -175,3 +176,11 @@ def test_laplace_state_dict_round_trip(reward_model, pair_loader, subset, struct
     x = torch.randn(6, D_IN, dtype=torch.float64)
     torch.testing.assert_close(again(x).variance, post(x).variance)
     torch.testing.assert_close(again.prior_precision, post.prior_precision)
+
+
+def test_training_mode_with_dropout_warns_and_switches_to_eval(pair_loader):
+    net = nn.Sequential(nn.Linear(D_IN, 7), nn.Dropout(0.5), nn.Linear(7, 1)).double()
+    model = btl.PairwiseRewardModel(net).train()
+    with pytest.warns(btl.BTLaplaceWarning, match=r"training mode with \['Dropout'\]"):
+        btl.fit_reward_posterior(model, pair_loader, hessian_structure="diag")
+    assert not model.training

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from laplace import Laplace
 from laplace.baselaplace import ParametricLaplace
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_positive_int, check_tensor
@@ -384,6 +385,20 @@ def fit_reward_posterior(
                 "or 'diag', or subset_of_weights='last_layer'."
             )
 
+    stochastic = [
+        type(m).__name__
+        for m in model.modules()
+        if m.training
+        and isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
+    ]
+    if stochastic:
+        warnings.warn(
+            f"`model` was in training mode with {sorted(set(stochastic))}; switched it to "
+            "eval mode for the fit (in training mode the items of a batch interact and the "
+            "curvature is wrong). Call model.eval() before fitting to silence this.",
+            BTLaplaceWarning,
+            stacklevel=2,
+        )
     model.eval()
     cls = _laplace_class(subset, structure, backend)
     la: Any
