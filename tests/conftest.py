@@ -72,3 +72,24 @@ def exact_ggn(model: PairwiseRewardModel, x: torch.Tensor) -> torch.Tensor:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+class SequenceNet(nn.Module):
+    """Items are sequences (L, 3); the head runs per position, then positions are averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x))).mean(1)  # (N, L, 1) -> (N, 1)
+
+
+@pytest.fixture
+def sequence_model_and_pairs():
+    torch.manual_seed(3)
+    model = PairwiseRewardModel(SequenceNet().double(), item_ndim=2).eval()
+    x = torch.randn(12, 2, 5, 3, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (12,))), batch_size=5)
+    return model, x, loader

@@ -199,3 +199,29 @@ def test_nearest_kronecker_factors_single_row_or_column_are_exact(out, inp):
     gf, af = nearest_kronecker_factors(g0, g1, a0, a1, w)
     d = (torch.einsum("bo,bi->boi", g1, a1) - torch.einsum("bo,bi->boi", g0, a0)).reshape(b, -1)
     assert rel_err(torch.kron(gf, af), (d * w[:, None]).T @ d) < 1e-12
+
+
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_sequence_inputs_fall_back_to_exact_jacobians(sequence_model_and_pairs, structure):
+    model, x, loader = sequence_model_and_pairs
+    la = _fit(model, loader, "all", structure)
+    assert not la.backend.taps.supported and "inputs" in la.backend.taps.reason
+    exact = exact_ggn(model, x)
+    assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
+
+
+def test_sequence_inputs_refuse_kron_with_the_reason(sequence_model_and_pairs):
+    model, _, loader = sequence_model_and_pairs
+    with pytest.raises(NotImplementedError, match=r"kron.*\(N, in\) inputs.*'diag' or 'full'"):
+        _fit(model, loader, "all", "kron")
+
+
+def test_sequence_last_layer_with_feature_reduction(sequence_model_and_pairs):
+    model, x, loader = sequence_model_and_pairs
+    la = _fit(model, loader, "last_layer", "full", feature_reduction="average")
+    with torch.no_grad():
+        phi = torch.tanh(model.net.body(x)).mean(2)  # (B, 2, 4): the head is linear
+        logits = model(x)
+    p = torch.sigmoid(logits[:, 1] - logits[:, 0])
+    d_phi = torch.cat([phi[:, 1] - phi[:, 0], torch.zeros(12, 1, dtype=x.dtype)], 1)
+    assert rel_err(la.H, (d_phi * (p * (1 - p))[:, None]).T @ d_phi) < 1e-10

@@ -169,3 +169,20 @@ def test_posterior_parameters_for_last_layer_are_the_head(reward_model, pair_loa
     post = btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag")
     params = posterior_parameters(post.laplace)
     assert [tuple(p.shape) for p in params] == [(1, 7), (1,)]
+
+
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_sequence_inputs_predict_through_the_jacobian_fallback(sequence_model_and_pairs, structure):
+    model, x, loader = sequence_model_and_pairs
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=0.5
+    )
+    jac = item_jacobian(model, x.reshape(24, 5, 3))
+    full = jac @ _covariance(post.laplace) @ jac.T
+    mean, var = post(x.reshape(24, 5, 3))
+    torch.testing.assert_close(var, full.diagonal(), rtol=1e-10, atol=0)
+    _, pvar, cov = post.pair_moments(x)
+    torch.testing.assert_close(cov, full.diagonal(1)[0::2], rtol=1e-10, atol=1e-14)
+    s = post.sample(x[:3, 0], 30_000, generator=torch.Generator().manual_seed(0))
+    cov3 = full[0:6:2, 0:6:2]
+    assert float((torch.cov(s.T) - cov3).abs().max()) < 0.03 * float(cov3.diagonal().max())

@@ -13,11 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["LinearTaps", "ParamSlot", "TapResult"]
+__all__ = ["LinearTaps", "ParamSlot", "TapResult", "TapsUnsupportedError", "backend_jacobians"]
+
+
+class TapsUnsupportedError(NotImplementedError):
+    """The model's forward does not fit the hook-based fast path (found while running it)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class LinearTaps:
         """Run ``forward`` (returning rewards, any shape, one per item) and collect ``a``, ``g``.
 
         Raises:
-            NotImplementedError: If a layer is called twice or sees inputs that are not 2-D.
+            TapsUnsupportedError: If a layer is called twice or sees inputs that are not 2-D.
         """
         inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
         outputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
@@ -115,7 +120,7 @@ class LinearTaps:
                 for i, (ins, outs) in enumerate(zip(inputs, outputs, strict=True)):
                     if len(outs) != 1 or ins[0].ndim != 2:
                         shapes = [tuple(t.shape) for t in ins]
-                        raise NotImplementedError(
+                        raise TapsUnsupportedError(
                             f"linear layer {i} ({self.layers[i]}) was called {len(outs)} times "
                             f"with inputs {shapes}; the fast path needs one call on (N, in) "
                             "inputs per forward"
@@ -127,6 +132,16 @@ class LinearTaps:
         acts = [ins[0].detach() for ins in inputs]
         return TapResult(reward.detach(), acts, [g.detach() for g in grads])
 
+    def try_run(self, forward: Callable[[], torch.Tensor]) -> TapResult | None:
+        """:meth:`run`, or None (and ``supported`` set to False) if the forward does not fit."""
+        if not self.supported:
+            return None
+        try:
+            return self.run(forward)
+        except TapsUnsupportedError as err:
+            self.supported, self.reason = False, str(err)
+            return None
+
     def jacobian(self, result: TapResult) -> torch.Tensor:
         """Per-item Jacobian ``(N, P)`` rebuilt from ``a`` and ``g`` (for small ``P`` only)."""
         blocks = []
@@ -137,3 +152,19 @@ class LinearTaps:
             else:
                 blocks.append(g)
         return torch.cat(blocks, dim=1)
+
+
+def backend_jacobians(
+    backend: Any, x: Any, *, last_layer: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item Jacobians from a laplace-torch backend, the slow but general path.
+
+    Returns ``(J (N, K, P), f (N, K))`` for an input whose model output is ``(N, K)``
+    (``K = 1`` for items, ``K = 2`` for pairs), for all weights or the last layer.
+    """
+    with torch.enable_grad():
+        if not last_layer:
+            jac, f = backend.jacobians(x)
+            return jac.detach(), f.detach()
+        jac, f = backend.last_layer_jacobians(x)  # (N * K, 1, P) from per-item features
+    return jac.detach().reshape(f.shape[0], -1, jac.shape[-1]), f.detach()

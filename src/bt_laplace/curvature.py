@@ -41,7 +41,7 @@ from laplace.utils import Kron
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bt_laplace._taps import LinearTaps, TapResult
+from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians
 from bt_laplace.bradley_terry import bradley_terry_weight
 
 __all__ = ["BradleyTerryGGN", "PairKronLaplace", "PairKronLLLaplace", "nearest_kronecker_factors"]
@@ -123,18 +123,18 @@ class BradleyTerryGGN(CurvatureInterface):
 
         Returns ``(loss, weight (B,), taps result or None, dJ (B, P) or None)``.
         """
-        if self.taps.supported:
-            result = self.taps.run(lambda: self.model(x))
+        result = self.taps.try_run(lambda: self.model(x))
+        if result is not None:
             logits = result.output.reshape(-1, 2)
             d_jac = None
         else:
-            jac, logits = self.jacobians(x)  # (B, 2, P), (B, 2)
+            jac, logits = backend_jacobians(self, x, last_layer=self.last_layer)  # (B, 2, P)
             if jac.ndim != 3 or jac.shape[1] != 2:
                 raise ValueError(
                     f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
                     "wrap the reward network in bt_laplace.PairwiseRewardModel."
                 )
-            result, d_jac = None, jac[:, 1] - jac[:, 0]
+            d_jac = jac[:, 1] - jac[:, 0]
         if logits.ndim != 2 or logits.shape[1] != 2:
             raise ValueError(
                 f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
@@ -187,14 +187,13 @@ class BradleyTerryGGN(CurvatureInterface):
         Returns the loss and an all-zero :class:`~laplace.utils.Kron` so that laplace-torch's
         batch loop can run unchanged.
         """
-        if not self.taps.supported:
+        loss, w, result, _ = self._pair_pass(x, y)
+        if result is None:
             raise NotImplementedError(
                 f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
-                f"layer, but {self.taps.reason}; use hessian_structure='diag' or 'full', or "
-                "subset_of_weights='last_layer'."
+                f"layer called once per forward on (N, in) inputs, but {self.taps.reason}; use "
+                "hessian_structure='diag' or 'full', or subset_of_weights='last_layer'."
             )
-        loss, w, result, _ = self._pair_pass(x, y)
-        assert result is not None
         self._kron_store.add(result, w, N)
         if self._zero_kron is None:
             p = self.params[0]

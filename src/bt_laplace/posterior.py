@@ -456,14 +456,19 @@ def _gridsearch(
     la = posterior.laplace
     form = posterior._form
     link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
-    if form.taps.supported:
-        la.model.eval()
-        cached = [(pair_taps(form, posterior._pairs(x)), y) for x, y in val_loader]
-        if not cached:
-            raise ValueError("`val_loader` yielded no pairs; pass a non-empty validation loader.")
+    la.model.eval()
+    batches = []
+    for x, y in val_loader:
+        taps = pair_taps(form, posterior._pairs(x))
+        if taps is None:  # the model does not fit the fast path: score each grid point afresh
+            break
+        batches.append((taps, y))
+    cached = None if not form.taps.supported else batches
+    if not batches and form.taps.supported:
+        raise ValueError("`val_loader` yielded no pairs; pass a non-empty validation loader.")
 
     def score() -> float:
-        if not form.taps.supported:
+        if cached is None:
             return posterior.validation_nll(val_loader, link_approx=link)
         total, count = 0.0, 0
         for (r0, r1), y in cached:

@@ -23,14 +23,13 @@ laplace-torch's Jacobians.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
-from bt_laplace._taps import LinearTaps, TapResult
+from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians
 
 __all__ = [
     "posterior_parameters",
@@ -62,6 +61,7 @@ class PosteriorQuadraticForm:
     def __init__(self, laplace: ParametricLaplace) -> None:
         self.laplace = laplace
         self.taps = LinearTaps(laplace.model, posterior_parameters(laplace))
+        self.last_layer = isinstance(laplace, LLLaplace)
         self._cache: tuple[Any, ...] | None = None
         self._cache_key: Any = None
 
@@ -128,10 +128,6 @@ class PosteriorQuadraticForm:
                 total = total + ((gg @ m) * aa).sum(-1)
         return total
 
-    def run(self, forward: Callable[[], torch.Tensor]) -> TapResult:
-        """Taps of one forward pass."""
-        return self.taps.run(forward)
-
 
 def _split_items(result: TapResult) -> tuple[TapResult, TapResult]:
     """Taps of ``2B`` interleaved items -> taps of items 0 and items 1 of each pair."""
@@ -154,18 +150,18 @@ def item_moments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance ``(N,)`` of the reward of items ``x`` ``(N, *item)``."""
     la = form.laplace
-    if form.taps.supported:
-        res = form.run(lambda: la.model(x))
+    res = form.taps.try_run(lambda: la.model(x))
+    if res is not None:
         return res.output, form.cross(res, res).clamp_min(0.0)
-    with torch.enable_grad():
-        jac, f = la.backend.jacobians(x)
-    var = la.functional_variance(jac)
-    return f.reshape(-1).detach(), var.reshape(-1).detach()
+    jac, f = backend_jacobians(la.backend, x, last_layer=form.last_layer)
+    return f.reshape(-1), la.functional_variance(jac).reshape(-1).detach()
 
 
-def pair_taps(form: PosteriorQuadraticForm, x: torch.Tensor) -> tuple[TapResult, TapResult]:
-    """Taps of items 0 and items 1 of pairs ``x`` ``(B, 2, *item)`` (one pass over ``2B`` items)."""
-    return _split_items(form.run(lambda: form.laplace.model(x)))
+def pair_taps(form: PosteriorQuadraticForm, x: torch.Tensor) -> tuple[TapResult, TapResult] | None:
+    """Taps of items 0 and items 1 of pairs ``x`` ``(B, 2, *item)`` (one pass over ``2B``
+    items), or None when the model does not fit the fast path."""
+    res = form.taps.try_run(lambda: form.laplace.model(x))
+    return None if res is None else _split_items(res)
 
 
 def pair_moments_from_taps(
@@ -181,12 +177,12 @@ def pair_moments(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Means ``(B, 2)``, variances ``(B, 2)`` and covariance ``(B,)`` of pair rewards."""
     la = form.laplace
-    if form.taps.supported:
-        return pair_moments_from_taps(form, *pair_taps(form, x))
-    with torch.enable_grad():
-        jac, f = la.backend.jacobians(x)  # (B, 2, P), (B, 2)
+    taps = pair_taps(form, x)
+    if taps is not None:
+        return pair_moments_from_taps(form, *taps)
+    jac, f = backend_jacobians(la.backend, x, last_layer=form.last_layer)  # (B, 2, P)
     cov = la.functional_variance(jac).detach()  # (B, 2, 2)
-    return f.detach(), cov.diagonal(dim1=1, dim2=2), cov[:, 0, 1]
+    return f, cov.diagonal(dim1=1, dim2=2), cov[:, 0, 1]
 
 
 def linearized_samples(
@@ -198,8 +194,8 @@ def linearized_samples(
     """Joint samples ``(S, N)`` of the linearized rewards ``r(x) + J(x) (theta - theta*)``."""
     la = form.laplace
     delta = la.sample(n_samples, generator=generator) - la.mean  # (S, P)
-    if form.taps.supported:
-        res = form.run(lambda: la.model(x))
+    res = form.taps.try_run(lambda: la.model(x))
+    if res is not None:
         out = res.output.expand(n_samples, -1).clone()
         for slot, d in zip(
             form.taps.slots, delta.split([s.numel for s in form.taps.slots], 1), strict=True
@@ -211,6 +207,5 @@ def linearized_samples(
                 dw = d.reshape(n_samples, g.shape[1], a.shape[1])
                 out += torch.einsum("no,soi,ni->sn", g, dw, a)
         return out
-    with torch.enable_grad():
-        jac, f = la.backend.jacobians(x)
-    return f.reshape(1, -1).detach() + delta @ jac.reshape(jac.shape[0], -1).T.detach()
+    jac, f = backend_jacobians(la.backend, x, last_layer=form.last_layer)
+    return f.reshape(1, -1) + delta @ jac.reshape(jac.shape[0], -1).T
