@@ -616,8 +616,10 @@ def write_report(args, out, total):
         "",
         "## (b) marglik prior precision (scalar)",
         "",
-        "laplace-torch's `optimize_prior_precision(method='marglik')` (Adam on the log prior, "
-        "100 steps, as `fit_reward_posterior` calls it). The exact-GGN reference is bt_laplace "
+        "laplace-torch's marglik procedure (Adam on the log prior, 100 steps): its own "
+        "`optimize_prior_precision(method='marglik')` for laplace-torch, the same procedure on "
+        "the curvature eigenvalues (`bt_laplace.prior.optimize_marglik`, what "
+        "`fit_reward_posterior` runs) for bt_laplace. The exact-GGN reference is bt_laplace "
         "all/full, whose `H` equals the brute-force GGN to round-off (table above).",
         "",
         md_table(

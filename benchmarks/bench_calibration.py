@@ -275,8 +275,9 @@ def main() -> None:
         f"weight decay 1e-4, batch 64, up to {EPOCHS} epochs, early-stopped at the epoch of best "
         f"validation NLL: epochs chosen per seed {epochs}). The same MAP model per seed for "
         "all methods.",
-        "- Posteriors: scalar prior precision by marglik (laplace-torch's "
-        "`optimize_prior_precision`, as `fit_reward_posterior` does). laplace-torch "
+        "- Posteriors: scalar prior precision by marglik (laplace-torch's Adam procedure: its "
+        "`optimize_prior_precision` for laplace-torch, `fit_reward_posterior`'s eigenvalue "
+        "version for bt_laplace). laplace-torch "
         "probabilities are its own `la(x, fitting=True, link_approx='probit')[:, 1]` with its "
         "default backend (CurvlinopsGGN); bt_laplace's are `post.preference_probability(x)` "
         "(probit on the reward difference, with the covariance). laplace-torch last-layer "
