@@ -271,8 +271,11 @@ class RewardPosterior:
         return total / count
 
 
-def _laplace_class(subset: str, structure: str, backend: type | None) -> Any:
-    if backend is BradleyTerryGGN and structure == "kron":
+def _laplace_class(subset: str, structure: str, backend: Any) -> Any:
+    """laplace-torch class extended for whole-data pair Kronecker factors, or None for the
+    class laplace-torch's own ``Laplace`` factory picks."""
+    pair_backend = isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
+    if pair_backend and structure == "kron":
         return PairKronLaplace if subset == "all" else PairKronLLLaplace
     return None
 
