@@ -122,6 +122,8 @@ def test_query_errors_name_the_argument(reward_model, pair_loader):
         )
     with pytest.raises(TypeError, match="`x` must be a torch.Tensor"):
         post([[0.0] * D_IN])
+    with pytest.raises(ValueError, match=r"`x` has dtype torch.float32 but .* torch.float64"):
+        post(torch.randn(3, D_IN))
     with pytest.raises(ValueError, match="`n_samples` must be a positive int"):
         post.sample(torch.randn(3, D_IN, dtype=torch.float64), 0)
 

@@ -121,8 +121,17 @@ class RewardPosterior:
         )
 
     # ------------------------------------------------------------------ inputs
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        dtype = self.laplace._dtype
+        if x.is_floating_point() and x.dtype != dtype:
+            raise ValueError(
+                f"`x` has dtype {x.dtype} but the model's parameters are {dtype}; convert one "
+                f"of them (x.to({dtype}), or preference_dataloader(..., dtype=...))."
+            )
+
     def _items(self, x: Any) -> torch.Tensor:
         x = check_tensor("x", x)
+        self._check_dtype(x)
         if self.model.is_pair_batch(x):
             raise ValueError(
                 f"`x` must be items of shape (B, *item), got pairs {tuple(x.shape)}; use "
@@ -132,6 +141,7 @@ class RewardPosterior:
 
     def _pairs(self, x: Any) -> torch.Tensor:
         x = check_tensor("x", x)
+        self._check_dtype(x)
         if not self.model.is_pair_batch(x):
             raise ValueError(
                 f"`x` must be pairs of shape (B, 2, *item), got {tuple(x.shape)}; stack the "
