@@ -65,40 +65,22 @@ def main(out: str = "quickstart.png") -> None:
         print(f"  P(item {i + 1} preferred over item {i}) = {p:.3f}")
 
     # 6. Uncertainty along a line through input space grows away from the data.
-    t = torch.linspace(-6, 6, 200)
-    direction = torch.tensor([1.0, 0.5, -0.5])
-    line = t[:, None] * direction
-    mean, variance = post(line)
-    items = torch.cat([torch.stack([r["x0"], r["x1"]]) for r in rows])
-    train_t = items @ direction / direction.dot(direction)
-    save_plot(t, mean, variance.sqrt(), train_t, out)
-    print(f"saved {out}")
-
-
-def save_plot(t, mean, std, train_t, out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bt_laplace.plot import plot_reward_band
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(t, mean, color="C0", label="reward mean")
-    ax.fill_between(
-        t, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.25, label="mean +- 2 std"
-    )
-    ax.plot(
-        train_t,
-        torch.full_like(train_t, float((mean - 2 * std).min())),
-        "k|",
-        ms=12,
-        label="training items (projected)",
+    t = torch.linspace(-6, 6, 200)
+    direction = torch.tensor([1.0, 0.5, -0.5])
+    mean, variance = post(t[:, None] * direction)
+    items = torch.cat([torch.stack([r["x0"], r["x1"]]) for r in rows])
+    ax = plot_reward_band(
+        t, mean, variance, k=2, train_t=items @ direction / direction.dot(direction)
     )
     ax.set_xlabel("position along the line t * (1, 0.5, -0.5)")
-    ax.set_ylabel("reward")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out, dpi=120)
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

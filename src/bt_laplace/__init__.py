@@ -15,6 +15,7 @@ from bt_laplace.curvature import (
     nearest_kronecker_factors,
 )
 from bt_laplace.data import PairCollator, preference_dataloader
+from bt_laplace.metrics import PairMetrics, expected_calibration_error, pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
 
@@ -34,6 +35,10 @@ __all__ = [
     "PairKronLaplace",
     "PairKronLLLaplace",
     "nearest_kronecker_factors",
+    # metrics of pair probabilities (plots: bt_laplace.plot, extra "plot")
+    "pair_metrics",
+    "PairMetrics",
+    "expected_calibration_error",
     # Bradley-Terry math
     "bradley_terry_weight",
     "bradley_terry_nll",
