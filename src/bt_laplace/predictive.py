@@ -104,29 +104,36 @@ class PosteriorQuadraticForm:
 
     def cross(self, left: TapResult, right: TapResult) -> torch.Tensor:
         """Row-wise ``J(x_n) Sigma J(x'_n)^T`` ``(N,)`` for taps of two aligned item batches."""
+        if left is right:
+            return self.crosses([left], [(0, 0)])[0]
+        return self.crosses([left, right], [(0, 1)])[0]
+
+    def crosses(self, results: list[TapResult], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """:meth:`cross` for several ``(i, j)`` pairs of ``results``, sharing the per-result work
+        (projections onto the Kronecker eigenbases, ``J Sigma`` for ``full``)."""
         kind, post = self._posterior()
         if kind == "full":
-            return ((self.taps.jacobian(left) @ post) * self.taps.jacobian(right)).sum(-1)
-        total = torch.zeros_like(left.output)
+            jac = [self.taps.jacobian(r) for r in results]
+            jac_sigma = {i: jac[i] @ post for i in {i for i, _ in pairs}}
+            return [(jac_sigma[i] * jac[j]).sum(-1) for i, j in pairs]
+        totals = [torch.zeros_like(results[0].output) for _ in pairs]
         for slot, piece in zip(self.taps.slots, post, strict=True):
-            gl, gr = left.grads[slot.layer], right.grads[slot.layer]
-            if slot.kind == "bias":
-                if kind == "diag":
-                    total = total + (gl * gr * piece).sum(-1)
-                else:
-                    q, inv_l = piece
-                    total = total + ((gl @ q) * (gr @ q) * inv_l).sum(-1)
-                continue
-            al, ar = left.acts[slot.layer], right.acts[slot.layer]
-            if kind == "diag":
-                v = piece.reshape(gl.shape[1], al.shape[1])
-                total = total + (((gl * gr) @ v) * (al * ar)).sum(-1)
-            else:
-                qg, qa, m = piece
-                gg = (gl @ qg) * (gr @ qg) if gl is not gr else (gl @ qg).square()
-                aa = (al @ qa) * (ar @ qa) if al is not ar else (al @ qa).square()
-                total = total + ((gg @ m) * aa).sum(-1)
-        return total
+            g = [r.grads[slot.layer] for r in results]
+            a = [r.acts[slot.layer] for r in results]
+            if kind == "kron":  # rotate into the eigenbases once per result
+                g = [gi @ piece[0] for gi in g]
+                if slot.kind == "weight":
+                    a = [ai @ piece[1] for ai in a]
+            for k, (i, j) in enumerate(pairs):
+                gg = g[i].square() if i == j else g[i] * g[j]
+                if slot.kind == "bias":  # kron: (Q, 1 / (l + delta)); diag: variances
+                    inv = piece[1] if kind == "kron" else piece
+                    totals[k] = totals[k] + (gg * inv).sum(-1)
+                    continue
+                aa = a[i].square() if i == j else a[i] * a[j]
+                m = piece[2] if kind == "kron" else piece.reshape(gg.shape[1], aa.shape[1])
+                totals[k] = totals[k] + ((gg @ m) * aa).sum(-1)
+        return totals
 
 
 def _split_items(result: TapResult) -> tuple[TapResult, TapResult]:
@@ -168,8 +175,9 @@ def pair_moments_from_taps(
     form: PosteriorQuadraticForm, r0: TapResult, r1: TapResult
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Means ``(B, 2)``, variances ``(B, 2)`` and covariance ``(B,)`` from pair taps."""
-    var = torch.stack([form.cross(r0, r0), form.cross(r1, r1)], dim=1).clamp_min(0.0)
-    return torch.stack([r0.output, r1.output], dim=1), var, form.cross(r0, r1)
+    v0, v1, cov = form.crosses([r0, r1], [(0, 0), (1, 1), (0, 1)])
+    var = torch.stack([v0, v1], dim=1).clamp_min(0.0)
+    return torch.stack([r0.output, r1.output], dim=1), var, cov
 
 
 def pair_moments(
