@@ -225,3 +225,18 @@ def test_sequence_last_layer_with_feature_reduction(sequence_model_and_pairs):
     p = torch.sigmoid(logits[:, 1] - logits[:, 0])
     d_phi = torch.cat([phi[:, 1] - phi[:, 0], torch.zeros(12, 1, dtype=x.dtype)], 1)
     assert rel_err(la.H, (d_phi * (p * (1 - p))[:, None]).T @ d_phi) < 1e-10
+
+
+def test_unwrapped_model_is_refused_with_the_fix():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    x = torch.randn(6, 2, 4, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, torch.zeros(6, dtype=torch.long)), batch_size=3)
+    la = Laplace(
+        net,
+        "reward_modeling",
+        subset_of_weights="all",
+        hessian_structure="diag",
+        backend=BradleyTerryGGN,
+    )
+    with pytest.raises(ValueError, match=r"logits \(B, 2\), got \(3, 2, 1\).*PairwiseRewardModel"):
+        la.fit(loader)

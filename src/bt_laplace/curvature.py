@@ -117,24 +117,26 @@ class BradleyTerryGGN(CurvatureInterface):
 
     # ------------------------------------------------------------------ pair factors
     def _pair_pass(
-        self, x: torch.Tensor | MutableMapping[str, Any], y: torch.Tensor
+        self, x: torch.Tensor | MutableMapping[str, Any], y: torch.Tensor, *, kron: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, TapResult | None, torch.Tensor | None]:
         """One pass over a batch of pairs.
 
-        Returns ``(loss, weight (B,), taps result or None, dJ (B, P) or None)``.
+        Returns ``(loss, weight (B,), taps result or None, dJ (B, P) or None)``; per-item
+        Jacobians are the fallback when the taps do not fit the model, except for ``kron``.
         """
         result = self.taps.try_run(lambda: self.model(x))
         if result is not None:
             logits = result.output.reshape(-1, 2)
             d_jac = None
+        elif kron:
+            raise NotImplementedError(
+                f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
+                f"layer called once per forward on (N, in) inputs, but {self.taps.reason}; use "
+                "hessian_structure='diag' or 'full', or subset_of_weights='last_layer'."
+            )
         else:
             jac, logits = backend_jacobians(self, x, last_layer=self.last_layer)  # (B, 2, P)
-            if jac.ndim != 3 or jac.shape[1] != 2:
-                raise ValueError(
-                    f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
-                    "wrap the reward network in bt_laplace.PairwiseRewardModel."
-                )
-            d_jac = jac[:, 1] - jac[:, 0]
+            d_jac = jac[:, 1] - jac[:, 0] if jac.shape[1] == 2 else None
         if logits.ndim != 2 or logits.shape[1] != 2:
             raise ValueError(
                 f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
@@ -187,13 +189,8 @@ class BradleyTerryGGN(CurvatureInterface):
         Returns the loss and an all-zero :class:`~laplace.utils.Kron` so that laplace-torch's
         batch loop can run unchanged.
         """
-        loss, w, result, _ = self._pair_pass(x, y)
-        if result is None:
-            raise NotImplementedError(
-                f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
-                f"layer called once per forward on (N, in) inputs, but {self.taps.reason}; use "
-                "hessian_structure='diag' or 'full', or subset_of_weights='last_layer'."
-            )
+        loss, w, result, _ = self._pair_pass(x, y, kron=True)
+        assert result is not None
         self._kron_store.add(result, w, N)
         if self._zero_kron is None:
             p = self.params[0]
