@@ -191,7 +191,7 @@ class BradleyTerryGGN(CurvatureInterface):
         """
         loss, w, result, _ = self._pair_pass(x, y, kron=True)
         assert result is not None
-        self._kron_store.add(result, w, N)
+        self._kron_store.add(result, w)
         if self._zero_kron is None:
             p = self.params[0]
             self._zero_kron = Kron.init_from_model(self.params, p.device, p.dtype)
@@ -203,100 +203,77 @@ class BradleyTerryGGN(CurvatureInterface):
 
     def finish_kron(self) -> Kron:
         """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout."""
-        acts, grads, weights = self._kron_store.tensors()
-        self._kron_store = _FactorStore()
+        stored, self._kron_store = self._kron_store, _FactorStore()
+        weights = [w for _, w in stored.batches]
         kfacs: list[Any] = []
         for slot in self.taps.slots:
-            g0, g1 = _pair_split(grads[slot.layer])
+            g = [_pair_split(r.grads[slot.layer]) for r, _ in stored.batches]
             if slot.kind == "bias":
-                dg = g1 - g0
-                kfacs.append([(dg * weights[:, None]).T @ dg])
+                kfacs.append(
+                    [
+                        sum(
+                            ((g1 - g0) * w[:, None]).T @ (g1 - g0)
+                            for (g0, g1), w in zip(g, weights, strict=True)
+                        )
+                    ]
+                )
                 continue
-            a0, a1 = _pair_split(acts[slot.layer])
+            a = [_pair_split(r.acts[slot.layer]) for r, _ in stored.batches]
             g_fac, a_fac = nearest_kronecker_factors(
-                g0, g1, a0, a1, weights, iterations=self.kron_iterations
+                [x[0] for x in g],
+                [x[1] for x in g],
+                [x[0] for x in a],
+                [x[1] for x in a],
+                weights,
+                iterations=self.kron_iterations,
             )
             kfacs.append([g_fac, a_fac])
         return Kron(kfacs)
 
 
 class _FactorStore:
-    """Per-layer activations and output gradients of all pairs, for the whole-data ``kron``.
-
-    Written into buffers sized for the ``N`` pairs laplace-torch announces (no concatenation at
-    the end); pairs beyond ``N`` go to extra chunks.
-    """
+    """Per-batch activations, output gradients and pair weights kept for the whole-data ``kron``
+    (the factors are sums over pairs, so the batches are never concatenated)."""
 
     def __init__(self) -> None:
-        self.acts: list[torch.Tensor] = []
-        self.grads: list[torch.Tensor] = []
-        self.weight = torch.empty(0)
-        self.filled = 0
-        self.extra: list[tuple[TapResult, torch.Tensor]] = []
+        self.batches: list[tuple[TapResult, torch.Tensor]] = []
 
-    def add(self, result: TapResult, weight: torch.Tensor, n_pairs: int) -> None:
-        b = weight.shape[0]
-        if not self.acts and not self.extra:
+    def add(self, result: TapResult, weight: torch.Tensor) -> None:
+        self.batches.append((result, weight))
 
-            def empty(t: torch.Tensor, rows: int) -> torch.Tensor:
-                return t.new_empty(rows, *t.shape[1:])
 
-            self.acts = [empty(a, 2 * n_pairs) for a in result.acts]
-            self.grads = [empty(g, 2 * n_pairs) for g in result.grads]
-            self.weight = empty(weight, n_pairs)
-        if self.filled + b > self.weight.shape[0]:
-            self.extra.append((result, weight))
-            return
-        rows = slice(2 * self.filled, 2 * (self.filled + b))
-        for buf, a in zip(self.acts, result.acts, strict=True):
-            buf[rows] = a
-        for buf, g in zip(self.grads, result.grads, strict=True):
-            buf[rows] = g
-        self.weight[self.filled : self.filled + b] = weight
-        self.filled += b
-
-    def tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """``(acts, grads, weight)`` over all stored pairs, in order."""
-        n = self.filled
-        acts = [a[: 2 * n] for a in self.acts]
-        grads = [g[: 2 * n] for g in self.grads]
-        weight = self.weight[:n]
-        if self.extra:
-            acts = [torch.cat([a, *(r.acts[i] for r, _ in self.extra)]) for i, a in enumerate(acts)]
-            grads = [
-                torch.cat([g, *(r.grads[i] for r, _ in self.extra)]) for i, g in enumerate(grads)
-            ]
-            weight = torch.cat([weight, *(w for _, w in self.extra)])
-        return acts, grads, weight
+Chunks = list[torch.Tensor]
 
 
 def _pair_step(
-    f: torch.Tensor,
-    u0: torch.Tensor,
-    u1: torch.Tensor,
-    v0: torch.Tensor,
-    v1: torch.Tensor,
-    weight: torch.Tensor,
+    f: torch.Tensor, u0: Chunks, u1: Chunks, v0: Chunks, v1: Chunks, weight: Chunks
 ) -> torch.Tensor:
     """One side of the power iteration: ``sum_n Vhat_n C_n Vhat_n^T`` ``(e, e)``.
 
     ``C_n = w_n [[u1^T F u1, -u1^T F u0], [-u1^T F u0, u0^T F u0]]`` and
-    ``Vhat_n = [v1_n, v0_n]``; two products with ``F`` and two ``(B, e)`` Gram products.
+    ``Vhat_n = [v1_n, v0_n]``; per chunk of pairs, two products with ``F`` and two Gram products.
     """
-    u1f, u0f = u1 @ f, u0 @ f
-    c11 = (weight * (u1f * u1).sum(-1))[:, None]
-    c00 = (weight * (u0f * u0).sum(-1))[:, None]
-    c10 = (weight * (u1f * u0).sum(-1))[:, None]
-    # Vhat C Vhat^T = v1 (c11 v1 - c10 v0)^T + v0 (c00 v0 - c10 v1)^T, summed over pairs
-    return v1.T @ (c11 * v1 - c10 * v0) + v0.T @ (c00 * v0 - c10 * v1)
+    total = torch.zeros(v0[0].shape[1], v0[0].shape[1], dtype=f.dtype, device=f.device)
+    for u0_, u1_, v0_, v1_, w in zip(u0, u1, v0, v1, weight, strict=True):
+        u1f, u0f = u1_ @ f, u0_ @ f
+        c11 = (w * (u1f * u1_).sum(-1))[:, None]
+        c00 = (w * (u0f * u0_).sum(-1))[:, None]
+        c10 = (w * (u1f * u0_).sum(-1))[:, None]
+        # Vhat C Vhat^T = v1 (c11 v1 - c10 v0)^T + v0 (c00 v0 - c10 v1)^T, summed over pairs
+        total += v1_.T @ (c11 * v1_ - c10 * v0_) + v0_.T @ (c00 * v0_ - c10 * v1_)
+    return total
+
+
+def _chunks(t: torch.Tensor | Chunks) -> Chunks:
+    return [t] if isinstance(t, torch.Tensor) else list(t)
 
 
 def nearest_kronecker_factors(
-    g0: torch.Tensor,
-    g1: torch.Tensor,
-    a0: torch.Tensor,
-    a1: torch.Tensor,
-    weight: torch.Tensor,
+    g0: torch.Tensor | Chunks,
+    g1: torch.Tensor | Chunks,
+    a0: torch.Tensor | Chunks,
+    a1: torch.Tensor | Chunks,
+    weight: torch.Tensor | Chunks,
     *,
     iterations: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,11 +293,11 @@ def nearest_kronecker_factors(
     product already and is returned exactly, without iterating.
 
     Args:
-        g0: Output gradients of item 0 ``(B, out)``.
-        g1: Output gradients of item 1 ``(B, out)``.
-        a0: Input activations of item 0 ``(B, in)``.
-        a1: Input activations of item 1 ``(B, in)``.
-        weight: Pair weights ``p (1 - p)`` ``(B,)``.
+        g0: Output gradients of item 0 ``(B, out)``, or a list of such chunks of pairs.
+        g1: Output gradients of item 1 ``(B, out)`` (or chunks).
+        a0: Input activations of item 0 ``(B, in)`` (or chunks).
+        a1: Input activations of item 1 ``(B, in)`` (or chunks).
+        weight: Pair weights ``p (1 - p)`` ``(B,)`` (or chunks).
         iterations: Alternating half-steps from the start ``G`` (at least 1; each costs one
             pass over the stored factors).
 
@@ -335,20 +312,26 @@ def nearest_kronecker_factors(
         >>> torch.allclose(torch.kron(G, A), ((a1 - a0) * w[:, None]).T @ (a1 - a0))
         True
     """
-    if g0.shape[1] == 1 or a0.shape[1] == 1:  # the block is a Kronecker product: exact
-        d = g1[:, :, None] * a1[:, None, :] - g0[:, :, None] * a0[:, None, :]
-        if g0.shape[1] == 1:
-            d = d[:, 0]
-            one = torch.ones(1, 1, dtype=d.dtype, device=d.device)
-            return one, (d * weight[:, None]).T @ d
-        d = d[:, :, 0]
-        one = torch.ones(1, 1, dtype=d.dtype, device=d.device)
-        return (d * weight[:, None]).T @ d, one
+    g0, g1, a0, a1, weight = (_chunks(t) for t in (g0, g1, a0, a1, weight))
+    n_out, n_in = g0[0].shape[1], a0[0].shape[1]
+    if n_out == 1 or n_in == 1:  # the block is a Kronecker product: exact
+        diffs = [
+            (g1_[:, :, None] * a1_[:, None, :] - g0_[:, :, None] * a0_[:, None, :]).flatten(1)
+            for g0_, g1_, a0_, a1_ in zip(g0, g1, a0, a1, strict=True)
+        ]
+        block = torch.stack([(d * w[:, None]).T @ d for d, w in zip(diffs, weight, strict=True)])
+        block = block.sum(0)
+        one = torch.ones(1, 1, dtype=block.dtype, device=block.device)
+        return (one, block) if n_out == 1 else (block, one)
     # start: KFAC's output factor with the Bradley-Terry weight; the first half-step then gives
     # the input factor optimal for it, which carries the pair structure (a1, a0 and their cross
     # terms weighted by g1^T G g1, g0^T G g0, g1^T G g0)
-    g_fac = (g1 * weight[:, None]).T @ g1 + (g0 * weight[:, None]).T @ g0
-    a_fac = torch.zeros(a0.shape[1], a0.shape[1], dtype=a0.dtype, device=a0.device)
+    g_fac = sum(
+        (g1_ * w[:, None]).T @ g1_ + (g0_ * w[:, None]).T @ g0_
+        for g0_, g1_, w in zip(g0, g1, weight, strict=True)
+    )
+    assert isinstance(g_fac, torch.Tensor)
+    a_fac = torch.zeros(n_in, n_in, dtype=g_fac.dtype, device=g_fac.device)
     # alternating least squares: each half-step makes one factor optimal for the other (unit
     # norm), so the result is the projection of H onto the Kronecker products with that factor
     for step in range(max(iterations, 1)):
