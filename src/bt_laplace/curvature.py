@@ -194,7 +194,7 @@ class BradleyTerryGGN(CurvatureInterface):
         self._kron_store.add(result, w)
         if self._zero_kron is None:
             p = self.params[0]
-            self._zero_kron = Kron.init_from_model(self.params, p.device, p.dtype)
+            self._zero_kron = _ZeroKron(Kron.init_from_model(self.params, p.device, p.dtype).kfacs)
         return loss, self._zero_kron
 
     def reset_kron(self) -> None:
@@ -229,6 +229,17 @@ class BradleyTerryGGN(CurvatureInterface):
             )
             kfacs.append([g_fac, a_fac])
         return Kron(kfacs)
+
+
+class _ZeroKron(Kron):
+    """An all-zero :class:`Kron` whose addition is free: ``H + zero`` returns ``H`` itself.
+
+    As a subclass overriding ``__radd__``, Python tries it before ``Kron.__add__``, so
+    laplace-torch's ``self.H += H_batch`` allocates nothing per batch.
+    """
+
+    def __radd__(self, other: Kron) -> Kron:  # type: ignore[override]
+        return other
 
 
 class _FactorStore:
