@@ -16,8 +16,8 @@ of the linear layers (``J = g a^T`` per layer), without per-item Jacobians:
 - ``kron``: per weight, the *nearest Kronecker product* (Van Loan & Pitsianis, 1993) to the
   exact block ``sum_n w_n vec(g_1 a_1^T - g_0 a_0^T) vec(.)^T``, approximated by alternating
   least squares on the stored per-pair factors: from ``A = I``, the output factor optimal for
-  it, then the input factor optimal for that (two half-steps by default, within 0.6% of the
-  nearest-Kronecker floor on the test MLPs). It is exact whenever the block is a
+  it, then the input factor optimal for that (two half-steps by default, within 0.25% of the
+  nearest-Kronecker floor on the accuracy MLPs). It is exact whenever the block is a
   Kronecker product, in particular for the last layer of a single-output network. Bias blocks are
   kept exact and dense, so a head bias, which cancels in ``r(x_1) - r(x_0)``, gets curvature
   exactly zero. laplace-torch's KFAC instead treats the ``2B`` items as independent samples.
@@ -67,8 +67,8 @@ class BradleyTerryGGN(CurvatureInterface):
         dict_key_x: Forwarded to laplace-torch.
         dict_key_y: Forwarded to laplace-torch.
         kron_iterations: Alternating half-steps of the nearest Kronecker product from
-            ``A = I``. Two are within 0.04-0.6% of the nearest-Kronecker floor on the test
-            MLPs (docs/accuracy.md). Set it through ``backend_kwargs``.
+            ``A = I``. Two are within 0.01-0.25% of the nearest-Kronecker floor on the
+            accuracy MLPs (docs/accuracy.md). Set it through ``backend_kwargs``.
 
     Example:
         >>> import torch
@@ -299,8 +299,8 @@ def nearest_kronecker_factors(
     ``Ahat_n = [a1_n, a0_n]`` (and the same with the roles swapped), which keeps both factors
     positive semi-definite. It starts from ``A = I``: the first half-step gives the output factor
     optimal for it (pair cross terms included, at the cost of KFAC's output factor), the second
-    the input factor optimal for that. On the test MLPs these two half-steps are within
-    0.04-0.6% of the nearest-Kronecker floor (the best any single Kronecker product can do),
+    the input factor optimal for that. On the accuracy MLPs these two half-steps are within
+    0.01-0.25% of the nearest-Kronecker floor (the best any single Kronecker product can do),
     against 0.3-5% for one half-step from KFAC's output factor and 6-40% from the item
     difference in the input factor. A layer with one output (or one input) is a Kronecker
     product already and is returned exactly, without iterating.
