@@ -24,7 +24,13 @@ from laplace.baselaplace import ParametricLaplace
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bt_laplace._checks import BTLaplaceWarning, check_choice, check_positive_int, check_tensor
+from bt_laplace._checks import (
+    BTLaplaceWarning,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_tensor,
+)
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
     mc_preference_probability,
@@ -227,8 +233,7 @@ class RewardPosterior:
             x: Items ``(B, *item)``.
             k: Number of standard deviations to subtract (``k < 0`` gives an optimistic bonus).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
-            raise ValueError(f"`k` must be a finite number, got {k!r}.")
+        k = check_finite("k", k)
         mean, variance = self(x)
         return mean - k * variance.sqrt()
 
