@@ -65,10 +65,9 @@ def test_loss_is_the_summed_bradley_terry_nll(reward_model, pairs, pair_loader):
     torch.testing.assert_close(torch.as_tensor(la.loss), nll)
 
 
-def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(
-    reward_model, pairs, pair_loader
-):
-    la = _fit(reward_model, pair_loader, "all", "kron")
+@pytest.mark.parametrize("batch_size", [16, 3], ids=["4-chunks", "20-chunks-subsampled-start"])
+def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(reward_model, pairs, batch_size):
+    la = _fit(reward_model, DataLoader(TensorDataset(*pairs), batch_size=batch_size), "all", "kron")
     approx = la.H_facs.to_matrix()
     exact = exact_ggn(reward_model, pairs[0])
     checked = 0
