@@ -30,6 +30,7 @@ from _common import command_line, environment_lines, fmt, md_table  # noqa: E402
 from laplace import Laplace  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
+from bt_laplace._taps import pair_split  # noqa: E402
 from bt_laplace.curvature import BradleyTerryGGN  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -70,13 +71,11 @@ def pair_kernels(model: btl.PairwiseRewardModel, x: torch.Tensor, y: torch.Tenso
     root = w.sqrt()[:, None]
     kernels = []
     for slot in backend.taps.slots:
-        g = taps.grads[slot.layer].reshape(-1, 2, taps.grads[slot.layer].shape[1]) * root[:, None]
-        g0, g1 = g[:, 0], g[:, 1]
+        g0, g1 = (g * root for g in pair_split(taps.grads[slot.layer]))
         if slot.kind == "bias":
             kernels.append((g1 - g0) @ (g1 - g0).T)
             continue
-        a = taps.acts[slot.layer].reshape(-1, 2, taps.acts[slot.layer].shape[1])
-        a0, a1 = a[:, 0], a[:, 1]
+        a0, a1 = pair_split(taps.acts[slot.layer])
         kernels.append(
             (g1 @ g1.T) * (a1 @ a1.T)
             + (g0 @ g0.T) * (a0 @ a0.T)

@@ -244,13 +244,13 @@ def test_unwrapped_model_is_refused_with_the_fix():
 @pytest.mark.parametrize("iterations", [2, 3, 4, 7])
 def test_any_number_of_half_steps_is_a_projection_near_the_floor(reward_model, pairs, iterations):
     """From two half-steps on, each returns a factor optimal for the other, near the floor."""
-    from bt_laplace.curvature import _pair_split
+    from bt_laplace._taps import pair_split
 
     x, y = pairs
     backend = BradleyTerryGGN(reward_model, "classification")
     _, w, taps, _ = backend._pair_pass(x, y)
-    g0, g1 = _pair_split(taps.grads[1])
-    a0, a1 = _pair_split(taps.acts[1])
+    g0, g1 = pair_split(taps.grads[1])
+    a0, a1 = pair_split(taps.acts[1])
     d = (torch.einsum("bo,bi->boi", g1, a1) - torch.einsum("bo,bi->boi", g0, a0)).flatten(1)
     exact = (d * w[:, None]).T @ d
     gf, af = nearest_kronecker_factors(g0, g1, a0, a1, w, iterations=iterations)

@@ -18,7 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LinearTaps", "ParamSlot", "TapResult", "TapsUnsupportedError", "backend_jacobians"]
+__all__ = [
+    "LinearTaps",
+    "ParamSlot",
+    "TapResult",
+    "TapsUnsupportedError",
+    "backend_jacobians",
+    "pair_split",
+]
+
+
+def pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split per-item rows ``(2B, ...)``, ordered pair by pair, into items 0 and 1 ``(B, ...)``."""
+    t = t.reshape(-1, 2, *t.shape[1:])
+    return t[:, 0], t[:, 1]
 
 
 class TapsUnsupportedError(NotImplementedError):

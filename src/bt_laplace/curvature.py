@@ -41,16 +41,10 @@ from laplace.utils import Kron
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians
+from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians, pair_split
 from bt_laplace.bradley_terry import bradley_terry_weight
 
 __all__ = ["BradleyTerryGGN", "PairKronLaplace", "PairKronLLLaplace", "nearest_kronecker_factors"]
-
-
-def _pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split per-item rows ``(2B, d)``, ordered pair by pair, into items 0 and 1 ``(B, d)``."""
-    t = t.reshape(-1, 2, *t.shape[1:])
-    return t[:, 0], t[:, 1]
 
 
 class BradleyTerryGGN(CurvatureInterface):
@@ -149,7 +143,7 @@ class BradleyTerryGGN(CurvatureInterface):
 
     def _pair_jacobian(self, result: TapResult) -> torch.Tensor:
         jac = self.taps.jacobian(result)
-        j0, j1 = _pair_split(jac)
+        j0, j1 = pair_split(jac)
         return j1 - j0
 
     # ------------------------------------------------------------------ structures
@@ -169,11 +163,11 @@ class BradleyTerryGGN(CurvatureInterface):
         assert result is not None
         blocks = []
         for slot in self.taps.slots:
-            g0, g1 = _pair_split(result.grads[slot.layer])
+            g0, g1 = pair_split(result.grads[slot.layer])
             if slot.kind == "bias":
                 blocks.append((w[:, None] * (g1 - g0).square()).sum(0))
                 continue
-            a0, a1 = _pair_split(result.acts[slot.layer])
+            a0, a1 = pair_split(result.acts[slot.layer])
             # sum_n w (g1 a1^T - g0 a0^T)^2, elementwise, as three matrix products
             d = (
                 (w[:, None] * g1.square()).T @ a1.square()
@@ -207,7 +201,7 @@ class BradleyTerryGGN(CurvatureInterface):
         weights = [w for _, w in stored.batches]
         kfacs: list[Any] = []
         for slot in self.taps.slots:
-            g = [_pair_split(r.grads[slot.layer]) for r, _ in stored.batches]
+            g = [pair_split(r.grads[slot.layer]) for r, _ in stored.batches]
             if slot.kind == "bias":
                 kfacs.append(
                     [
@@ -218,7 +212,7 @@ class BradleyTerryGGN(CurvatureInterface):
                     ]
                 )
                 continue
-            a = [_pair_split(r.acts[slot.layer]) for r, _ in stored.batches]
+            a = [pair_split(r.acts[slot.layer]) for r, _ in stored.batches]
             g_fac, a_fac = nearest_kronecker_factors(
                 [x[0] for x in g],
                 [x[1] for x in g],

@@ -29,7 +29,7 @@ import torch
 from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
-from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians
+from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians, pair_split
 
 __all__ = [
     "posterior_parameters",
@@ -138,17 +138,11 @@ class PosteriorQuadraticForm:
 
 def _split_items(result: TapResult) -> tuple[TapResult, TapResult]:
     """Taps of ``2B`` interleaved items -> taps of items 0 and items 1 of each pair."""
-
-    def pick(t: torch.Tensor, i: int) -> torch.Tensor:
-        return t.reshape(-1, 2, *t.shape[1:])[:, i]
-
-    return tuple(  # type: ignore[return-value]
-        TapResult(
-            pick(result.output, i),
-            [pick(a, i) for a in result.acts],
-            [pick(g, i) for g in result.grads],
-        )
-        for i in (0, 1)
+    out0, out1 = pair_split(result.output)
+    acts, grads = [pair_split(a) for a in result.acts], [pair_split(g) for g in result.grads]
+    return (
+        TapResult(out0, [a[0] for a in acts], [g[0] for g in grads]),
+        TapResult(out1, [a[1] for a in acts], [g[1] for g in grads]),
     )
 
 
