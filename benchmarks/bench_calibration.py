@@ -173,8 +173,15 @@ def run_methods(model, train_loader, x_test, quick: bool):
         la.optimize_prior_precision(method="marglik")
         p = lt_probit(la, x_test)
         res[name] = (p, float(la.prior_precision), time.perf_counter() - t)
-    bt_specs = [("all", "diag"), ("all", "kron"), ("last_layer", "kron"), ("all", "full")]
-    for subset, structure in bt_specs:
+    bt_specs = [
+        ("all", "diag", "posterior"),
+        ("all", "kron", "posterior"),
+        ("last_layer", "kron", "posterior"),
+        ("all", "full", "posterior"),
+        ("all", "diag", "exact"),
+        ("all", "kron", "exact"),
+    ]
+    for subset, structure, evidence in bt_specs:
         t = time.perf_counter()
         post = btl.fit_reward_posterior(
             model,
@@ -182,9 +189,11 @@ def run_methods(model, train_loader, x_test, quick: bool):
             subset_of_weights=subset,
             hessian_structure=structure,
             prior_precision="marglik",
+            evidence=evidence,
         )
         p = post.preference_probability(x_test)
-        res[f"bt_laplace {subset}/{structure}"] = (
+        tag = "" if evidence == "posterior" else ", evidence='exact'"
+        res[f"bt_laplace {subset}/{structure}{tag}"] = (
             p,
             float(post.prior_precision.reshape(-1)[0]),
             time.perf_counter() - t,
@@ -277,7 +286,8 @@ def main() -> None:
         "all methods.",
         "- Posteriors: scalar prior precision by marglik (laplace-torch's Adam procedure: its "
         "`optimize_prior_precision` for laplace-torch, `fit_reward_posterior`'s eigenvalue "
-        "version for bt_laplace). laplace-torch "
+        "version for bt_laplace; rows marked evidence='exact' maximize the exact-GGN "
+        "evidence instead, the same prior for every structure). laplace-torch "
         "probabilities are its own `la(x, fitting=True, link_approx='probit')[:, 1]` with its "
         "default backend (CurvlinopsGGN); bt_laplace's are `post.preference_probability(x)` "
         "(probit on the reward difference, with the covariance). laplace-torch last-layer "

@@ -15,6 +15,7 @@ from bt_laplace.curvature import (
     nearest_kronecker_factors,
 )
 from bt_laplace.data import PairCollator, preference_dataloader
+from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
 from bt_laplace.metrics import PairMetrics, expected_calibration_error, pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
@@ -35,6 +36,9 @@ __all__ = [
     "PairKronLaplace",
     "PairKronLLLaplace",
     "nearest_kronecker_factors",
+    # exact-GGN evidence (fit_reward_posterior(..., evidence="exact"))
+    "exact_ggn_eigenvalues",
+    "exact_evidence_prior_precision",
     # metrics of pair probabilities (plots: bt_laplace.plot, extra "plot")
     "pair_metrics",
     "PairMetrics",
