@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bt_laplace import PairwiseRewardModel
+from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 
 D_IN, HIDDEN, N_PAIRS = 5, 7, 60
 
@@ -42,6 +44,24 @@ def pairs() -> tuple[torch.Tensor, torch.Tensor]:
 def pair_loader(pairs: tuple[torch.Tensor, torch.Tensor]) -> DataLoader:
     """The 60 pairs in batches of 16 (the last batch is smaller)."""
     return DataLoader(TensorDataset(*pairs), batch_size=16)
+
+
+def fit_bt(model, loader, subset: str, structure: str, **kw):
+    """A laplace-torch posterior with the BradleyTerryGGN backend, fitted on ``loader``."""
+    if structure == "kron":
+        cls = PairKronLaplace if subset == "all" else PairKronLLLaplace
+        la = cls(model, "reward_modeling", backend=BradleyTerryGGN, **kw)
+    else:
+        la = Laplace(
+            model,
+            "reward_modeling",
+            subset_of_weights=subset,
+            hessian_structure=structure,
+            backend=BradleyTerryGGN,
+            **kw,
+        )
+    la.fit(loader)
+    return la
 
 
 def flat_params(model: nn.Module) -> dict[str, torch.Tensor]:

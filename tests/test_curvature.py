@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import exact_ggn, rel_err
+from conftest import exact_ggn, fit_bt, rel_err
 from laplace import Laplace
 from laplace.curvature import CurvlinopsGGN
 from torch import nn
@@ -12,28 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bt_laplace import (
     BradleyTerryGGN,
-    PairKronLaplace,
-    PairKronLLLaplace,
     PairwiseRewardModel,
     nearest_kronecker_factors,
 )
-
-
-def _fit(model, loader, subset, structure, **kw):
-    if structure == "kron":
-        cls = PairKronLaplace if subset == "all" else PairKronLLLaplace
-        la = cls(model, "reward_modeling", backend=BradleyTerryGGN, **kw)
-    else:
-        la = Laplace(
-            model,
-            "reward_modeling",
-            subset_of_weights=subset,
-            hessian_structure=structure,
-            backend=BradleyTerryGGN,
-            **kw,
-        )
-    la.fit(loader)
-    return la
 
 
 def _blocks(model: nn.Module):
@@ -53,13 +34,13 @@ def _nkp_floor(block: torch.Tensor, out: int, inp: int) -> float:
 
 @pytest.mark.parametrize("structure", ["diag", "full"])
 def test_all_weights_diag_and_full_are_the_exact_ggn(reward_model, pairs, pair_loader, structure):
-    la = _fit(reward_model, pair_loader, "all", structure)
+    la = fit_bt(reward_model, pair_loader, "all", structure)
     exact = exact_ggn(reward_model, pairs[0])
     assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
 
 
 def test_loss_is_the_summed_bradley_terry_nll(reward_model, pairs, pair_loader):
-    la = _fit(reward_model, pair_loader, "all", "diag")
+    la = fit_bt(reward_model, pair_loader, "all", "diag")
     with torch.no_grad():
         nll = nn.functional.cross_entropy(reward_model(pairs[0]), pairs[1], reduction="sum")
     torch.testing.assert_close(torch.as_tensor(la.loss), nll)
@@ -67,7 +48,8 @@ def test_loss_is_the_summed_bradley_terry_nll(reward_model, pairs, pair_loader):
 
 @pytest.mark.parametrize("batch_size", [16, 3], ids=["4-chunks", "20-chunks-subsampled-start"])
 def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(reward_model, pairs, batch_size):
-    la = _fit(reward_model, DataLoader(TensorDataset(*pairs), batch_size=batch_size), "all", "kron")
+    loader = DataLoader(TensorDataset(*pairs), batch_size=batch_size)
+    la = fit_bt(reward_model, loader, "all", "kron")
     approx = la.H_facs.to_matrix()
     exact = exact_ggn(reward_model, pairs[0])
     checked = 0
@@ -107,7 +89,7 @@ def test_laplace_torch_kron_is_far_from_exact_on_last_layer(reward_model, pairs,
 
 
 def test_diag_matches_laplace_torch_exact_backend(reward_model, pair_loader):
-    ours = _fit(reward_model, pair_loader, "all", "diag")
+    ours = fit_bt(reward_model, pair_loader, "all", "diag")
     ref = Laplace(
         reward_model,
         "reward_modeling",
@@ -122,7 +104,7 @@ def test_diag_matches_laplace_torch_exact_backend(reward_model, pair_loader):
 
 @pytest.mark.parametrize("structure", ["diag", "kron", "full"])
 def test_last_layer_curvature_is_exact(reward_model, pairs, pair_loader, structure):
-    la = _fit(reward_model, pair_loader, "last_layer", structure)
+    la = fit_bt(reward_model, pair_loader, "last_layer", structure)
     x = pairs[0]
     with torch.no_grad():
         phi = reward_model.net[:-1](x.reshape(-1, x.shape[-1])).reshape(x.shape[0], 2, -1)
@@ -156,7 +138,7 @@ def test_generic_path_for_non_linear_parameters_is_exact(structure):
     model = PairwiseRewardModel(_ScaledNet().double()).eval()
     x = torch.randn(20, 2, 4, dtype=torch.float64)
     y = torch.randint(0, 2, (20,))
-    la = _fit(model, DataLoader(TensorDataset(x, y), batch_size=8), "all", structure)
+    la = fit_bt(model, DataLoader(TensorDataset(x, y), batch_size=8), "all", structure)
     exact = exact_ggn(model, x)
     assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
 
@@ -166,7 +148,7 @@ def test_kron_with_non_linear_parameters_is_refused():
     x = torch.randn(4, 2, 4, dtype=torch.float64)
     loader = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
     with pytest.raises(NotImplementedError, match="kron.*nn.Linear.*diag"):
-        _fit(model, loader, "all", "kron")
+        fit_bt(model, loader, "all", "kron")
 
 
 def test_nearest_kronecker_factors_of_a_kronecker_product_are_exact():
@@ -203,7 +185,7 @@ def test_nearest_kronecker_factors_single_row_or_column_are_exact(out, inp):
 @pytest.mark.parametrize("structure", ["diag", "full"])
 def test_sequence_inputs_fall_back_to_exact_jacobians(sequence_model_and_pairs, structure):
     model, x, loader = sequence_model_and_pairs
-    la = _fit(model, loader, "all", structure)
+    la = fit_bt(model, loader, "all", structure)
     assert not la.backend.taps.supported and "inputs" in la.backend.taps.reason
     exact = exact_ggn(model, x)
     assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
@@ -212,12 +194,12 @@ def test_sequence_inputs_fall_back_to_exact_jacobians(sequence_model_and_pairs, 
 def test_sequence_inputs_refuse_kron_with_the_reason(sequence_model_and_pairs):
     model, _, loader = sequence_model_and_pairs
     with pytest.raises(NotImplementedError, match=r"kron.*\(N, in\) inputs.*'diag' or 'full'"):
-        _fit(model, loader, "all", "kron")
+        fit_bt(model, loader, "all", "kron")
 
 
 def test_sequence_last_layer_with_feature_reduction(sequence_model_and_pairs):
     model, x, loader = sequence_model_and_pairs
-    la = _fit(model, loader, "last_layer", "full", feature_reduction="average")
+    la = fit_bt(model, loader, "last_layer", "full", feature_reduction="average")
     with torch.no_grad():
         phi = torch.tanh(model.net.body(x)).mean(2)  # (B, 2, 4): the head is linear
         logits = model(x)

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import exact_ggn
+from conftest import exact_ggn, fit_bt
 from laplace import Laplace
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
-from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
 
 
@@ -46,20 +45,7 @@ def theta_sq_of(la) -> float:
     return float((la.mean - la.prior_mean).square().sum())
 
 
-def fitted(model, loader, subset, structure="diag", **kwargs):
-    la = Laplace(
-        model,
-        "reward_modeling",
-        subset_of_weights=subset,
-        hessian_structure=structure,
-        backend=BradleyTerryGGN,
-        **kwargs,
-    )
-    la.fit(loader)
-    return la
-
-
-def pairs(n: int, d: int = 5, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def random_pairs(n: int, d: int = 5, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, d, generator=g, dtype=torch.float64)
     return x, torch.randint(0, 2, (n,), generator=g)
@@ -75,9 +61,9 @@ def pairs(n: int, d: int = 5, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor
     ],
 )
 def test_spectrum_equals_brute_force_ggn(reward_model, subset, n_pairs):
-    x, y = pairs(n_pairs)
+    x, y = random_pairs(n_pairs)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    la = fitted(reward_model, loader, subset)
+    la = fit_bt(reward_model, loader, subset, "diag")
     ggn = exact_ggn(reward_model, x)
     if subset == "last_layer":
         ggn = ggn[-8:, -8:]  # the head's 7 weights and its bias
@@ -90,7 +76,7 @@ def test_spectrum_equals_brute_force_ggn(reward_model, subset, n_pairs):
 def test_spectrum_of_a_model_outside_the_fast_path(sequence_model_and_pairs):
     """Sequence inputs: per-pair Jacobians from laplace-torch instead of activations."""
     model, x, loader = sequence_model_and_pairs
-    la = fitted(model, loader, "all")
+    la = fit_bt(model, loader, "all", "diag")
     eigs = exact_ggn_eigenvalues(la, loader)  # N = 12 < P = 21
     want = brute_force_spectrum(exact_ggn(model, x), 12).clamp_min(0.0)
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
@@ -99,7 +85,7 @@ def test_spectrum_of_a_model_outside_the_fast_path(sequence_model_and_pairs):
 def test_spectrum_is_tempered_and_independent_of_the_fit_backend(reward_model, pair_loader):
     from laplace.curvature import CurvlinopsGGN
 
-    la = fitted(reward_model, pair_loader, "all", "kron", temperature=2.0)
+    la = fit_bt(reward_model, pair_loader, "all", "kron", temperature=2.0)
     other = Laplace(
         reward_model, "reward_modeling", subset_of_weights="all", hessian_structure="diag",
         backend=CurvlinopsGGN,
@@ -137,7 +123,7 @@ def test_full_posterior_evidence_agrees_with_laplace_torch(reward_model, pair_lo
         reward_model, pair_loader, subset_of_weights="all", hessian_structure="full",
         evidence="exact",
     )  # fmt: skip
-    la = fitted(reward_model, pair_loader, "all", "full")
+    la = fit_bt(reward_model, pair_loader, "all", "full")
     la.optimize_prior_precision(method="marglik", n_steps=2000, lr=0.05)
     assert abs(float(post.prior_precision) / float(la.prior_precision) - 1) < 1e-4
     # and its evidence at that prior is no lower than at laplace-torch's
@@ -187,13 +173,22 @@ def test_bad_arguments_name_themselves(reward_model, pair_loader):
 
 
 def test_memory_limit_names_the_size(reward_model, pair_loader):
-    la = fitted(reward_model, pair_loader, "all")
-    with pytest.raises(ValueError, match=r"60 x 60 pair kernel .* above the 0 GiB limit"):
+    la = fit_bt(reward_model, pair_loader, "all", "diag")
+    msg = r"pair kernel, 60 x 60 in float64 .* above the 0 GiB limit; use evidence='posterior'"
+    with pytest.raises(ValueError, match=msg):
         exact_ggn_eigenvalues(la, pair_loader, memory_limit=1000)
+
+
+def test_memory_limit_of_the_jacobian_route(sequence_model_and_pairs):
+    """Outside the fast path the 12 x 21 pair Jacobian (2,016 bytes) is what must fit."""
+    model, _, loader = sequence_model_and_pairs
+    la = fit_bt(model, loader, "all", "diag")
+    with pytest.raises(ValueError, match=r"pair Jacobian .*nn.Linear.*, 12 x 21 in float64"):
+        exact_ggn_eigenvalues(la, loader, memory_limit=1500)
 
 
 def test_loader_that_skips_pairs_is_refused(reward_model, pairs):
     loader = DataLoader(TensorDataset(*pairs), batch_size=16, drop_last=True)
-    la = fitted(reward_model, loader, "all")
+    la = fit_bt(reward_model, loader, "all", "diag")
     with pytest.raises(ValueError, match="yielded 48 pairs but its dataset has 60"):
         exact_ggn_eigenvalues(la, loader)

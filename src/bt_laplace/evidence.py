@@ -74,11 +74,11 @@ def _to(x: Any, device: torch.device) -> Any:
     return x.to(device)
 
 
-def _check_size(n: int, what: str, fix: str, limit: int) -> None:
-    need = n * n * 8
+def _check_size(rows: int, cols: int, what: str, fix: str, limit: int) -> None:
+    need = rows * cols * 8
     if need > limit:
         raise ValueError(
-            f"the exact evidence needs a dense {n:,} x {n:,} {what} in float64 "
+            f"the exact evidence needs {what}, {rows:,} x {cols:,} in float64 "
             f"({need / 2**30:.1f} GiB), above the {limit / 2**30:.0f} GiB limit; {fix}"
         )
 
@@ -119,7 +119,7 @@ def exact_ggn_eigenvalues(
     device = laplace._device
     batches = tqdm(train_loader, disable=not progress_bar, desc="[Exact evidence]")
     if n_params <= n_pairs:  # the P x P GGN itself
-        _check_size(n_params, "GGN", fix, memory_limit)
+        _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
         for data in batches:
             x, y = _split(data, laplace)
@@ -127,7 +127,7 @@ def exact_ggn_eigenvalues(
             ggn += h.to(torch.float64)
         mat = ggn
     else:  # the N x N pair kernel
-        _check_size(n_pairs, "pair kernel", fix, memory_limit)
+        _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
         mat = _pair_kernel(backend, batches, laplace, n_pairs, n_params, memory_limit, fix)
     eigs = torch.linalg.eigvalsh(mat.cpu())
     return (eigs * float(laplace._H_factor)).clamp_min(0.0)
@@ -156,7 +156,11 @@ def _pair_kernel(
         if result is None:
             assert d_jac is not None
             if not rows:
-                _check_size_rect(n_pairs, n_params, memory_limit, fix)
+                what = (
+                    "the pair Jacobian (the posterior's parameters are not all in nn.Linear "
+                    "layers called once on (N, in) inputs)"
+                )
+                _check_size(n_pairs, n_params, what, fix, memory_limit)
             rows.append(d_jac.to(torch.float64) * root[:, None])
             continue
         per_item = root.repeat_interleave(2)[:, None]
@@ -193,17 +197,6 @@ def _pair_kernel(
                 d = g1 - g0
                 kernel[r] += d[r] @ d.T
     return kernel
-
-
-def _check_size_rect(n_pairs: int, n_params: int, limit: int, fix: str) -> None:
-    need = n_pairs * n_params * 8
-    if need > limit:
-        raise ValueError(
-            f"the model's posterior parameters are not all in nn.Linear layers called once on "
-            f"(N, in) inputs, so the exact evidence needs the {n_pairs:,} x {n_params:,} pair "
-            f"Jacobian in float64 ({need / 2**30:.1f} GiB), above the "
-            f"{limit / 2**30:.0f} GiB limit; {fix}"
-        )
 
 
 def exact_evidence_prior_precision(
