@@ -153,6 +153,33 @@ def test_no_shuffle_preserves_order_across_batches(container):
 
 
 @pytest.mark.parametrize("container", CONTAINERS)
+def test_token_ids_stay_integers(container):
+    """dtype=torch.long keeps token ids exact, for an embedding layer (a transformer)."""
+    rows = [
+        {"x0": [101, 7592, 102, 0], "x1": np.array([101, 2088, 999, 102]), "label": 0},
+        {"x0": torch.tensor([101, 2, 102, 0]), "x1": [101.0, 3.0, 102.0, 0.0], "label": 1},
+    ]
+    if container == "hf_dataset":  # one arrow type per column: no float ids there
+        rows[1]["x1"] = [101, 3, 102, 0]
+    loader = preference_dataloader(make_container(rows, container), batch_size=2, dtype=torch.long)
+    x, y = next(iter(loader))
+    want = torch.tensor(
+        [[[101, 7592, 102, 0], [101, 2088, 999, 102]], [[101, 2, 102, 0], [101, 3, 102, 0]]]
+    )
+    assert x.dtype == torch.long and torch.equal(x, want) and torch.equal(y, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(
+    "value, dtype, shown",
+    [(2.5, torch.long, "2.5"), (float("nan"), torch.long, "nan"), (300, torch.uint8, "300")],
+)
+def test_token_ids_that_are_not_whole_numbers_in_range(value, dtype, shown):
+    rows = [{"x0": [1, 2], "x1": [3, 4], "label": 1}, {"x0": [1, 2], "x1": [3, value], "label": 0}]
+    with pytest.raises(ValueError, match=rf"Column 'x1' of row 1 .* value {shown}, .*{dtype}"):
+        collect(preference_dataloader(rows, batch_size=2, dtype=dtype))
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
 def test_shuffle_keeps_every_pair_intact(container):
     rows = [{"x0": float(i), "x1": -float(i), "label": i % 2} for i in range(11)]
     gen = torch.Generator().manual_seed(0)
@@ -430,8 +457,9 @@ def test_bad_collator_arguments():
         PairCollator(chosen="c", rejected="r", label="y")
     with pytest.raises(ValueError, match=r"must differ"):
         PairCollator(first="a", second="a")
-    with pytest.raises(TypeError, match=r"`dtype`"):
-        PairCollator(dtype=torch.int64)
+    for bad in (torch.bool, torch.complex64, "float32"):
+        with pytest.raises(TypeError, match=r"`dtype` must be a floating .* or an integer one"):
+            PairCollator(dtype=bad)
     with pytest.raises(TypeError, match=r"`label` must be a column name"):
         PairCollator(label=0)
     with pytest.raises(TypeError, match=r"list of row mappings"):

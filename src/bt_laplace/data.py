@@ -41,6 +41,10 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__}{extra} {str(value)[:60]!r}"
 
 
+#: integer dtypes ``x`` may have (token ids for an embedding layer)
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 class PairCollator:
     """Collate rows of preference data into ``(x, y)``; use it as a DataLoader ``collate_fn``.
 
@@ -64,7 +68,8 @@ class PairCollator:
         label: Column of the label (default convention).
         chosen: Column of the preferred item (TRL convention, requires ``rejected``).
         rejected: Column of the other item (TRL convention, requires ``chosen``).
-        dtype: Floating dtype of ``x``.
+        dtype: dtype of ``x``: floating for feature vectors (default float32), or integer
+            (``torch.long``) for token ids, which must then be whole numbers.
 
     Example:
         >>> x, y = PairCollator()([{"x0": [1.0, 2.0], "x1": [3.0, 4.0], "label": 1}])
@@ -102,9 +107,15 @@ class PairCollator:
                 raise TypeError(f"`{arg}` must be a column name (str), got {type(col).__name__}.")
         if len(set(names.values())) != len(names):
             raise ValueError(f"Column names must differ, got {names}.")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        if (
+            not isinstance(dtype, torch.dtype)
+            or dtype.is_complex
+            or dtype == torch.bool
+            or not (dtype.is_floating_point or dtype in _INTEGER_DTYPES)
+        ):
             raise TypeError(
-                f"`dtype` must be a floating torch.dtype such as torch.float32: {dtype}"
+                "`dtype` must be a floating torch.dtype such as torch.float32 (features) or an "
+                f"integer one such as torch.long (token ids), got {dtype!r}."
             )
         self.dtype = dtype
         cols = tuple(names.values())
@@ -147,6 +158,9 @@ class PairCollator:
                 f"column {self._items[0]!r} has shape {tuple(a.shape[1:])}; both items of a pair "
                 "must have the same shape (pad or truncate them to one shape)."
             )
+        if not self.dtype.is_floating_point:
+            for col, t in zip(self._items, (a, b), strict=True):
+                self._check_integral(t, col, where)
         x = torch.stack([a.to(self.dtype), b.to(self.dtype)], dim=1)
         finite = torch.isfinite(x)
         if not bool(finite.all()):
@@ -161,6 +175,22 @@ class PairCollator:
         if self._label is None:
             return x, torch.ones(n, dtype=torch.long)
         return x, self._labels(cols[self._label], self._label, where, n)
+
+    def _check_integral(self, t: torch.Tensor, col: str, where: Callable[[int], str]) -> None:
+        """Integer ``dtype`` (token ids): every value must be a whole number in its range."""
+        info = torch.iinfo(self.dtype)
+        if t.dtype == torch.bool or t.is_complex():
+            return  # bools fit; complex items were rejected while stacking
+        wide = t.double() if t.is_floating_point() else t.long()
+        bad = (wide != wide.round()) | (wide < info.min) | (wide > info.max)
+        if bool(bad.any()):
+            row = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0])
+            value = wide[row][bad[row]].reshape(-1)[0].item()
+            raise ValueError(
+                f"Column {col!r} of {where(row)} has the value {value!r}, which is not a whole "
+                f"number in the range of dtype={self.dtype} (token ids); pass integer token ids, "
+                "or a floating dtype such as torch.float32 for feature vectors."
+            )
 
     def _from_rows(self, rows: Sequence[Any], where: Callable[[int], str]) -> dict[str, list]:
         if len(rows) == 0:
