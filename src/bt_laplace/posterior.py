@@ -47,6 +47,7 @@ from bt_laplace.predictive import (
     pair_moments,
     pair_moments_from_taps,
     pair_taps,
+    relative_moments,
 )
 from bt_laplace.prior import optimize_marglik
 
@@ -228,15 +229,61 @@ class RewardPosterior:
             mean_diff, var_diff, n_samples=n_samples, generator=generator
         )
 
-    def penalized_reward(self, x: torch.Tensor, k: float = 1.0) -> torch.Tensor:
+    def relative_reward(self, x: torch.Tensor, reference: Any = "group") -> RewardPrediction:
+        """Mean and variance of each item's reward relative to the mean reward of a reference.
+
+        Bradley-Terry pairs identify rewards only up to a constant (and, when every pair shares
+        a prompt, up to a constant per prompt), so the variance of ``post(x)`` carries the
+        prior's uncertainty about that offset, the same for every item. The variance of
+        ``r(x_n) - mean_m r(ref_m)`` drops what is common to the items and their reference and
+        keeps what sets an item apart from it: the uncertainty to rank candidates by.
+
+        Args:
+            x: Items ``(B, *item)``.
+            reference: ``"group"`` (default): the items of ``x`` themselves, e.g. the ``n``
+                candidate responses to one prompt in best-of-n; or reference items
+                ``(M, *item)``, e.g. responses the model was trained on for that prompt.
+
+        Returns:
+            :class:`RewardPrediction` of ``mean`` ``(B,)`` (``r(x_n)`` minus the reference's
+            mean reward) and ``variance`` ``(B,)``.
+        """
+        x = self._items(x)
+        if isinstance(reference, str):
+            check_choice("reference", reference, ("group",))
+            ref = x
+        else:
+            ref = self._items(reference)
+            if ref.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"`reference` items have shape {tuple(ref.shape[1:])} but `x` items have "
+                    f"{tuple(x.shape[1:])}; pass reference items of the same shape."
+                )
+        self.laplace.model.eval()
+        mean, variance = relative_moments(
+            self._form, list(_batches(x, self.batch_size)), list(_batches(ref, self.batch_size))
+        )
+        return RewardPrediction(mean, variance)
+
+    def penalized_reward(
+        self, x: torch.Tensor, k: float = 1.0, *, reference: Any = None
+    ) -> torch.Tensor:
         """Pessimistic reward ``mean - k * sqrt(variance)`` per item ``(B,)``.
 
         Args:
             x: Items ``(B, *item)``.
             k: Number of standard deviations to subtract (``k < 0`` gives an optimistic bonus).
+            reference: None (default): the absolute reward's moments, ``post(x)``.
+                ``"group"`` or reference items ``(M, *item)``: the moments of
+                :meth:`relative_reward`, whose variance leaves out the offset pairs cannot
+                identify; use ``"group"`` to rank the candidates of one prompt (the ranking
+                is that of ``mean - k * std`` relative to the group).
         """
         k = check_finite("k", k)
-        mean, variance = self(x)
+        if reference is None:
+            mean, variance = self(x)
+        else:
+            mean, variance = self.relative_reward(x, reference)
         return mean - k * variance.sqrt()
 
     def sample(

@@ -23,6 +23,7 @@ laplace-torch's Jacobians.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "pair_taps",
     "pair_moments_from_taps",
     "pair_moments",
+    "relative_moments",
     "linearized_samples",
 ]
 
@@ -134,6 +136,92 @@ class PosteriorQuadraticForm:
                 m = piece[2] if kind == "kron" else piece.reshape(gg.shape[1], aa.shape[1])
                 totals[k] = totals[k] + ((gg @ m) * aa).sum(-1)
         return totals
+
+    def mean_jacobian(self, results: list[TapResult]) -> list[torch.Tensor]:
+        """Mean Jacobian over all items of ``results``, per posterior parameter tensor:
+        ``mean g a^T`` ``(out, in)`` for a weight, ``mean g`` ``(out,)`` for a bias."""
+        n = sum(r.output.shape[0] for r in results)
+        dense: list[torch.Tensor] = []
+        for slot in self.taps.slots:
+            g = torch.cat([r.grads[slot.layer] for r in results])
+            if slot.kind == "bias":
+                dense.append(g.sum(0) / n)
+            else:
+                dense.append(g.T @ torch.cat([r.acts[slot.layer] for r in results]) / n)
+        return dense
+
+    def dense_cross(
+        self, result: TapResult, dense: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``J(x_n) Sigma Jbar^T`` ``(N,)`` and ``Jbar Sigma Jbar^T`` (scalar) for a dense
+        ``Jbar`` given per parameter tensor (as from :meth:`mean_jacobian`)."""
+        kind, post = self._posterior()
+        if kind == "full":
+            jbar = torch.cat([d.reshape(-1) for d in dense])
+            sigma_jbar = post @ jbar
+            return self.taps.jacobian(result) @ sigma_jbar, jbar @ sigma_jbar
+        cross = torch.zeros_like(result.output)
+        quad = torch.zeros((), dtype=cross.dtype, device=cross.device)
+        for slot, piece, d in zip(self.taps.slots, post, dense, strict=True):
+            g = result.grads[slot.layer]
+            if kind == "kron":  # Sigma is diagonal, M, in the eigenbases: rotate g, a and Jbar
+                g = g @ piece[0]
+                if slot.kind == "bias":
+                    d = piece[0].T @ d
+                    weighted = piece[1] * d
+                else:
+                    d = piece[0].T @ d @ piece[1]
+                    weighted = piece[2] * d
+            else:  # diag: Sigma is the elementwise variances V
+                weighted = piece.reshape(d.shape) * d
+            quad = quad + (weighted * d).sum()
+            if slot.kind == "bias":
+                cross = cross + g @ weighted
+                continue
+            a = result.acts[slot.layer]
+            if kind == "kron":
+                a = a @ piece[1]
+            cross = cross + ((g @ weighted) * a).sum(-1)
+        return cross, quad
+
+
+def relative_moments(
+    form: PosteriorQuadraticForm, xs: list[torch.Tensor], refs: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance ``(N,)`` of ``r(x_n) - mean_m r(ref_m)``, items and references given
+    in batches; the reward offset that pairs cannot identify cancels."""
+    la = form.laplace
+    ref_taps = [form.taps.try_run(partial(la.model, r)) for r in refs]
+    if all(t is not None for t in ref_taps):
+        taps_ref = [t for t in ref_taps if t is not None]
+        dense = form.mean_jacobian(taps_ref)
+        ref_mean = torch.cat([t.output for t in taps_ref]).mean()
+        means, variances = [], []
+        for x in xs:
+            res = form.taps.try_run(partial(la.model, x))
+            if res is None:
+                break
+            cross, quad = form.dense_cross(res, dense)
+            means.append(res.output - ref_mean)
+            variances.append((form.cross(res, res) - 2 * cross + quad).clamp_min(0.0))
+        else:
+            return torch.cat(means), torch.cat(variances)
+    # models outside the fast path: laplace-torch's Jacobians, Jbar stacked as a second output
+    jac_ref, f_ref = zip(
+        *(backend_jacobians(la.backend, r, last_layer=form.last_layer) for r in refs),
+        strict=True,
+    )
+    jbar = torch.cat(jac_ref).reshape(-1, jac_ref[0].shape[-1]).mean(0)
+    ref_mean = torch.cat(f_ref).mean()
+    means, variances = [], []
+    for x in xs:
+        jac, f = backend_jacobians(la.backend, x, last_layer=form.last_layer)
+        jac = jac.reshape(jac.shape[0], -1)
+        both = torch.stack([jac, jbar.expand_as(jac)], dim=1)  # (N, 2, P)
+        cov = la.functional_variance(both).detach()  # (N, 2, 2)
+        means.append(f.reshape(-1) - ref_mean)
+        variances.append((cov[:, 0, 0] - 2 * cov[:, 0, 1] + cov[:, 1, 1]).clamp_min(0.0))
+    return torch.cat(means), torch.cat(variances)
 
 
 def _split_items(result: TapResult) -> tuple[TapResult, TapResult]:

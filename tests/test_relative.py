@@ -1,0 +1,106 @@
+"""Rewards relative to a reference: against brute-force Jacobians and joint Monte Carlo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import D_IN, item_jacobian
+
+import bt_laplace as btl
+
+
+def dense_covariance(la) -> torch.Tensor:
+    """The posterior covariance ``(P, P)`` of any structure, densified."""
+    name = type(la).__name__
+    if name.startswith("Diag"):
+        return torch.diag(la.posterior_variance)
+    if "Kron" in name:
+        return torch.linalg.inv(la.posterior_precision.to_matrix())
+    return la.posterior_covariance
+
+
+def brute_force(post, x, ref, last_layer):
+    jac, jac_ref = item_jacobian(post.model, x), item_jacobian(post.model, ref)
+    if last_layer:
+        jac, jac_ref = jac[:, -8:], jac_ref[:, -8:]  # the head's 7 weights and its bias
+    sigma = dense_covariance(post.laplace)
+    diff = jac - jac_ref.mean(0)
+    with torch.no_grad():
+        mean = post.model(x).squeeze(1) - post.model(ref).squeeze(1).mean()
+    return mean, ((diff @ sigma) * diff).sum(1)
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+@pytest.mark.parametrize("reference", ["group", "items"])
+def test_relative_moments_equal_brute_force(
+    reward_model, pair_loader, subset, structure, reference
+):
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        hessian_structure=structure,
+        prior_precision=0.7,
+        batch_size=3,  # several batches of items and of references
+    )
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, D_IN, generator=g, dtype=torch.float64)
+    ref = x if reference == "group" else torch.randn(5, D_IN, generator=g, dtype=torch.float64)
+    mean, var = post.relative_reward(x, "group" if reference == "group" else ref)
+    want_mean, want_var = brute_force(post, x, ref, subset == "last_layer")
+    torch.testing.assert_close(mean, want_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(var, want_var, rtol=1e-8, atol=1e-12)
+    # the point of it: the absolute variance is larger, by the offset pairs cannot identify
+    assert bool((post(x).variance > var).any())
+
+
+def test_relative_moments_outside_the_fast_path(sequence_model_and_pairs):
+    model, x, loader = sequence_model_and_pairs
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure="diag", prior_precision=0.7
+    )
+    items, ref = x[:4, 0], x[4:9, 1]
+    mean, var = post.relative_reward(items, ref)
+    want_mean, want_var = brute_force(post, items, ref, last_layer=False)
+    torch.testing.assert_close(mean, want_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(var, want_var, rtol=1e-8, atol=1e-12)
+
+
+def test_relative_variance_matches_joint_samples(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="kron"
+    )
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(6, D_IN, generator=g, dtype=torch.float64)
+    samples = post.sample(x, n_samples=40_000, generator=torch.Generator().manual_seed(7))
+    rel = samples - samples.mean(1, keepdim=True)  # each draw relative to its group mean
+    _, var = post.relative_reward(x)
+    # sample variance of a Gaussian: relative standard error sqrt(2 / S) = 0.7%
+    torch.testing.assert_close(rel.var(0), var, rtol=0.04, atol=0.0)
+
+
+def test_penalized_reward_relative_to_the_group(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="diag"
+    )
+    x = torch.randn(6, D_IN, dtype=torch.float64)
+    mean, var = post.relative_reward(x)
+    torch.testing.assert_close(
+        post.penalized_reward(x, k=2.0, reference="group"), mean - 2.0 * var.sqrt()
+    )
+    absolute = post(x)
+    torch.testing.assert_close(
+        post.penalized_reward(x, k=2.0), absolute.mean - 2.0 * absolute.variance.sqrt()
+    )
+
+
+def test_bad_reference_names_itself(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
+    x = torch.randn(4, D_IN, dtype=torch.float64)
+    with pytest.raises(ValueError, match="`reference`"):
+        post.relative_reward(x, "prompt")
+    with pytest.raises(ValueError, match=r"`reference` items have shape \(3,\)"):
+        post.relative_reward(x, torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pairs"):
+        post.relative_reward(torch.randn(4, 2, D_IN, dtype=torch.float64))
