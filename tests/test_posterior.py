@@ -153,12 +153,79 @@ def test_val_loader_with_marglik_warns(reward_model, pair_loader):
         )
 
 
-def test_full_is_refused_with_the_memory_it_would_need(monkeypatch, pair_loader):
-    wide = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(D_IN, 40_000), nn.Linear(40_000, 1)))
-    with pytest.raises(ValueError, match=r"280,001 parameters.*GiB.*'kron' or 'diag'"):
+def test_full_is_refused_with_the_memory_it_would_need(pair_loader):
+    wide = btl.PairwiseRewardModel(
+        nn.Sequential(nn.Linear(D_IN, 40_000), nn.Linear(40_000, 1)).double()
+    )
+    with pytest.raises(ValueError, match=r"all 280,001 parameters.*GiB.*'kron' or 'diag'"):
         btl.fit_reward_posterior(
             wide, pair_loader, subset_of_weights="all", hessian_structure="full"
         )
+    # the last layer alone: 40,001 parameters, 11.9 GiB in float64
+    msg = r"40,001 parameters of the last layer 'net.1'.*11.9 GiB"
+    with pytest.raises(ValueError, match=msg):
+        btl.fit_reward_posterior(
+            wide, pair_loader, subset_of_weights="last_layer", hessian_structure="full"
+        )
+    with pytest.raises(ValueError, match=r"`last_layer_name`='head' is not a module"):
+        btl.fit_reward_posterior(
+            wide, pair_loader, subset_of_weights="last_layer", hessian_structure="full",
+            last_layer_name="head",
+        )  # fmt: skip
+
+
+def test_fit_refuses_inputs_of_another_dtype(reward_model, pairs):
+    x, y = pairs
+    loader = DataLoader(TensorDataset(x.float(), y), batch_size=16)
+    with pytest.raises(ValueError, match=r"x of dtype torch.float32 but .* torch.float64"):
+        btl.fit_reward_posterior(reward_model, loader)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prior_precision": 1.0, "n_steps": 3}, r"`n_steps` not used with a fixed"),
+        ({"grid_size": 3}, r"`grid_size` not used with prior_precision='marglik'"),
+        ({"prior_precision": "gridsearch", "lr": 0.1}, r"`lr` not used with .*'gridsearch'"),
+        (
+            {"prior_precision": "gridsearch", "prior_structure": "layerwise"},
+            r"`prior_structure='layerwise'` needs prior_precision='marglik'",
+        ),
+    ],
+)
+def test_prior_settings_the_method_does_not_use_are_refused(
+    reward_model, pair_loader, kwargs, match
+):
+    if kwargs.get("prior_precision") == "gridsearch":
+        kwargs["val_loader"] = pair_loader
+    with pytest.raises(ValueError, match=match):
+        btl.fit_reward_posterior(reward_model, pair_loader, **kwargs)
+
+
+def test_val_loader_with_a_fixed_prior_warns(reward_model, pair_loader):
+    with pytest.warns(btl.BTLaplaceWarning, match="`val_loader` is only used"):
+        btl.fit_reward_posterior(
+            reward_model, pair_loader, prior_precision=1.0, val_loader=pair_loader
+        )
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+def test_queries_work_inside_inference_mode(reward_model, pair_loader, pairs, structure):
+    """Scoring loops often run under torch.inference_mode(); the variances need one backward
+    pass, so queries step out of it, and the answers do not change."""
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure=structure
+    )
+    x = pairs[0]
+    want = (post(x[:, 0]), post.preference_probability(x), post.relative_reward(x[:, 1]))
+    with torch.inference_mode():
+        items, xi = x[:, 0].clone(), x.clone()  # inference tensors
+        got = (post(items), post.preference_probability(xi), post.relative_reward(xi[:, 1]))
+        samples = post.sample(items, n_samples=3)
+        penalized = post.penalized_reward(items, k=1.0, reference="group")
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    assert samples.shape == (3, x.shape[0]) and penalized.shape == (x.shape[0],)
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,11 @@ penalized rewards, and joint samples.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from laplace import Laplace
@@ -79,8 +80,28 @@ class RewardPrediction(NamedTuple):
     variance: torch.Tensor
 
 
+def _usable(x: torch.Tensor) -> torch.Tensor:
+    """A tensor made under ``torch.inference_mode()`` cannot enter autograd; copy it."""
+    return x.clone() if x.is_inference() else x
+
+
 def _batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     return x.split(batch_size) if x.shape[0] > batch_size else (x,)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _autograd_query(method: _F) -> _F:
+    """Run a query with autograd available, also inside ``torch.inference_mode()`` (scoring
+    loops often use it): the variances come from one backward pass through the model."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RewardPosterior:
@@ -139,7 +160,7 @@ class RewardPosterior:
             )
 
     def _items(self, x: Any) -> torch.Tensor:
-        x = check_tensor("x", x)
+        x = _usable(check_tensor("x", x))
         self._check_dtype(x)
         if self.model.is_pair_batch(x):
             raise ValueError(
@@ -149,7 +170,7 @@ class RewardPosterior:
         return x.to(self.laplace._device)
 
     def _pairs(self, x: Any) -> torch.Tensor:
-        x = check_tensor("x", x)
+        x = _usable(check_tensor("x", x))
         self._check_dtype(x)
         if not self.model.is_pair_batch(x):
             raise ValueError(
@@ -159,6 +180,7 @@ class RewardPosterior:
         return x.to(self.laplace._device)
 
     # ------------------------------------------------------------------ queries
+    @_autograd_query
     def __call__(self, x: torch.Tensor) -> RewardPrediction:
         """Predictive mean and variance of the reward of each item.
 
@@ -177,6 +199,7 @@ class RewardPosterior:
 
     predict = __call__
 
+    @_autograd_query
     def pair_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Joint moments of the two rewards of each pair.
 
@@ -229,6 +252,7 @@ class RewardPosterior:
             mean_diff, var_diff, n_samples=n_samples, generator=generator
         )
 
+    @_autograd_query
     def relative_reward(self, x: torch.Tensor, reference: Any = "group") -> RewardPrediction:
         """Mean and variance of each item's reward relative to the mean reward of a reference.
 
@@ -286,6 +310,7 @@ class RewardPosterior:
             mean, variance = self.relative_reward(x, reference)
         return mean - k * variance.sqrt()
 
+    @_autograd_query
     def sample(
         self,
         x: torch.Tensor,
@@ -447,7 +472,7 @@ def fit_reward_posterior(
             f"maximizes, but prior_precision={prior_precision!r}; use "
             "prior_precision='marglik' or leave evidence at 'posterior'."
         )
-    if val_loader is not None and method == "marglik":
+    if val_loader is not None and method != "gridsearch":
         warnings.warn(
             "`val_loader` is only used with prior_precision='gridsearch'; it is ignored.",
             BTLaplaceWarning,
@@ -456,27 +481,27 @@ def fit_reward_posterior(
     if "likelihood" in laplace_kwargs:
         raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
     prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
-    if evidence == "exact":
-        structure_kw = prior_kwargs.pop("prior_structure", "scalar")
-        if structure_kw != "scalar" or prior_kwargs:
-            bad = sorted(prior_kwargs) + (["prior_structure"] if structure_kw != "scalar" else [])
-            raise ValueError(
-                f"evidence='exact' solves for one scalar prior precision exactly and takes no "
-                f"optimizer settings, got {', '.join(f'`{k}`' for k in bad)}; drop them, or use "
-                "evidence='posterior' for laplace-torch's optimizer (and a layerwise prior)."
-            )
+    _check_prior_kwargs(method, evidence, prior_kwargs)
     backend = laplace_kwargs.setdefault("backend", BradleyTerryGGN)
 
-    if subset == "all" and structure == "full":
-        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    first_x = _first_inputs(train_loader, laplace_kwargs.get("dict_key_x", "input_ids"))
+    _check_input_dtype(model, first_x)
+    if structure == "full":
+        if subset == "all":
+            n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            what, fix = f"all {n:,} parameters", "or subset_of_weights='last_layer'"
+        else:
+            name, layer = _last_layer(model, first_x, laplace_kwargs.get("last_layer_name"))
+            n = sum(p.numel() for p in layer.parameters())
+            what, fix = f"the {n:,} parameters of the last layer {name!r}", "a smaller head"
         itemsize = next(model.parameters()).element_size()
         need = n * n * itemsize
         if need > FULL_MEMORY_LIMIT:
             raise ValueError(
-                f"hessian_structure='full' over all {n:,} parameters needs a dense {n:,} x "
-                f"{n:,} matrix ({need / 2**30:.1f} GiB, several copies during inversion), above "
-                f"the {FULL_MEMORY_LIMIT / 2**30:.0f} GiB limit; use hessian_structure='kron' "
-                "or 'diag', or subset_of_weights='last_layer'."
+                f"hessian_structure='full' over {what} needs a dense {n:,} x {n:,} matrix "
+                f"({need / 2**30:.1f} GiB, several copies during inversion), above the "
+                f"{FULL_MEMORY_LIMIT / 2**30:.0f} GiB limit; use hessian_structure='kron' or "
+                f"'diag', {fix}."
             )
 
     stochastic = [
@@ -532,6 +557,95 @@ def fit_reward_posterior(
     return posterior
 
 
+def _first_inputs(loader: DataLoader, dict_key_x: str) -> Any:
+    """The inputs of the loader's first batch (laplace-torch's last-layer fit peeks the same)."""
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError("`train_loader` yielded no pairs; pass a non-empty loader.") from None
+    if isinstance(batch, Mapping):
+        return batch
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            f"`train_loader` must yield (x, y) pairs of tensors, got {type(batch).__name__}; "
+            "build it with bt_laplace.preference_dataloader."
+        )
+    return batch[0]
+
+
+def _check_input_dtype(model: nn.Module, x: Any) -> None:
+    dtype = next(model.parameters()).dtype
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        raise ValueError(
+            f"`train_loader` yields x of dtype {x.dtype} but the model's parameters are "
+            f"{dtype}; convert one of them (model.to({x.dtype}), or "
+            f"preference_dataloader(..., dtype={dtype}))."
+        )
+
+
+def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Module]:
+    """The module laplace-torch's last-layer Laplace will use: ``name`` if given, else the
+    last leaf module called in a forward pass on one pair (as laplace-torch finds it)."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            raise ValueError(f"`last_layer_name`={name!r} is not a module of `model`.")
+        return name, modules[name]
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_, n=n: order.append(n))
+        for n, m in modules.items()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1] if isinstance(x, torch.Tensor) else x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise ValueError("`model` called no leaf module on a pair; it has no last layer.")
+    return order[-1], modules[order[-1]]
+
+
+#: optimizer settings each way of setting the prior takes (``prior_structure`` is checked apart)
+_PRIOR_SETTINGS = {
+    ("marglik", "posterior"): ("n_steps", "lr", "init_prior_prec", "prior_structure"),
+    ("marglik", "exact"): ("prior_structure",),
+    ("gridsearch", "posterior"): (
+        "grid_size",
+        "log_prior_prec_min",
+        "log_prior_prec_max",
+        "log_prior_prec_base",
+        "prior_structure",
+    ),
+    ("fixed", "posterior"): (),
+}
+
+
+def _check_prior_kwargs(method: str, evidence: str, prior_kwargs: dict[str, Any]) -> None:
+    """Refuse prior settings the chosen method would not use (nothing is silently dropped)."""
+    allowed = _PRIOR_SETTINGS[(method, evidence)]
+    how = {
+        "marglik": f"prior_precision='marglik', evidence={evidence!r}",
+        "gridsearch": "prior_precision='gridsearch'",
+        "fixed": "a fixed prior_precision",
+    }[method]
+    unused = sorted(k for k in prior_kwargs if k not in allowed)
+    if unused:
+        takes = ", ".join(f"`{k}`" for k in allowed) or "no optimizer settings"
+        raise ValueError(
+            f"{', '.join(f'`{k}`' for k in unused)} not used with {how}, which takes {takes}; "
+            "drop them or choose the method they belong to."
+        )
+    structure = prior_kwargs.get("prior_structure", "scalar")
+    if structure != "scalar" and (method != "marglik" or evidence != "posterior"):
+        raise ValueError(
+            f"`prior_structure={structure!r}` needs prior_precision='marglik' with "
+            f"evidence='posterior'; {how} sets one scalar prior precision."
+        )
+
+
 def _gridsearch(
     posterior: RewardPosterior,
     val_loader: DataLoader,
@@ -542,7 +656,7 @@ def _gridsearch(
     log_prior_prec_max: float = 4,
     grid_size: int = 100,
     log_prior_prec_base: float = 10.0,
-    **unused: Any,
+    prior_structure: str = "scalar",
 ) -> None:
     """Set the scalar prior precision that minimizes validation NLL of pair probabilities.
 
