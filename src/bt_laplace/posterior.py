@@ -273,9 +273,9 @@ class RewardPosterior:
             mean reward) and ``variance`` ``(B,)``.
         """
         x = self._items(x)
+        ref: torch.Tensor | None = None
         if isinstance(reference, str):
             check_choice("reference", reference, ("group",))
-            ref = x
         else:
             ref = self._items(reference)
             if ref.shape[1:] != x.shape[1:]:
@@ -284,9 +284,8 @@ class RewardPosterior:
                     f"{tuple(x.shape[1:])}; pass reference items of the same shape."
                 )
         self.laplace.model.eval()
-        mean, variance = relative_moments(
-            self._form, list(_batches(x, self.batch_size)), list(_batches(ref, self.batch_size))
-        )
+        refs = None if ref is None else list(_batches(ref, self.batch_size))
+        mean, variance = relative_moments(self._form, list(_batches(x, self.batch_size)), refs)
         return RewardPrediction(mean, variance)
 
     def penalized_reward(

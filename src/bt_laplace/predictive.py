@@ -186,19 +186,22 @@ class PosteriorQuadraticForm:
 
 
 def relative_moments(
-    form: PosteriorQuadraticForm, xs: list[torch.Tensor], refs: list[torch.Tensor]
+    form: PosteriorQuadraticForm, xs: list[torch.Tensor], refs: list[torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance ``(N,)`` of ``r(x_n) - mean_m r(ref_m)``, items and references given
-    in batches; the reward offset that pairs cannot identify cancels."""
+    in batches (``refs=None``: the items themselves, one pass); the reward offset that pairs
+    cannot identify cancels."""
     la = form.laplace
+    group = refs is None
+    refs = xs if refs is None else refs
     ref_taps = [form.taps.try_run(partial(la.model, r)) for r in refs]
     if all(t is not None for t in ref_taps):
         taps_ref = [t for t in ref_taps if t is not None]
         dense = form.mean_jacobian(taps_ref)
         ref_mean = torch.cat([t.output for t in taps_ref]).mean()
         means, variances = [], []
-        for x in xs:
-            res = form.taps.try_run(partial(la.model, x))
+        for i, x in enumerate(xs):
+            res = taps_ref[i] if group else form.taps.try_run(partial(la.model, x))
             if res is None:
                 break
             cross, quad = form.dense_cross(res, dense)
