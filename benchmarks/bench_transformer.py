@@ -179,7 +179,10 @@ def main() -> None:
             "posterior; the fit is one more pass over the pairs. Posteriors over all weights "
             "of a transformer are outside the fast path (its linear layers see (N, L, in) "
             "sequences) and go through laplace-torch's per-item Jacobians, infeasible at 22.7M "
-            "parameters.",
+            "parameters. laplace-torch's rows time its own last-layer path on items "
+            '(`la(x, pred_type="glm")`); its `kron` there is KFAC over the 2B items as '
+            "independent samples and its pair predictions fail ([accuracy.md](accuracy.md)), "
+            "so only its speed compares.",
             "",
         ]
     )
