@@ -39,6 +39,24 @@ def test_quickstart_notebook_executes(tmp_path):
     assert not errors
 
 
+def test_best_of_n_notebook_executes(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    nb = nbformat.read(EXAMPLES / "best_of_n.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
+    assert not errors
+
+
 def test_readme_snippet_runs():
     readme = (EXAMPLES.parent / "README.md").read_text()
     code = readme.split("## In a few lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]

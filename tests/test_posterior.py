@@ -253,3 +253,27 @@ def test_training_mode_with_dropout_warns_and_switches_to_eval(pair_loader):
     with pytest.warns(btl.BTLaplaceWarning, match=r"training mode with \['Dropout'\]"):
         btl.fit_reward_posterior(model, pair_loader, hessian_structure="diag")
     assert not model.training
+
+
+@pytest.mark.parametrize(
+    "kwargs, bars",
+    [
+        ({"prior_precision": "marglik"}, ["Optimizing marglik"]),
+        ({"prior_precision": "marglik", "evidence": "exact"}, ["Exact evidence"]),
+        ({"prior_precision": "gridsearch", "grid_size": 5}, ["Grid search"]),
+    ],
+)
+def test_progress_bars_on_request_only(reward_model, pair_loader, capsys, kwargs, bars):
+    if kwargs["prior_precision"] == "gridsearch":
+        kwargs["val_loader"] = pair_loader
+    btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="diag", **kwargs
+    )
+    assert capsys.readouterr().err == ""
+    btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="diag",
+        progress_bar=True, **kwargs,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    for bar in ["Computing Hessian", *bars]:  # laplace-torch's own bar over the fit, then ours
+        assert bar in err

@@ -1,13 +1,23 @@
-"""Private input validation shared by the public entry points."""
+"""Private input validation shared by the public entry points, and the optional progress bar."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BTLaplaceWarning", "check_choice", "check_positive_int", "check_tensor", "check_finite"]
+__all__ = [
+    "BTLaplaceWarning",
+    "check_choice",
+    "check_positive_int",
+    "check_tensor",
+    "check_finite",
+    "progress",
+]
+
+T = TypeVar("T")
 
 
 class BTLaplaceWarning(UserWarning):
@@ -46,3 +56,13 @@ def check_finite(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
     return float(value)
+
+
+def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
+    """``iterable`` with a tqdm bar when ``enabled``; tqdm.auto is imported only then (in a
+    notebook without ipywidgets its import alone prints a warning)."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)

@@ -34,8 +34,8 @@ import torch
 from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from bt_laplace._checks import progress
 from bt_laplace._taps import pair_split
 from bt_laplace.curvature import BradleyTerryGGN
 
@@ -117,7 +117,7 @@ def exact_ggn_eigenvalues(
     )
     backend = _pair_backend(laplace)
     device = laplace._device
-    batches = tqdm(train_loader, disable=not progress_bar, desc="[Exact evidence]")
+    batches = progress(train_loader, progress_bar, "[Exact evidence]")
     if n_params <= n_pairs:  # the P x P GGN itself
         _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)

@@ -31,6 +31,7 @@ from bt_laplace._checks import (
     check_finite,
     check_positive_int,
     check_tensor,
+    progress,
 )
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
@@ -662,8 +663,6 @@ def _gridsearch(
     The activations and output gradients of the validation pairs do not depend on the prior, so
     they are computed once; each grid point then costs only the quadratic forms.
     """
-    from tqdm.auto import tqdm
-
     la = posterior.laplace
     form = posterior._form
     link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
@@ -697,7 +696,7 @@ def _gridsearch(
         log_prior_prec_min, log_prior_prec_max, grid_size, base=log_prior_prec_base
     )
     best, best_nll = float(grid[0]), math.inf
-    for prior in tqdm(grid.tolist(), disable=not progress_bar, desc="[Grid search]"):
+    for prior in progress(grid.tolist(), progress_bar, "[Grid search]"):
         la.prior_precision = prior
         nll = score()
         if nll < best_nll:

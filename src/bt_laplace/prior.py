@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
 from laplace.lllaplace import LLLaplace
-from tqdm.auto import tqdm
 
+from bt_laplace._checks import progress
 from bt_laplace.predictive import posterior_parameters
 
 __all__ = ["curvature_eigenvalues", "optimize_marglik"]
@@ -115,7 +115,7 @@ def optimize_marglik(
     # 0.5 (sum log(lambda + delta) - n log delta + delta ||theta - mu_0||^2)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     m, v = torch.zeros_like(log_prior), torch.zeros_like(log_prior)
-    for t in tqdm(range(1, n_steps + 1), disable=not progress_bar, desc="[Optimizing marglik]"):
+    for t in progress(range(1, n_steps + 1), progress_bar, "[Optimizing marglik]"):
         prior = log_prior.exp()
         trace = torch.stack([(prior[k] / (e + prior[k])).sum() for k, e in enumerate(eigs)])
         grad = 0.5 * (trace - counts + prior * sq)
