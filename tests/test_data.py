@@ -171,12 +171,33 @@ def test_token_ids_stay_integers(container):
 
 @pytest.mark.parametrize(
     "value, dtype, shown",
-    [(2.5, torch.long, "2.5"), (float("nan"), torch.long, "nan"), (300, torch.uint8, "300")],
+    [
+        (2.5, torch.long, "2.5"),
+        (float("nan"), torch.long, "nan"),
+        (300, torch.uint8, "300"),
+        (-1, torch.uint8, "-1"),
+        (2.0**63, torch.long, "9.223372036854776e\\+18"),  # would wrap to -2**63
+        (2**31, torch.int32, "2147483648"),
+    ],
 )
 def test_token_ids_that_are_not_whole_numbers_in_range(value, dtype, shown):
     rows = [{"x0": [1, 2], "x1": [3, 4], "label": 1}, {"x0": [1, 2], "x1": [3, value], "label": 0}]
     with pytest.raises(ValueError, match=rf"Column 'x1' of row 1 .* value {shown}, .*{dtype}"):
         collect(preference_dataloader(rows, batch_size=2, dtype=dtype))
+
+
+def test_uint64_token_ids_beyond_int64_are_refused():
+    rows = [
+        {
+            "x0": np.array([1, 2], dtype=np.uint64),
+            "x1": np.array([3, 2**63 + 5], dtype=np.uint64),
+            "label": 1,
+        }
+    ]
+    with pytest.raises(
+        ValueError, match=r"Column 'x1' of row 0 .* not a whole number in the range"
+    ):
+        PairCollator(dtype=torch.long)(rows)
 
 
 @pytest.mark.parametrize("container", CONTAINERS)

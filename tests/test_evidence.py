@@ -187,8 +187,12 @@ def test_memory_limit_of_the_jacobian_route(sequence_model_and_pairs):
         exact_ggn_eigenvalues(la, loader, memory_limit=1500)
 
 
-def test_loader_that_skips_pairs_is_refused(reward_model, pairs):
-    loader = DataLoader(TensorDataset(*pairs), batch_size=16, drop_last=True)
-    la = fit_bt(reward_model, loader, "all", "diag")
-    with pytest.raises(ValueError, match="yielded 48 pairs but its dataset has 60"):
+@pytest.mark.parametrize(
+    "subset, n_pairs, yielded",
+    [("all", 60, 48), ("last_layer", 60, 48), ("all", 150, 144)],  # kernel and GGN routes
+)
+def test_loader_that_skips_pairs_is_refused(reward_model, subset, n_pairs, yielded):
+    loader = DataLoader(TensorDataset(*random_pairs(n_pairs)), batch_size=16, drop_last=True)
+    la = fit_bt(reward_model, loader, subset, "diag")
+    with pytest.raises(ValueError, match=f"yielded {yielded} pairs but its dataset has {n_pairs}"):
         exact_ggn_eigenvalues(la, loader)

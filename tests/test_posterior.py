@@ -277,3 +277,31 @@ def test_progress_bars_on_request_only(reward_model, pair_loader, capsys, kwargs
     err = capsys.readouterr().err
     for bar in ["Computing Hessian", *bars]:  # laplace-torch's own bar over the fit, then ours
         assert bar in err
+
+
+def test_last_layer_full_check_runs_in_eval_mode(pair_loader):
+    """Finding the last layer for the memory check must not update batch-norm statistics of a
+    model left in training mode (it is switched to eval mode first, with a warning)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D_IN, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1))
+    model = btl.PairwiseRewardModel(net.double())  # training mode
+    before = net[1].running_mean.clone()
+    with pytest.warns(btl.BTLaplaceWarning, match="BatchNorm1d"):
+        btl.fit_reward_posterior(
+            model, pair_loader, subset_of_weights="last_layer", hessian_structure="full",
+            prior_precision=1.0,
+        )  # fmt: skip
+    assert torch.equal(net[1].running_mean, before)
+
+
+def test_last_layer_is_found_as_laplace_torch_finds_it(pair_loader):
+    """A shared activation called again after the head keeps its first place, so the head is
+    the last layer (and the memory check counts its parameters)."""
+    act = nn.Tanh()
+    model = btl.PairwiseRewardModel(
+        nn.Sequential(nn.Linear(D_IN, 40_000), act, nn.Linear(40_000, 1), act).double()
+    )
+    with pytest.raises(ValueError, match=r"40,001 parameters of the last layer 'net.2'"):
+        btl.fit_reward_posterior(
+            model, pair_loader, subset_of_weights="last_layer", hessian_structure="full"
+        )

@@ -104,3 +104,27 @@ def test_bad_reference_names_itself(reward_model, pair_loader):
         post.relative_reward(x, torch.randn(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="pairs"):
         post.relative_reward(torch.randn(4, 2, D_IN, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_float32_model_keeps_relative_variance_accurate(subset):
+    """A weak prior makes the shared offset variance dwarf the relative one; a float32 model
+    must still give the float64 answer (the cancellation runs in float64)."""
+    from conftest import make_net
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(200, 2, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (200,), generator=g)
+    items = torch.randn(6, D_IN, generator=g, dtype=torch.float64)
+    answers = []
+    for dtype in (torch.float64, torch.float32):
+        model = btl.PairwiseRewardModel(make_net().to(dtype)).eval()
+        loader = DataLoader(TensorDataset(x.to(dtype), y), batch_size=50)
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights=subset, hessian_structure="diag",
+            prior_precision=1e-4,
+        )  # fmt: skip
+        answers.append(post.relative_reward(items.to(dtype)).variance)
+    assert answers[1].dtype == torch.float32
+    torch.testing.assert_close(answers[1].double(), answers[0], rtol=2e-3, atol=0.0)

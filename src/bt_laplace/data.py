@@ -181,8 +181,12 @@ class PairCollator:
         info = torch.iinfo(self.dtype)
         if t.dtype == torch.bool or t.is_complex():
             return  # bools fit; complex items were rejected while stacking
-        wide = t.double() if t.is_floating_point() else t.long()
-        bad = (wide != wide.round()) | (wide < info.min) | (wide > info.max)
+        if t.is_floating_point() or t.dtype == torch.uint64:  # compare in float64:
+            wide = t.double()  # max + 1 is a power of two, exact there (max itself may round)
+            bad = (wide != wide.round()) | (wide < info.min) | (wide >= float(info.max) + 1)
+        else:
+            wide = t.long()
+            bad = (wide < info.min) | (wide > info.max)
         if bool(bad.any()):
             row = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0])
             value = wide[row][bad[row]].reshape(-1)[0].item()

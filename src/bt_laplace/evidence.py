@@ -121,10 +121,13 @@ def exact_ggn_eigenvalues(
     if n_params <= n_pairs:  # the P x P GGN itself
         _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
+        seen = 0
         for data in batches:
             x, y = _split(data, laplace)
             _, h = backend.full(_to(x, device), y.to(device))
             ggn += h.to(torch.float64)
+            seen += len(y)
+        _check_count(seen, n_pairs)
         mat = ggn
     else:  # the N x N pair kernel
         _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
@@ -167,12 +170,7 @@ def _pair_kernel(
         for i in range(len(backend.taps.layers)):
             acts[i].append(result.acts[i].to(torch.float64))
             grads[i].append(result.grads[i].to(torch.float64) * per_item)
-    if seen != n_pairs:
-        raise ValueError(
-            f"`train_loader` yielded {seen} pairs but its dataset has {n_pairs}; the exact "
-            "evidence needs every training pair once (drop_last=False, no sampler that "
-            "repeats or skips)."
-        )
+    _check_count(seen, n_pairs)
     if rows:
         phi = torch.cat(rows)
         return phi @ phi.T
@@ -197,6 +195,15 @@ def _pair_kernel(
                 d = g1 - g0
                 kernel[r] += d[r] @ d.T
     return kernel
+
+
+def _check_count(seen: int, n_pairs: int) -> None:
+    if seen != n_pairs:
+        raise ValueError(
+            f"`train_loader` yielded {seen} pairs but its dataset has {n_pairs}; the exact "
+            "evidence needs every training pair once (drop_last=False, no sampler that "
+            "repeats or skips)."
+        )
 
 
 def exact_evidence_prior_precision(

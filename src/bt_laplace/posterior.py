@@ -484,6 +484,21 @@ def fit_reward_posterior(
     _check_prior_kwargs(method, evidence, prior_kwargs)
     backend = laplace_kwargs.setdefault("backend", BradleyTerryGGN)
 
+    stochastic = [
+        type(m).__name__
+        for m in model.modules()
+        if m.training
+        and isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
+    ]
+    if stochastic:
+        warnings.warn(
+            f"`model` was in training mode with {sorted(set(stochastic))}; switched it to "
+            "eval mode for the fit (in training mode the items of a batch interact and the "
+            "curvature is wrong). Call model.eval() before fitting to silence this.",
+            BTLaplaceWarning,
+            stacklevel=2,
+        )
+    model.eval()
     first_x = _first_inputs(train_loader, laplace_kwargs.get("dict_key_x", "input_ids"))
     _check_input_dtype(model, first_x)
     if structure == "full":
@@ -504,21 +519,6 @@ def fit_reward_posterior(
                 f"'diag', {fix}."
             )
 
-    stochastic = [
-        type(m).__name__
-        for m in model.modules()
-        if m.training
-        and isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
-    ]
-    if stochastic:
-        warnings.warn(
-            f"`model` was in training mode with {sorted(set(stochastic))}; switched it to "
-            "eval mode for the fit (in training mode the items of a batch interact and the "
-            "curvature is wrong). Call model.eval() before fitting to silence this.",
-            BTLaplaceWarning,
-            stacklevel=2,
-        )
-    model.eval()
     cls = _laplace_class(subset, structure, backend)
     la: Any
     if cls is None:
@@ -585,7 +585,9 @@ def _check_input_dtype(model: nn.Module, x: Any) -> None:
 
 def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Module]:
     """The module laplace-torch's last-layer Laplace will use: ``name`` if given, else the
-    last leaf module called in a forward pass on one pair (as laplace-torch finds it)."""
+    leaf module whose first call comes last in a forward pass on one pair (as laplace-torch
+    finds it: a module called again later, such as a shared activation, keeps its first
+    place)."""
     modules = dict(model.named_modules())
     if name is not None:
         if name not in modules:
@@ -593,7 +595,7 @@ def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Mod
         return name, modules[name]
     order: list[str] = []
     handles = [
-        m.register_forward_hook(lambda *_, n=n: order.append(n))
+        m.register_forward_hook(lambda *_, n=n: None if n in order else order.append(n))
         for n, m in modules.items()
         if not list(m.children())
     ]

@@ -66,6 +66,7 @@ class PosteriorQuadraticForm:
         self.last_layer = isinstance(laplace, LLLaplace)
         self._cache: tuple[Any, ...] | None = None
         self._cache_key: Any = None
+        self._cast: tuple[Any, torch.dtype, Any] | None = None
 
     def _posterior(self) -> tuple[Any, ...]:
         """Per-parameter posterior pieces, recomputed when the curvature, prior or temperature
@@ -104,6 +105,17 @@ class PosteriorQuadraticForm:
         self._cache, self._cache_key = pieces, key
         return pieces
 
+    def _posterior_as(self, dtype: torch.dtype) -> tuple[Any, ...]:
+        """:meth:`_posterior` with its tensors in ``dtype`` (cached per fitted posterior)."""
+        kind, post = self._posterior()
+        if dtype == self.laplace._dtype:
+            return kind, post
+        if self._cast is not None and self._cast[0] is post and self._cast[1] == dtype:
+            return kind, self._cast[2]
+        cast = _cast(post, dtype)
+        self._cast = (post, dtype, cast)
+        return kind, cast
+
     def cross(self, left: TapResult, right: TapResult) -> torch.Tensor:
         """Row-wise ``J(x_n) Sigma J(x'_n)^T`` ``(N,)`` for taps of two aligned item batches."""
         if left is right:
@@ -113,7 +125,7 @@ class PosteriorQuadraticForm:
     def crosses(self, results: list[TapResult], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
         """:meth:`cross` for several ``(i, j)`` pairs of ``results``, sharing the per-result work
         (projections onto the Kronecker eigenbases, ``J Sigma`` for ``full``)."""
-        kind, post = self._posterior()
+        kind, post = self._posterior_as(results[0].output.dtype)
         if kind == "full":
             jac = [self.taps.jacobian(r) for r in results]
             jac_sigma = {i: jac[i] @ post for i in {i for i, _ in pairs}}
@@ -155,7 +167,7 @@ class PosteriorQuadraticForm:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``J(x_n) Sigma Jbar^T`` ``(N,)`` and ``Jbar Sigma Jbar^T`` (scalar) for a dense
         ``Jbar`` given per parameter tensor (as from :meth:`mean_jacobian`)."""
-        kind, post = self._posterior()
+        kind, post = self._posterior_as(result.output.dtype)
         if kind == "full":
             jbar = torch.cat([d.reshape(-1) for d in dense])
             sigma_jbar = post @ jbar
@@ -185,6 +197,22 @@ class PosteriorQuadraticForm:
         return cross, quad
 
 
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    return obj
+
+
+def _double(result: TapResult) -> TapResult:
+    return TapResult(
+        result.output.double(),
+        [a.double() for a in result.acts],
+        [g.double() for g in result.grads],
+    )
+
+
 def relative_moments(
     form: PosteriorQuadraticForm, xs: list[torch.Tensor], refs: list[torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +224,9 @@ def relative_moments(
     refs = xs if refs is None else refs
     ref_taps = [form.taps.try_run(partial(la.model, r)) for r in refs]
     if all(t is not None for t in ref_taps):
-        taps_ref = [t for t in ref_taps if t is not None]
+        # in float64: the offset variance shared by items and reference, often much larger
+        # than what is left, cancels in the sum below
+        taps_ref = [_double(t) for t in ref_taps if t is not None]
         dense = form.mean_jacobian(taps_ref)
         ref_mean = torch.cat([t.output for t in taps_ref]).mean()
         means, variances = [], []
@@ -204,11 +234,13 @@ def relative_moments(
             res = taps_ref[i] if group else form.taps.try_run(partial(la.model, x))
             if res is None:
                 break
+            res = _double(res)
             cross, quad = form.dense_cross(res, dense)
             means.append(res.output - ref_mean)
             variances.append((form.cross(res, res) - 2 * cross + quad).clamp_min(0.0))
         else:
-            return torch.cat(means), torch.cat(variances)
+            dtype = la._dtype
+            return torch.cat(means).to(dtype), torch.cat(variances).to(dtype)
     # models outside the fast path: laplace-torch's Jacobians, Jbar stacked as a second output
     jac_ref, f_ref = zip(
         *(backend_jacobians(la.backend, r, last_layer=form.last_layer) for r in refs),
