@@ -305,3 +305,42 @@ def test_last_layer_is_found_as_laplace_torch_finds_it(pair_loader):
         btl.fit_reward_posterior(
             model, pair_loader, subset_of_weights="last_layer", hessian_structure="full"
         )
+
+
+WORKS = {
+    ("all", "kron"): ("scalar", "layerwise"),
+    ("all", "diag"): ("scalar", "layerwise", "diag"),
+    ("all", "full"): ("scalar", "layerwise", "diag"),
+    ("last_layer", "kron"): ("scalar",),
+    ("last_layer", "diag"): ("scalar", "diag"),
+    ("last_layer", "full"): ("scalar", "diag"),
+}
+
+
+@pytest.mark.parametrize("subset, structure", list(WORKS))
+@pytest.mark.parametrize("prior_structure", ["scalar", "layerwise", "diag"])
+def test_every_prior_structure_works_or_is_refused_up_front(
+    reward_model, pair_loader, pairs, subset, structure, prior_structure
+):
+    kwargs = {
+        "subset_of_weights": subset,
+        "hessian_structure": structure,
+        "prior_structure": prior_structure,
+    }
+    if prior_structure in WORKS[(subset, structure)]:
+        post = btl.fit_reward_posterior(reward_model, pair_loader, **kwargs)
+        n = {"scalar": 1, "layerwise": 6, "diag": post.laplace.n_params}[prior_structure]
+        assert post.prior_precision.shape == (n,)
+        assert bool((post(pairs[0][:3, 0]).variance > 0).all())
+    else:
+        with pytest.raises(ValueError, match=rf"`prior_structure='{prior_structure}'` is not"):
+            btl.fit_reward_posterior(reward_model, pair_loader, **kwargs)
+
+
+@pytest.mark.parametrize("structure", ["kron", "diag", "full"])
+def test_last_layer_on_sequences_says_to_pool(sequence_model_and_pairs, structure):
+    model, _, loader = sequence_model_and_pairs
+    with pytest.raises(NotImplementedError, match=r"last-layer posterior .* pool the sequence"):
+        btl.fit_reward_posterior(
+            model, loader, subset_of_weights="last_layer", hessian_structure=structure
+        )

@@ -122,11 +122,20 @@ class BradleyTerryGGN(CurvatureInterface):
         if result is not None:
             logits = result.output.reshape(-1, 2)
             d_jac = None
+        elif self.last_layer and getattr(self.model, "feature_reduction", None) is None:
+            raise NotImplementedError(
+                f"a last-layer posterior needs the last layer to be an nn.Linear called once per "
+                f"forward on (N, in) features, but {self.taps.reason}; pool the sequence before "
+                "the last nn.Linear (e.g. mean over positions), pass feature_reduction='average' "
+                "(laplace-torch's, for a linear head averaged over positions), or use "
+                "subset_of_weights='all'."
+            )
         elif kron:
             raise NotImplementedError(
                 f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
                 f"layer called once per forward on (N, in) inputs, but {self.taps.reason}; use "
-                "hessian_structure='diag' or 'full', or subset_of_weights='last_layer'."
+                "hessian_structure='diag' or 'full'"
+                + ("." if self.last_layer else ", or subset_of_weights='last_layer'.")
             )
         else:
             jac, logits = backend_jacobians(self, x, last_layer=self.last_layer)  # (B, 2, P)

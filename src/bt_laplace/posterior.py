@@ -482,6 +482,7 @@ def fit_reward_posterior(
         raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
     prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
     _check_prior_kwargs(method, evidence, prior_kwargs)
+    _check_prior_structure(subset, structure, prior_kwargs.get("prior_structure", "scalar"))
     backend = laplace_kwargs.setdefault("backend", BradleyTerryGGN)
 
     stochastic = [
@@ -608,6 +609,22 @@ def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Mod
     if not order:
         raise ValueError("`model` called no leaf module on a pair; it has no last layer.")
     return order[-1], modules[order[-1]]
+
+
+def _check_prior_structure(subset: str, structure: str, prior_structure: str) -> None:
+    """laplace-torch's Kronecker classes take a scalar or per-layer prior, its last-layer
+    classes a scalar or per-parameter one; say so before fitting."""
+    allowed = ["scalar"]
+    if subset == "all" or structure != "kron":
+        allowed.append("layerwise" if subset == "all" else "diag")
+    if subset == "all" and structure != "kron":
+        allowed.append("diag")
+    if prior_structure not in allowed:
+        raise ValueError(
+            f"`prior_structure={prior_structure!r}` is not available with "
+            f"subset_of_weights={subset!r} and hessian_structure={structure!r} (laplace-torch's "
+            f"classes for them take {' or '.join(repr(a) for a in allowed)}); use one of those."
+        )
 
 
 #: optimizer settings each way of setting the prior takes (``prior_structure`` is checked apart)
