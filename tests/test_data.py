@@ -487,3 +487,41 @@ def test_bad_collator_arguments():
         PairCollator()("x0")
     with pytest.raises(ValueError, match=r"to collate a single row, pass \[row\]"):
         PairCollator()({"x0": [1.0, 2.0], "x1": [3.0, 4.0], "label": 1})
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_trl_tokenized_ids_of_different_lengths_are_padded(container):
+    """TRL's tokenized columns: ids of different lengths, padded to the batch's longest."""
+    rows = [
+        {"input_ids_chosen": [101, 7, 8, 102], "input_ids_rejected": [101, 9, 102]},
+        {"input_ids_chosen": [101, 5, 102], "input_ids_rejected": [101, 4, 4, 4, 4, 102]},
+    ]
+    loader = preference_dataloader(
+        make_container(rows, container), batch_size=2, chosen="input_ids_chosen",
+        rejected="input_ids_rejected", dtype=torch.long, pad_value=0,
+    )  # fmt: skip
+    x, y = next(iter(loader))
+    want = torch.tensor(
+        [
+            [[101, 9, 102, 0, 0, 0], [101, 7, 8, 102, 0, 0]],  # rejected first, chosen second
+            [[101, 4, 4, 4, 4, 102], [101, 5, 102, 0, 0, 0]],
+        ]
+    )
+    assert x.dtype == torch.long and torch.equal(x, want) and torch.equal(y, torch.ones(2).long())
+
+
+def test_padding_needs_one_dimensional_items_and_a_fitting_pad_value():
+    rows = [{"x0": [[1, 2]], "x1": [[3, 4]], "label": 0}]
+    msg = r"Column 'x0' of row 0 of the dataset has shape \(1, 2\); `pad_value`"
+    with pytest.raises(ValueError, match=msg):
+        collect(preference_dataloader(rows, dtype=torch.long, pad_value=0))
+    for bad in (0.5, True, float("nan"), "0"):
+        with pytest.raises(TypeError, match=r"`pad_value` must be"):
+            PairCollator(dtype=torch.long, pad_value=bad)
+    assert repr(PairCollator(dtype=torch.long, pad_value=0)).endswith("pad_value=0)")
+
+
+def test_without_pad_value_different_lengths_stay_an_error():
+    rows = [{"x0": [1, 2, 3], "x1": [1, 2], "label": 0}]
+    with pytest.raises(ValueError, match=r"same shape \(pad or truncate"):
+        PairCollator(dtype=torch.long)(rows)

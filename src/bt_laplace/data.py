@@ -11,6 +11,7 @@ of the preferred item of each pair, so ``logits[:, 1] - logits[:, 0]`` is the Br
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -70,6 +71,10 @@ class PairCollator:
         rejected: Column of the other item (TRL convention, requires ``chosen``).
         dtype: dtype of ``x``: floating for feature vectors (default float32), or integer
             (``torch.long``) for token ids, which must then be whole numbers.
+        pad_value: If set, items are 1-D sequences (token ids) that may differ in length; both
+            items of every pair are right-padded with it to the longest item of the batch, as
+            TRL's tokenized ``input_ids_chosen``/``input_ids_rejected`` need. The network must
+            mask the padding itself (e.g. attention mask = ids != pad id).
 
     Example:
         >>> x, y = PairCollator()([{"x0": [1.0, 2.0], "x1": [3.0, 4.0], "label": 1}])
@@ -88,6 +93,7 @@ class PairCollator:
         chosen: str | None = None,
         rejected: str | None = None,
         dtype: torch.dtype = torch.float32,
+        pad_value: float | None = None,
     ) -> None:
         if (chosen is None) != (rejected is None):
             raise ValueError(
@@ -118,10 +124,23 @@ class PairCollator:
                 f"integer one such as torch.long (token ids), got {dtype!r}."
             )
         self.dtype = dtype
+        if pad_value is not None:
+            whole = not dtype.is_floating_point
+            if (
+                isinstance(pad_value, bool)
+                or not isinstance(pad_value, (int, float))
+                or not math.isfinite(pad_value)
+                or (whole and pad_value != int(pad_value))
+            ):
+                kind = "a whole number (the pad token id)" if whole else "a finite number"
+                raise TypeError(f"`pad_value` must be {kind} for dtype={dtype}, got {pad_value!r}.")
+        self.pad_value = pad_value
         cols = tuple(names.values())
         self._items: tuple[str, str] = (cols[0], cols[1])
         self._label: str | None = cols[2] if len(cols) == 3 else None
         self._repr = ", ".join(f"{k}={v!r}" for k, v in names.items()) + f", dtype={dtype}"
+        if pad_value is not None:
+            self._repr += f", pad_value={pad_value!r}"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -151,7 +170,10 @@ class PairCollator:
                 "PairCollator expects a list of row mappings or a mapping of columns, got "
                 f"{type(data).__name__}; wrap a single row in a list: collate([row])."
             )
-        a, b = (self._stack(cols[c], c, where, n) for c in self._items)
+        if self.pad_value is None:
+            a, b = (self._stack(cols[c], c, where, n) for c in self._items)
+        else:
+            a, b = self._stack_padded(cols, where, n)
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(
                 f"Column {self._items[1]!r} of {where(0)} has shape {tuple(b.shape[1:])} but "
@@ -250,6 +272,32 @@ class PairCollator:
                     "same shape (pad or truncate them to one shape)."
                 )
         return torch.stack(items)
+
+    def _stack_padded(
+        self, cols: dict[str, Any], where: Callable[[int], str], n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both item columns as ``(n, L)``, each 1-D item right-padded with ``pad_value`` to the
+        longest item of the batch (token ids of different lengths)."""
+        items = {c: [_as_item(cols[c][i], c, where(i)) for i in range(n)] for c in self._items}
+        for c, ts in items.items():
+            for i, t in enumerate(ts):
+                if t.ndim != 1:
+                    raise ValueError(
+                        f"Column {c!r} of {where(i)} has shape {tuple(t.shape)}; `pad_value` "
+                        "pads 1-D items (sequences of token ids) to one length. Pass items of "
+                        "shape (L,), or pad them yourself and leave pad_value=None."
+                    )
+        every = [t for ts in items.values() for t in ts]
+        length = max(t.shape[0] for t in every)
+        floating = any(t.is_floating_point() for t in every)
+        out = []
+        for c in self._items:
+            dtype = torch.float64 if floating else torch.int64
+            padded = torch.full((n, length), self.pad_value, dtype=dtype)  # type: ignore[arg-type]
+            for i, t in enumerate(items[c]):
+                padded[i, : t.shape[0]] = t.to(dtype)
+            out.append(padded)
+        return out[0], out[1]
 
     @staticmethod
     def _labels(values: Any, col: str, where: Callable[[int], str], n: int) -> torch.Tensor:
@@ -382,6 +430,7 @@ def preference_dataloader(
     chosen: str | None = None,
     rejected: str | None = None,
     dtype: torch.dtype = torch.float32,
+    pad_value: float | None = None,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
@@ -396,7 +445,7 @@ def preference_dataloader(
             :class:`PairCollator` for the columns and the value types.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        first, second, label, chosen, rejected, dtype: As in :class:`PairCollator`.
+        first, second, label, chosen, rejected, dtype, pad_value: As in :class:`PairCollator`.
         generator: Random generator for shuffling.
         num_workers: DataLoader worker processes.
         drop_last: Drop the last incomplete batch.
@@ -413,7 +462,13 @@ def preference_dataloader(
         ([((2, 2, 2), [0, 1]), ((1, 2, 2), [0])], 3)
     """
     collate = PairCollator(
-        first=first, second=second, label=label, chosen=chosen, rejected=rejected, dtype=dtype
+        first=first,
+        second=second,
+        label=label,
+        chosen=chosen,
+        rejected=rejected,
+        dtype=dtype,
+        pad_value=pad_value,
     )
     batch_size = check_positive_int("batch_size", batch_size)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
