@@ -106,6 +106,29 @@ class SequenceNet(nn.Module):
         return self.head(torch.tanh(self.body(x))).mean(1)  # (N, L, 1) -> (N, 1)
 
 
+class ReusedNet(nn.Module):
+    """Items are sequences (L, 3); one linear layer is applied twice, which the activation and
+    gradient taps cannot split, so everything goes through laplace-torch's Jacobians."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.body(torch.tanh(self.body(x))))
+        return self.head(h).mean(1)
+
+
+@pytest.fixture
+def reused_model_and_pairs():
+    torch.manual_seed(4)
+    model = PairwiseRewardModel(ReusedNet().double(), item_ndim=2).eval()
+    x = torch.randn(12, 2, 5, 3, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (12,))), batch_size=5)
+    return model, x, loader
+
+
 @pytest.fixture
 def sequence_model_and_pairs():
     torch.manual_seed(3)

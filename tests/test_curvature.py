@@ -183,17 +183,27 @@ def test_nearest_kronecker_factors_single_row_or_column_are_exact(out, inp):
 
 
 @pytest.mark.parametrize("structure", ["diag", "full"])
-def test_sequence_inputs_fall_back_to_exact_jacobians(sequence_model_and_pairs, structure):
-    model, x, loader = sequence_model_and_pairs
+@pytest.mark.parametrize("fixture", ["sequence_model_and_pairs", "reused_model_and_pairs"])
+def test_sequence_inputs_are_exact(request, fixture, structure):
+    """Layers applied to every position of a sequence: per-item Jacobian blocks sum_t g_t a_t^T
+    from the taps; a layer applied twice: laplace-torch's Jacobians. Both exact."""
+    model, x, loader = request.getfixturevalue(fixture)
     la = fit_bt(model, loader, "all", structure)
-    assert not la.backend.taps.supported and "inputs" in la.backend.taps.reason
+    assert la.backend.taps.supported == (fixture == "sequence_model_and_pairs")
     exact = exact_ggn(model, x)
     assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
 
 
-def test_sequence_inputs_refuse_kron_with_the_reason(sequence_model_and_pairs):
+def test_sequence_inputs_refuse_kron_with_the_reason(
+    sequence_model_and_pairs, reused_model_and_pairs
+):
     model, _, loader = sequence_model_and_pairs
-    with pytest.raises(NotImplementedError, match=r"kron.*\(N, in\) inputs.*'diag' or 'full'"):
+    with pytest.raises(
+        NotImplementedError, match=r"kron.*applied to 5 positions.*'diag' or 'full'"
+    ):
+        fit_bt(model, loader, "all", "kron")
+    model, _, loader = reused_model_and_pairs
+    with pytest.raises(NotImplementedError, match=r"kron.*called 2 times.*'diag' or 'full'"):
         fit_bt(model, loader, "all", "kron")
 
 

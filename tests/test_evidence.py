@@ -73,11 +73,12 @@ def test_spectrum_equals_brute_force_ggn(reward_model, subset, n_pairs):
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
 
 
-def test_spectrum_of_a_model_outside_the_fast_path(sequence_model_and_pairs):
-    """Sequence inputs: per-pair Jacobians from laplace-torch instead of activations."""
-    model, x, loader = sequence_model_and_pairs
+@pytest.mark.parametrize("fixture", ["sequence_model_and_pairs", "reused_model_and_pairs"])
+def test_spectrum_of_sequence_models(request, fixture):
+    """Per-pair Jacobian rows (from the taps' sequence blocks, or from laplace-torch)."""
+    model, x, loader = request.getfixturevalue(fixture)
     la = fit_bt(model, loader, "all", "diag")
-    eigs = exact_ggn_eigenvalues(la, loader)  # N = 12 < P = 21
+    eigs = exact_ggn_eigenvalues(la, loader)  # N = 12 < P = 21 or 16
     want = brute_force_spectrum(exact_ggn(model, x), 12).clamp_min(0.0)
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
 
@@ -179,11 +180,11 @@ def test_memory_limit_names_the_size(reward_model, pair_loader):
         exact_ggn_eigenvalues(la, pair_loader, memory_limit=1000)
 
 
-def test_memory_limit_of_the_jacobian_route(sequence_model_and_pairs):
-    """Outside the fast path the 12 x 21 pair Jacobian (2,016 bytes) is what must fit."""
-    model, _, loader = sequence_model_and_pairs
+def test_memory_limit_of_the_jacobian_route(reused_model_and_pairs):
+    """Outside the Gram-matrix shortcut the 12 x 16 pair Jacobian (1,536 bytes) must fit."""
+    model, _, loader = reused_model_and_pairs
     la = fit_bt(model, loader, "all", "diag")
-    with pytest.raises(ValueError, match=r"pair Jacobian .*nn.Linear.*, 12 x 21 in float64"):
+    with pytest.raises(ValueError, match=r"pair Jacobian .*, 12 x 16 in float64"):
         exact_ggn_eigenvalues(la, loader, memory_limit=1500)
 
 

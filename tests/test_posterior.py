@@ -337,10 +337,42 @@ def test_every_prior_structure_works_or_is_refused_up_front(
             btl.fit_reward_posterior(reward_model, pair_loader, **kwargs)
 
 
-@pytest.mark.parametrize("structure", ["kron", "diag", "full"])
-def test_last_layer_on_sequences_says_to_pool(sequence_model_and_pairs, structure):
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_last_layer_applied_to_sequences_is_exact(sequence_model_and_pairs, structure):
+    """The head runs on every position and the rewards are averaged: its Jacobian is the
+    sum over positions, exact from the taps (no feature_reduction needed)."""
+    from conftest import exact_ggn
+
+    model, x, loader = sequence_model_and_pairs
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="last_layer", hessian_structure=structure
+    )
+    exact = exact_ggn(model, x)[-5:, -5:]  # the head's 4 weights and its bias
+    got = post.laplace.H
+    want = exact.diagonal() if structure == "diag" else exact
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_last_layer_on_sequences_refuses_kron(sequence_model_and_pairs):
     model, _, loader = sequence_model_and_pairs
-    with pytest.raises(NotImplementedError, match=r"last-layer posterior .* pool the sequence"):
-        btl.fit_reward_posterior(
-            model, loader, subset_of_weights="last_layer", hessian_structure=structure
-        )
+    with pytest.raises(NotImplementedError, match=r"kron.*applied to 5 positions"):
+        btl.fit_reward_posterior(model, loader, hessian_structure="kron")
+
+
+def test_last_layer_called_twice_says_what_to_do():
+    class TwiceHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.body(x))
+            return self.head(h) + self.head(2 * h)
+
+    model = btl.PairwiseRewardModel(TwiceHead().double()).eval()
+    loader = DataLoader(
+        TensorDataset(torch.randn(6, 2, 3, dtype=torch.float64), torch.ones(6).long()),
+        batch_size=3,
+    )
+    with pytest.raises(NotImplementedError, match=r"last-layer posterior .*called 2 times"):
+        btl.fit_reward_posterior(model, loader, hessian_structure="diag")

@@ -172,8 +172,10 @@ def test_posterior_parameters_for_last_layer_are_the_head(reward_model, pair_loa
 
 
 @pytest.mark.parametrize("structure", ["diag", "full"])
-def test_sequence_inputs_predict_through_the_jacobian_fallback(sequence_model_and_pairs, structure):
-    model, x, loader = sequence_model_and_pairs
+@pytest.mark.parametrize("fixture", ["sequence_model_and_pairs", "reused_model_and_pairs"])
+def test_sequence_inputs_predict_exactly(request, fixture, structure):
+    """Sequences on the fast path (per-item Jacobian blocks) and through the fallback."""
+    model, x, loader = request.getfixturevalue(fixture)
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=0.5
     )

@@ -55,8 +55,9 @@ def test_relative_moments_equal_brute_force(
     assert bool((post(x).variance > var).any())
 
 
-def test_relative_moments_outside_the_fast_path(sequence_model_and_pairs):
-    model, x, loader = sequence_model_and_pairs
+@pytest.mark.parametrize("fixture", ["sequence_model_and_pairs", "reused_model_and_pairs"])
+def test_relative_moments_of_sequence_models(request, fixture):
+    model, x, loader = request.getfixturevalue(fixture)
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="all", hessian_structure="diag", prior_precision=0.7
     )

@@ -24,7 +24,11 @@ __all__ = [
     "TapResult",
     "TapsUnsupportedError",
     "backend_jacobians",
+    "bias_jacobian",
+    "is_sequence",
+    "item_chunks",
     "pair_split",
+    "weight_jacobian",
 ]
 
 
@@ -53,8 +57,9 @@ class TapResult:
 
     Attributes:
         output: Rewards ``(N,)`` at the MAP parameters (detached).
-        acts: Per layer, input activations ``(N, in)``.
-        grads: Per layer, output gradients ``(N, out)``.
+        acts: Per layer, input activations ``(N, in)``, or ``(N, L, in)`` for a layer applied
+            to the ``L`` positions of a sequence.
+        grads: Per layer, output gradients ``(N, out)`` or ``(N, L, out)``.
     """
 
     output: torch.Tensor
@@ -130,20 +135,22 @@ class LinearTaps:
         try:
             with torch.enable_grad(), self._only_posterior_grads():
                 reward = forward().reshape(-1)
+                n = reward.shape[0]
                 for i, (ins, outs) in enumerate(zip(inputs, outputs, strict=True)):
-                    if len(outs) != 1 or ins[0].ndim != 2:
+                    if len(outs) != 1 or ins[0].ndim < 2 or ins[0].shape[0] != n:
                         shapes = [tuple(t.shape) for t in ins]
                         raise TapsUnsupportedError(
                             f"linear layer {i} ({self.layers[i]}) was called {len(outs)} times "
-                            f"with inputs {shapes}; the fast path needs one call on (N, in) "
-                            "inputs per forward"
+                            f"with inputs {shapes}; the fast path needs one call per forward "
+                            f"on inputs (N, in) or (N, ..., in) with N = {n} items first"
                         )
                 grads = torch.autograd.grad(reward.sum(), [o[0] for o in outputs])
         finally:
             for h in handles:
                 h.remove()
-        acts = [ins[0].detach() for ins in inputs]
-        return TapResult(reward.detach(), acts, [g.detach() for g in grads])
+        # sequences (N, ..., in): positions flattened into one axis, (N, L, in)
+        acts = [_items_first(ins[0].detach()) for ins in inputs]
+        return TapResult(reward.detach(), acts, [_items_first(g.detach()) for g in grads])
 
     def try_run(self, forward: Callable[[], torch.Tensor]) -> TapResult | None:
         """:meth:`run`, or None (and ``supported`` set to False) if the forward does not fit."""
@@ -161,10 +168,38 @@ class LinearTaps:
         for slot in self.slots:
             g, a = result.grads[slot.layer], result.acts[slot.layer]
             if slot.kind == "weight":
-                blocks.append((g[:, :, None] * a[:, None, :]).flatten(1))
+                blocks.append(weight_jacobian(g, a).flatten(1))
             else:
-                blocks.append(g)
+                blocks.append(bias_jacobian(g))
         return torch.cat(blocks, dim=1)
+
+
+def _items_first(t: torch.Tensor) -> torch.Tensor:
+    return t if t.ndim == 2 else t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def is_sequence(t: torch.Tensor) -> bool:
+    """Whether taps ``a`` or ``g`` are per position ``(N, L, .)`` rather than per item."""
+    return t.ndim == 3
+
+
+def weight_jacobian(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Per-item Jacobian of the reward with respect to a weight, ``(N, out, in)``: ``g a^T``,
+    or ``sum_t g_t a_t^T`` over the positions of a layer applied to sequences."""
+    if g.ndim == 2:
+        return g[:, :, None] * a[:, None, :]
+    return g.transpose(1, 2) @ a
+
+
+def bias_jacobian(g: torch.Tensor) -> torch.Tensor:
+    """Per-item Jacobian with respect to a bias ``(N, out)``: ``g``, or ``sum_t g_t``."""
+    return g if g.ndim == 2 else g.sum(1)
+
+
+def item_chunks(n: int, per_item: int, budget: int = 2**24) -> list[slice]:
+    """Slices of ``n`` items so that a chunk holds about ``budget`` numbers of ``per_item``."""
+    step = max(1, budget // max(1, per_item))
+    return [slice(i, i + step) for i in range(0, n, step)]
 
 
 def backend_jacobians(

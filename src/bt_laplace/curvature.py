@@ -41,7 +41,16 @@ from laplace.utils import Kron
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians, pair_split
+from bt_laplace._taps import (
+    LinearTaps,
+    TapResult,
+    backend_jacobians,
+    bias_jacobian,
+    is_sequence,
+    item_chunks,
+    pair_split,
+    weight_jacobian,
+)
 from bt_laplace.bradley_terry import bradley_terry_weight
 
 __all__ = ["BradleyTerryGGN", "PairKronLaplace", "PairKronLLLaplace", "nearest_kronecker_factors"]
@@ -174,9 +183,17 @@ class BradleyTerryGGN(CurvatureInterface):
         for slot in self.taps.slots:
             g0, g1 = pair_split(result.grads[slot.layer])
             if slot.kind == "bias":
-                blocks.append((w[:, None] * (g1 - g0).square()).sum(0))
+                d_bias = bias_jacobian(g1) - bias_jacobian(g0)
+                blocks.append((w[:, None] * d_bias.square()).sum(0))
                 continue
             a0, a1 = pair_split(result.acts[slot.layer])
+            if is_sequence(a0):  # per-pair Jacobian blocks sum_t g_t a_t^T, a few pairs at once
+                total = torch.zeros(g0.shape[-1], a0.shape[-1], dtype=w.dtype, device=w.device)
+                for sl in item_chunks(len(w), total.numel()):
+                    dm = weight_jacobian(g1[sl], a1[sl]) - weight_jacobian(g0[sl], a0[sl])
+                    total += (w[sl, None, None] * dm.square()).sum(0)
+                blocks.append(total.flatten())
+                continue
             # sum_n w (g1 a1^T - g0 a0^T)^2, elementwise, as three matrix products
             d = (
                 (w[:, None] * g1.square()).T @ a1.square()
@@ -194,6 +211,13 @@ class BradleyTerryGGN(CurvatureInterface):
         """
         loss, w, result, _ = self._pair_pass(x, y, kron=True)
         assert result is not None
+        for i, a in enumerate(result.acts):
+            if is_sequence(a):
+                raise NotImplementedError(
+                    f"hessian_structure='kron' needs per-item rank-one Jacobians, but linear "
+                    f"layer {i} ({self.taps.layers[i]}) is applied to {a.shape[1]} positions of "
+                    "a sequence; use hessian_structure='diag' or 'full' (exact for sequences)."
+                )
         self._kron_store.add(result, w)
         if self._zero_kron is None:
             p = self.params[0]

@@ -36,7 +36,7 @@ from laplace.lllaplace import LLLaplace
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import progress
-from bt_laplace._taps import pair_split
+from bt_laplace._taps import is_sequence, pair_split
 from bt_laplace.curvature import BradleyTerryGGN
 
 __all__ = ["exact_ggn_eigenvalues", "exact_evidence_prior_precision", "EVIDENCE_MEMORY_LIMIT"]
@@ -156,12 +156,15 @@ def _pair_kernel(
         _, w, result, d_jac = backend._pair_pass(_to(x, device), y.to(device))
         root = w.to(torch.float64).sqrt()
         seen += root.shape[0]
+        if result is not None and any(is_sequence(a) for a in result.acts):
+            d_jac = backend._pair_jacobian(result)  # sequences: no Gram-matrix shortcut
+            result = None
         if result is None:
             assert d_jac is not None
             if not rows:
                 what = (
-                    "the pair Jacobian (the posterior's parameters are not all in nn.Linear "
-                    "layers called once on (N, in) inputs)"
+                    "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
+                    "parameter in an nn.Linear called once on (N, in) inputs)"
                 )
                 _check_size(n_pairs, n_params, what, fix, memory_limit)
             rows.append(d_jac.to(torch.float64) * root[:, None])

@@ -30,7 +30,16 @@ import torch
 from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
-from bt_laplace._taps import LinearTaps, TapResult, backend_jacobians, pair_split
+from bt_laplace._taps import (
+    LinearTaps,
+    TapResult,
+    backend_jacobians,
+    bias_jacobian,
+    is_sequence,
+    item_chunks,
+    pair_split,
+    weight_jacobian,
+)
 
 __all__ = [
     "posterior_parameters",
@@ -138,6 +147,13 @@ class PosteriorQuadraticForm:
                 g = [gi @ piece[0] for gi in g]
                 if slot.kind == "weight":
                     a = [ai @ piece[1] for ai in a]
+            if slot.kind == "bias":
+                g = [bias_jacobian(gi) for gi in g]
+            elif is_sequence(a[0]):  # per-item Jacobian blocks sum_t g_t a_t^T, chunked
+                m = piece[2] if kind == "kron" else piece.reshape(g[0].shape[-1], -1)
+                for k, (i, j) in enumerate(pairs):
+                    totals[k] = totals[k] + _block_products(g[i], a[i], g[j], a[j], m)
+                continue
             for k, (i, j) in enumerate(pairs):
                 gg = g[i].square() if i == j else g[i] * g[j]
                 if slot.kind == "bias":  # kron: (Q, 1 / (l + delta)); diag: variances
@@ -157,9 +173,10 @@ class PosteriorQuadraticForm:
         for slot in self.taps.slots:
             g = torch.cat([r.grads[slot.layer] for r in results])
             if slot.kind == "bias":
-                dense.append(g.sum(0) / n)
-            else:
-                dense.append(g.T @ torch.cat([r.acts[slot.layer] for r in results]) / n)
+                dense.append(bias_jacobian(g).sum(0) / n)
+            else:  # sum over items (and positions) of g a^T
+                a = torch.cat([r.acts[slot.layer] for r in results])
+                dense.append(g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1]) / n)
         return dense
 
     def dense_cross(
@@ -188,13 +205,35 @@ class PosteriorQuadraticForm:
                 weighted = piece.reshape(d.shape) * d
             quad = quad + (weighted * d).sum()
             if slot.kind == "bias":
-                cross = cross + g @ weighted
+                cross = cross + bias_jacobian(g) @ weighted
                 continue
             a = result.acts[slot.layer]
             if kind == "kron":
                 a = a @ piece[1]
-            cross = cross + ((g @ weighted) * a).sum(-1)
+            if is_sequence(a):
+                cross = cross + _block_products(g, a, None, None, weighted)
+            else:
+                cross = cross + ((g @ weighted) * a).sum(-1)
         return cross, quad
+
+
+def _block_products(
+    g: torch.Tensor,
+    a: torch.Tensor,
+    g2: torch.Tensor | None,
+    a2: torch.Tensor | None,
+    m: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_{o,i} M_n[o, i] M2_n[o, i] m[o, i]`` ``(N,)`` for per-item Jacobian blocks
+    ``M = sum_t g_t a_t^T`` of sequences (``g2 = None``: ``M2`` is all ones, so this is
+    ``<M_n, m>``), a few items at a time."""
+    out = torch.empty(g.shape[0], dtype=m.dtype, device=m.device)
+    for sl in item_chunks(g.shape[0], m.numel()):
+        blocks = weight_jacobian(g[sl], a[sl])
+        if g2 is not None and a2 is not None:
+            blocks = blocks * (blocks if g2 is g and a2 is a else weight_jacobian(g2[sl], a2[sl]))
+        out[sl] = (blocks * m).sum((1, 2))
+    return out
 
 
 def _cast(obj: Any, dtype: torch.dtype) -> Any:
@@ -327,10 +366,13 @@ def linearized_samples(
         ):
             g, a = res.grads[slot.layer], res.acts[slot.layer]
             if slot.kind == "bias":
-                out += d @ g.T
+                out += d @ bias_jacobian(g).T
             else:
-                dw = d.reshape(n_samples, g.shape[1], a.shape[1])
-                out += torch.einsum("no,soi,ni->sn", g, dw, a)
+                dw = d.reshape(n_samples, g.shape[-1], a.shape[-1])
+                if is_sequence(a):
+                    out += torch.einsum("nlo,soi,nli->sn", g, dw, a)
+                else:
+                    out += torch.einsum("no,soi,ni->sn", g, dw, a)
         return out
     jac, f = backend_jacobians(la.backend, x, last_layer=form.last_layer)
     return f.reshape(1, -1) + delta @ jac.reshape(jac.shape[0], -1).T
