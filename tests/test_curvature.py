@@ -10,6 +10,7 @@ from laplace.curvature import CurvlinopsGGN
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import bt_laplace as btl
 from bt_laplace import (
     BradleyTerryGGN,
     PairwiseRewardModel,
@@ -247,3 +248,41 @@ def test_any_number_of_half_steps_is_a_projection_near_the_floor(reward_model, p
     exact = (d * w[:, None]).T @ d
     gf, af = nearest_kronecker_factors(g0, g1, a0, a1, w, iterations=iterations)
     assert rel_err(torch.kron(gf, af), exact) <= 1.25 * _nkp_floor(exact, 7, 7)
+
+
+class SeqFirstNet(nn.Module):
+    """Items (L, 3); the layers run on (L, N, .) after a transpose: sequence-first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x.transpose(0, 1)))).mean(0)
+
+
+@pytest.mark.parametrize("structure", ["diag", "full"])
+def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
+    """With L equal to the number of items, (L, N, in) has the shape of (N, L, in); the taps
+    must notice and fall back (found by review: the variances were 60-80% off)."""
+    from conftest import item_jacobian
+
+    torch.manual_seed(5)
+    model = PairwiseRewardModel(SeqFirstNet().double(), item_ndim=2).eval()
+    x = torch.randn(6, 2, 4, 3, dtype=torch.float64)  # L = 4 = 2 pairs x 2 items per batch
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (6,))), batch_size=2)
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=1.0
+    )
+    assert not post.laplace.backend.taps.supported
+    exact = exact_ggn(model, x)
+    assert rel_err(post.laplace.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
+    items = x[:2].reshape(4, 4, 3)  # N = L = 4 again
+    jac = item_jacobian(model, items)
+    sigma = (
+        torch.diag(post.laplace.posterior_variance)
+        if structure == "diag"
+        else post.laplace.posterior_covariance
+    )
+    want = ((jac @ sigma) * jac).sum(1)
+    torch.testing.assert_close(post(items).variance, want, rtol=1e-10, atol=1e-12)

@@ -144,7 +144,20 @@ class LinearTaps:
                             f"with inputs {shapes}; the fast path needs one call per forward "
                             f"on inputs (N, in) or (N, ..., in) with N = {n} items first"
                         )
-                grads = torch.autograd.grad(reward.sum(), [o[0] for o in outputs])
+                # (N, L, in) with L == N could be sequence-first (L, N, in): then the reward of
+                # item 0 reaches every row, where items-first it reaches row 0 only
+                ambiguous = [i for i, ins in enumerate(inputs) if n > 1 and n in ins[0].shape[1:-1]]
+                outs = [o[0] for o in outputs]
+                grads = torch.autograd.grad(reward.sum(), outs, retain_graph=bool(ambiguous))
+                if ambiguous:
+                    first = torch.autograd.grad(reward[0], [outs[i] for i in ambiguous])
+                    for i, g in zip(ambiguous, first, strict=True):
+                        if bool(g[1:].ne(0).any()):
+                            raise TapsUnsupportedError(
+                                f"linear layer {i} ({self.layers[i]}) sees inputs "
+                                f"{tuple(inputs[i][0].shape)} whose first axis is not the "
+                                f"{n} items (the reward of item 0 depends on other rows)"
+                            )
         finally:
             for h in handles:
                 h.remove()
