@@ -211,13 +211,6 @@ class BradleyTerryGGN(CurvatureInterface):
         """
         loss, w, result, _ = self._pair_pass(x, y, kron=True)
         assert result is not None
-        for i, a in enumerate(result.acts):
-            if is_sequence(a):
-                raise NotImplementedError(
-                    f"hessian_structure='kron' needs per-item rank-one Jacobians, but linear "
-                    f"layer {i} ({self.taps.layers[i]}) is applied to {a.shape[1]} positions of "
-                    "a sequence; use hessian_structure='diag' or 'full' (exact for sequences)."
-                )
         self._kron_store.add(result, w)
         if self._zero_kron is None:
             p = self.params[0]
@@ -236,14 +229,9 @@ class BradleyTerryGGN(CurvatureInterface):
         for slot in self.taps.slots:
             g = [pair_split(r.grads[slot.layer]) for r, _ in stored.batches]
             if slot.kind == "bias":
-                kfacs.append(
-                    [
-                        sum(
-                            ((g1 - g0) * w[:, None]).T @ (g1 - g0)
-                            for (g0, g1), w in zip(g, weights, strict=True)
-                        )
-                    ]
-                )
+                d = [bias_jacobian(g1) - bias_jacobian(g0) for g0, g1 in g]
+                block = sum((di * w[:, None]).T @ di for di, w in zip(d, weights, strict=True))
+                kfacs.append([block])
                 continue
             a = [pair_split(r.acts[slot.layer]) for r, _ in stored.batches]
             g_fac, a_fac = nearest_kronecker_factors(
@@ -295,9 +283,14 @@ def _pair_step(
     ``Vhat_n = [v1_n, v0_n]``; per chunk of pairs, two products with ``F`` (none when ``F`` is
     None, the identity) and two Gram products.
     """
-    e = v0[0].shape[1]
+    e = v0[0].shape[-1]
     total = torch.zeros(e, e, dtype=v0[0].dtype, device=v0[0].device)
     for u0_, u1_, v0_, v1_, w in zip(u0, u1, v0, v1, weight, strict=True):
+        if is_sequence(u0_):  # Uhat = [u1_t, -u0_t], Vhat = [v1_t, v0_t] over the L positions
+            uh, vh = torch.cat([u1_, -u0_], 1), torch.cat([v1_, v0_], 1)  # (B, 2L, .)
+            c = (uh if f is None else uh @ f) @ uh.transpose(1, 2) * w[:, None, None]
+            total += (vh.transpose(1, 2) @ c @ vh).sum(0)
+            continue
         u1f, u0f = (u1_, u0_) if f is None else (u1_ @ f, u0_ @ f)
         c11 = (w * (u1f * u1_).sum(-1))[:, None]
         c00 = (w * (u0f * u0_).sum(-1))[:, None]
@@ -336,11 +329,16 @@ def nearest_kronecker_factors(
     difference in the input factor. A layer with one output (or one input) is a Kronecker
     product already and is returned exactly, without iterating.
 
+    For a layer applied to the ``L`` positions of a sequence the per-pair block is
+    ``sum_t g1_t a1_t^T - sum_t g0_t a0_t^T``; the same steps run with ``Ghat_n`` and ``Ahat_n``
+    of ``2 L`` columns.
+
     Args:
-        g0: Output gradients of item 0 ``(B, out)``, or a list of such chunks of pairs.
-        g1: Output gradients of item 1 ``(B, out)`` (or chunks).
-        a0: Input activations of item 0 ``(B, in)`` (or chunks).
-        a1: Input activations of item 1 ``(B, in)`` (or chunks).
+        g0: Output gradients of item 0 ``(B, out)`` or ``(B, L, out)``, or a list of such
+            chunks of pairs.
+        g1: Output gradients of item 1 (same shape, or chunks).
+        a0: Input activations of item 0 ``(B, in)`` or ``(B, L, in)`` (or chunks).
+        a1: Input activations of item 1 (same shape, or chunks).
         weight: Pair weights ``p (1 - p)`` ``(B,)`` (or chunks).
         iterations: Alternating half-steps from ``A = I``, output factor first; each costs
             one pass over the stored factors. 1 keeps ``A = I`` (a poor factor); use 2 or more.
@@ -357,10 +355,10 @@ def nearest_kronecker_factors(
         True
     """
     g0, g1, a0, a1, weight = (_chunks(t) for t in (g0, g1, a0, a1, weight))
-    n_out, n_in = g0[0].shape[1], a0[0].shape[1]
+    n_out, n_in = g0[0].shape[-1], a0[0].shape[-1]
     if n_out == 1 or n_in == 1:  # the block is a Kronecker product: exact
         diffs = [
-            (g1_[:, :, None] * a1_[:, None, :] - g0_[:, :, None] * a0_[:, None, :]).flatten(1)
+            (weight_jacobian(g1_, a1_) - weight_jacobian(g0_, a0_)).flatten(1)
             for g0_, g1_, a0_, a1_ in zip(g0, g1, a0, a1, strict=True)
         ]
         block = torch.stack([(d * w[:, None]).T @ d for d, w in zip(diffs, weight, strict=True)])
