@@ -53,6 +53,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--length", type=int, default=64, help="tokens per item")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--all-linear",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a diag posterior over every linear layer of the encoder",
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks_transformer.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,6 +153,48 @@ def main() -> None:
         rows_out.append(cells)
         print(cells, flush=True)
 
+    # a posterior over every linear layer of the encoder (embeddings, LayerNorm and the unused
+    # pooler stay frozen): diag, on the sequence taps; its reference cost is a fine-tuning epoch
+    n_post = 0
+    if args.all_linear:
+        for name, mod in encoder.named_modules():
+            if isinstance(mod, torch.nn.Linear) and "pooler" not in name:
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        n_post = sum(p.numel() for p in trainable)
+        opt_all = torch.optim.AdamW(trainable, lr=1e-5)
+        t0 = time.perf_counter()
+        for xb, yb in loader:  # one fine-tuning epoch through every linear layer
+            opt_all.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt_all.step()
+        t_finetune = time.perf_counter() - t0
+        model.eval()
+        t0 = time.perf_counter()
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights="all", hessian_structure="diag"
+        )
+        t_fit = time.perf_counter() - t0
+        reps = max(1, args.repeats // 2)
+        with torch.no_grad():
+            fwd = {b: median_time(lambda b=b: model(items[:b]), reps) for b in BATCHES}
+        cells = [
+            f"bt_laplace all {n_post / 1e6:.1f}M linear weights/diag",
+            f"{t_fit / t_finetune:.2f}x (of a fine-tuning epoch, {t_finetune:.1f} s)",
+        ]
+        for b in BATCHES:
+            t = median_time(lambda b=b, post=post: post(items[:b]), reps)
+            cells.append(f"{t / fwd[b]:.2f}x")
+        b = BATCHES[-1]
+        t_rel = median_time(lambda b=b, post=post: post.relative_reward(items[:b]), reps)
+        t_pref = median_time(
+            lambda b=b, post=post: post.preference_probability(x_pairs[: b // 2]), reps
+        )
+        cells += [f"{t_rel / fwd[b]:.2f}x", f"{t_pref / fwd[b]:.2f}x"]
+        rows_out.append(cells)
+        print(cells, flush=True)
+
     header = [
         "method",
         "fit + marglik / MAP epoch",
@@ -176,13 +224,19 @@ def main() -> None:
             "",
             "A last-layer query is one forward pass of the transformer plus a backward pass "
             "through the head only, and a product of the head's 384 activations with the "
-            "posterior; the fit is one more pass over the pairs. Posteriors over all weights "
-            "of a transformer are outside the fast path (its linear layers see (N, L, in) "
-            "sequences) and go through laplace-torch's per-item Jacobians, infeasible at 22.7M "
-            "parameters. laplace-torch's rows time its own last-layer path on items "
+            "posterior; the fit is one more pass over the pairs. laplace-torch's rows time its "
+            "own last-layer path on items "
             '(`la(x, pred_type="glm")`); its `kron` there is KFAC over the 2B items as '
             "independent samples and its pair predictions fail ([accuracy.md](accuracy.md)), "
-            "so only its speed compares.",
+            "so only its speed compares. The all-linear row makes every `nn.Linear` of the "
+            "encoder part of the posterior (embeddings, LayerNorm and the unused pooler frozen): "
+            "its per-item Jacobians are sums over positions, computed from the same "
+            "activations and output gradients a few items at a time; its fit is compared with "
+            "one fine-tuning epoch through those layers, its queries with the forward pass "
+            f"(medians of {max(1, args.repeats // 2)} calls). Each such query forms a dense "
+            "Jacobian block per item and layer, as many numbers as the posterior has parameters, "
+            "so it is bound by memory traffic; `relative_reward` does it twice in float64 "
+            "(item and reference terms, for the cancellation) and is the slowest.",
             "",
         ]
     )
