@@ -22,11 +22,11 @@ import time
 import warnings
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, environment_lines, fmt, md_table  # noqa: E402
+from _teacher import make_data, train_map  # noqa: E402
 from laplace import Laplace  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
@@ -37,30 +37,6 @@ warnings.filterwarnings("ignore")
 torch.set_default_dtype(torch.float64)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(8, 32), (16, 64), (32, 128), (64, 256)]
-
-
-def make_data(d: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs of standard-normal items labelled by a random teacher (reward std 2)."""
-    torch.manual_seed(seed)
-    teacher = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 1))
-    with torch.no_grad():
-        x = torch.randn(n, 2, d)
-        r = teacher(x).squeeze(-1)
-        r = 2 * r / r.std()
-        y = torch.bernoulli(torch.sigmoid(r[:, 1] - r[:, 0])).long()
-    return x, y
-
-
-def train_map(d: int, h: int, x: torch.Tensor, y: torch.Tensor) -> btl.PairwiseRewardModel:
-    net = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
-    model = btl.PairwiseRewardModel(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
-    for _ in range(5):
-        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-    return model.eval()
 
 
 def pair_kernels(model: btl.PairwiseRewardModel, x: torch.Tensor, y: torch.Tensor):
