@@ -120,19 +120,20 @@ class ReusedNet(nn.Module):
         return self.head(h).mean(1)
 
 
-@pytest.fixture
-def reused_model_and_pairs():
-    torch.manual_seed(4)
-    model = PairwiseRewardModel(ReusedNet().double(), item_ndim=2).eval()
+def _sequence_pairs(net_class: type[nn.Module], seed: int):
+    """A model of ``net_class`` (items (5, 3)), 12 random pairs and a loader of 3 batches."""
+    torch.manual_seed(seed)
+    model = PairwiseRewardModel(net_class().double(), item_ndim=2).eval()
     x = torch.randn(12, 2, 5, 3, dtype=torch.float64)
     loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (12,))), batch_size=5)
     return model, x, loader
+
+
+@pytest.fixture
+def reused_model_and_pairs():
+    return _sequence_pairs(ReusedNet, seed=4)
 
 
 @pytest.fixture
 def sequence_model_and_pairs():
-    torch.manual_seed(3)
-    model = PairwiseRewardModel(SequenceNet().double(), item_ndim=2).eval()
-    x = torch.randn(12, 2, 5, 3, dtype=torch.float64)
-    loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (12,))), batch_size=5)
-    return model, x, loader
+    return _sequence_pairs(SequenceNet, seed=3)

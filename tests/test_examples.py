@@ -22,28 +22,12 @@ def test_quickstart_script_runs_and_saves_the_plot(tmp_path, monkeypatch, capsys
     assert out.stat().st_size > 10_000
 
 
-def test_quickstart_notebook_executes(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    errors = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert not errors
-
-
-def test_best_of_n_notebook_executes(tmp_path):
+@pytest.mark.parametrize("notebook", ["quickstart.ipynb", "best_of_n.ipynb"])
+def test_notebook_executes(tmp_path, notebook):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
-    nb = nbformat.read(EXAMPLES / "best_of_n.ipynb", as_version=4)
+    nb = nbformat.read(EXAMPLES / notebook, as_version=4)
     nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
