@@ -77,3 +77,14 @@ def fmt(x: float, digits: int = 3) -> str:
     if ax < 1e-3 or ax >= 1e5:
         return f"{x:.2e}"
     return f"{x:.{digits}g}" if ax < 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def bradley_terry_epoch(model, loader, opt) -> None:
+    """One epoch of MAP training of a pair model: cross-entropy over the two logits of each
+    pair (the Bradley-Terry loss), one optimizer step per batch."""
+    from torch.nn.functional import cross_entropy
+
+    for xb, yb in loader:
+        opt.zero_grad()
+        cross_entropy(model(xb), yb).backward()
+        opt.step()

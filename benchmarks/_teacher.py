@@ -6,6 +6,7 @@ Call with torch's default dtype set as the script wants it (both use float64).
 from __future__ import annotations
 
 import torch
+from _common import bradley_terry_epoch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,8 +30,6 @@ def train_map(d: int, h: int, x: torch.Tensor, y: torch.Tensor) -> btl.PairwiseR
     model = btl.PairwiseRewardModel(net)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
     for _ in range(5):
-        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+        bradley_terry_epoch(model, loader, opt)
     return model.eval()

@@ -28,7 +28,13 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import command_line, environment_lines, fmt, md_table  # noqa: E402
+from _common import (  # noqa: E402
+    bradley_terry_epoch,
+    command_line,
+    environment_lines,
+    fmt,
+    md_table,
+)
 from laplace import Laplace  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
@@ -78,10 +84,7 @@ def train_map(d: int, h: int, x: torch.Tensor, y: torch.Tensor, seed: int, epoch
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
     for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(model, loader, opt)
     model.eval()
     with torch.no_grad():
         logits = model(x)

@@ -30,7 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import command_line, environment_lines, md_table  # noqa: E402
+from _common import (  # noqa: E402
+    bradley_terry_epoch,
+    command_line,
+    environment_lines,
+    md_table,
+)
 
 import bt_laplace as btl  # noqa: E402
 
@@ -63,10 +68,7 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
     for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(model, loader, opt)
     return model.eval()
 
 

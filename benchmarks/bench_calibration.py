@@ -28,7 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import command_line, environment_lines, md_table  # noqa: E402
+from _common import (  # noqa: E402
+    bradley_terry_epoch,
+    command_line,
+    environment_lines,
+    md_table,
+)
 from laplace import Laplace  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
@@ -95,10 +100,7 @@ def train_map(x, y, x_val, y_val, seed: int):
     best, best_state, best_epoch = float("inf"), None, 0
     for epoch in range(EPOCHS):
         model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(model, loader, opt)
         model.eval()
         with torch.no_grad():
             val = float(nn.functional.cross_entropy(model(x_val), y_val))

@@ -26,7 +26,14 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
-from _common import command_line, environment_lines, fmt, md_table, version  # noqa: E402
+from _common import (  # noqa: E402
+    bradley_terry_epoch,
+    command_line,
+    environment_lines,
+    fmt,
+    md_table,
+    version,
+)
 
 import bt_laplace as btl  # noqa: E402
 
@@ -94,10 +101,7 @@ def main() -> None:
     opt = torch.optim.AdamW(net.head.parameters(), lr=1e-2)
 
     def map_epoch() -> None:
-        for xb, yb in loader:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(model, loader, opt)
 
     t0 = time.perf_counter()
     map_epoch()
@@ -165,10 +169,7 @@ def main() -> None:
         n_post = sum(p.numel() for p in trainable)
         opt_all = torch.optim.AdamW(trainable, lr=1e-5)
         t0 = time.perf_counter()
-        for xb, yb in loader:  # one fine-tuning epoch through every linear layer
-            opt_all.zero_grad()
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            opt_all.step()
+        bradley_terry_epoch(model, loader, opt_all)  # fine-tunes every linear layer
         t_finetune = time.perf_counter() - t0
         model.eval()
         t0 = time.perf_counter()
