@@ -154,11 +154,8 @@ class RewardPosterior:
     # ------------------------------------------------------------------ inputs
     def _check_dtype(self, x: torch.Tensor) -> None:
         dtype = self.laplace._dtype
-        if x.is_floating_point() and x.dtype != dtype:
-            raise ValueError(
-                f"`x` has dtype {x.dtype} but the model's parameters are {dtype}; convert one "
-                f"of them (x.to({dtype}), or preference_dataloader(..., dtype=...))."
-            )
+        fix = f"x.to({dtype}), or preference_dataloader(..., dtype=...)"
+        _check_input_dtype(x, dtype, "`x` has", fix)
 
     def _items(self, x: Any) -> torch.Tensor:
         x = _usable(check_tensor("x", x))
@@ -500,8 +497,11 @@ def fit_reward_posterior(
             stacklevel=2,
         )
     model.eval()
-    first_x = _first_inputs(train_loader, laplace_kwargs.get("dict_key_x", "input_ids"))
-    _check_input_dtype(model, first_x)
+    first_x = _first_inputs(train_loader)
+    dtype = next(model.parameters()).dtype
+    x_dtype = getattr(first_x, "dtype", dtype)
+    fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
+    _check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
     if structure == "full":
         if subset == "all":
             n = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -558,7 +558,7 @@ def fit_reward_posterior(
     return posterior
 
 
-def _first_inputs(loader: DataLoader, dict_key_x: str) -> Any:
+def _first_inputs(loader: DataLoader) -> Any:
     """The inputs of the loader's first batch (laplace-torch's last-layer fit peeks the same)."""
     try:
         batch = next(iter(loader))
@@ -574,13 +574,12 @@ def _first_inputs(loader: DataLoader, dict_key_x: str) -> Any:
     return batch[0]
 
 
-def _check_input_dtype(model: nn.Module, x: Any) -> None:
-    dtype = next(model.parameters()).dtype
+def _check_input_dtype(x: Any, dtype: torch.dtype, subject: str, fix: str) -> None:
+    """Refuse floating inputs of another dtype than the model's parameters (token ids pass)."""
     if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
         raise ValueError(
-            f"`train_loader` yields x of dtype {x.dtype} but the model's parameters are "
-            f"{dtype}; convert one of them (model.to({x.dtype}), or "
-            f"preference_dataloader(..., dtype={dtype}))."
+            f"{subject} dtype {x.dtype} but the model's parameters are {dtype}; convert one "
+            f"of them ({fix})."
         )
 
 
