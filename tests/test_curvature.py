@@ -190,7 +190,7 @@ def test_sequence_inputs_are_exact(request, fixture, structure):
     from the taps; a layer applied twice: laplace-torch's Jacobians. Both exact."""
     model, x, loader = request.getfixturevalue(fixture)
     la = fit_bt(model, loader, "all", structure)
-    assert la.backend.taps.supported == (fixture == "sequence_model_and_pairs")
+    assert la.backend.layer_io.supported == (fixture == "sequence_model_and_pairs")
     exact = exact_ggn(model, x)
     assert rel_err(la.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
 
@@ -250,7 +250,7 @@ def test_unwrapped_model_is_refused_with_the_fix():
 @pytest.mark.parametrize("iterations", [2, 3, 4, 7])
 def test_any_number_of_half_steps_is_a_projection_near_the_floor(reward_model, pairs, iterations):
     """From two half-steps on, each returns a factor optimal for the other, near the floor."""
-    from bt_laplace._taps import pair_split
+    from bt_laplace._layer_io import pair_split
 
     x, y = pairs
     backend = BradleyTerryGGN(reward_model, "classification")
@@ -287,7 +287,7 @@ def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=1.0
     )
-    assert not post.laplace.backend.taps.supported
+    assert not post.laplace.backend.layer_io.supported
     exact = exact_ggn(model, x)
     assert rel_err(post.laplace.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
     items = x[:2].reshape(4, 4, 3)  # N = L = 4 again

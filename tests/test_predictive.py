@@ -9,7 +9,7 @@ from laplace import Laplace
 from laplace.curvature import CurvlinopsGGN
 
 import bt_laplace as btl
-from bt_laplace.predictive import posterior_parameters
+from bt_laplace._layer_io import posterior_parameters
 
 CONFIGS = [
     ("all", "diag"),

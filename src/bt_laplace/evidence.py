@@ -36,7 +36,7 @@ from laplace.lllaplace import LLLaplace
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import progress
-from bt_laplace._taps import is_sequence, pair_split
+from bt_laplace._layer_io import is_sequence, pair_split
 from bt_laplace.curvature import BradleyTerryGGN
 
 __all__ = ["exact_ggn_eigenvalues", "exact_evidence_prior_precision", "EVIDENCE_MEMORY_LIMIT"]
@@ -147,8 +147,8 @@ def _pair_kernel(
 ) -> torch.Tensor:
     """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64, from taps or per-pair Jacobians."""
     device = laplace._device
-    acts: list[list[torch.Tensor]] = [[] for _ in backend.taps.layers]
-    grads: list[list[torch.Tensor]] = [[] for _ in backend.taps.layers]
+    acts: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
+    grads: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
     rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
     seen = 0
     for data in batches:
@@ -157,7 +157,8 @@ def _pair_kernel(
         root = w.to(torch.float64).sqrt()
         seen += root.shape[0]
         if result is not None and any(is_sequence(a) for a in result.acts):
-            d_jac = backend._pair_jacobian(result)  # sequences: no Gram-matrix shortcut
+            j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
+            d_jac = j1 - j0
             result = None
         if result is None:
             assert d_jac is not None
@@ -170,7 +171,7 @@ def _pair_kernel(
             rows.append(d_jac.to(torch.float64) * root[:, None])
             continue
         per_item = root.repeat_interleave(2)[:, None]
-        for i in range(len(backend.taps.layers)):
+        for i in range(len(backend.layer_io.layers)):
             acts[i].append(result.acts[i].to(torch.float64))
             grads[i].append(result.grads[i].to(torch.float64) * per_item)
     _check_count(seen, n_pairs)
@@ -180,7 +181,7 @@ def _pair_kernel(
     kernel = torch.zeros(n_pairs, n_pairs, dtype=torch.float64, device=device)
     step = max(1, _KERNEL_BLOCK // n_pairs)
     layer_kinds: dict[int, set[str]] = {}
-    for slot in backend.taps.slots:
+    for slot in backend.layer_io.slots:
         layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
     for layer, kinds in layer_kinds.items():
         g0, g1 = pair_split(torch.cat(grads[layer]))

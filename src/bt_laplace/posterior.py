@@ -33,6 +33,7 @@ from bt_laplace._checks import (
     check_tensor,
     progress,
 )
+from bt_laplace._layer_io import LayerIO
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
     mc_preference_probability,
@@ -42,15 +43,7 @@ from bt_laplace.bradley_terry import (
 from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.predictive import (
-    PosteriorQuadraticForm,
-    item_moments,
-    linearized_samples,
-    pair_moments,
-    pair_moments_from_taps,
-    pair_taps,
-    relative_moments,
-)
+from bt_laplace.predictive import Predictive
 from bt_laplace.prior import optimize_marglik
 
 __all__ = ["RewardPrediction", "RewardPosterior", "fit_reward_posterior"]
@@ -142,7 +135,7 @@ class RewardPosterior:
         self.laplace = laplace
         self.model = model
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self._form = PosteriorQuadraticForm(laplace)
+        self._predictive = Predictive(laplace)
 
     def __repr__(self) -> str:
         la = self.laplace
@@ -191,7 +184,8 @@ class RewardPosterior:
         x = self._items(x)
         self.laplace.model.eval()
         means, variances = zip(
-            *(item_moments(self._form, xb) for xb in _batches(x, self.batch_size)), strict=True
+            *(self._predictive.item_moments(xb) for xb in _batches(x, self.batch_size)),
+            strict=True,
         )
         return RewardPrediction(torch.cat(means), torch.cat(variances))
 
@@ -209,7 +203,8 @@ class RewardPosterior:
         """
         x = self._pairs(x)
         self.laplace.model.eval()
-        parts = [pair_moments(self._form, xb) for xb in _batches(x, max(1, self.batch_size // 2))]
+        batches = _batches(x, max(1, self.batch_size // 2))
+        parts = [self._predictive.pair_moments(xb) for xb in batches]
         return (
             torch.cat([p[0] for p in parts]),
             torch.cat([p[1] for p in parts]),
@@ -283,7 +278,7 @@ class RewardPosterior:
                 )
         self.laplace.model.eval()
         refs = None if ref is None else list(_batches(ref, self.batch_size))
-        mean, variance = relative_moments(self._form, list(_batches(x, self.batch_size)), refs)
+        mean, variance = self._predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
         return RewardPrediction(mean, variance)
 
     def penalized_reward(
@@ -333,7 +328,7 @@ class RewardPosterior:
                 f"most batch_size={self.batch_size}; pass fewer items or raise `batch_size`."
             )
         self.laplace.model.eval()
-        return linearized_samples(self._form, x, n_samples, generator)
+        return self._predictive.samples(x, n_samples, generator)
 
     # ------------------------------------------------------------------ hyperparameters
     @property
@@ -682,17 +677,18 @@ def _gridsearch(
     they are computed once; each grid point then costs only the quadratic forms.
     """
     la = posterior.laplace
-    form = posterior._form
+    predictive = posterior._predictive
     link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
     la.model.eval()
     batches = []
     for x, y in val_loader:
-        taps = pair_taps(form, posterior._pairs(x))
-        if taps is None:  # the model does not fit the fast path: score each grid point afresh
+        j0, j1 = predictive.jacobians(posterior._pairs(x), pairs=True)
+        if not isinstance(j0, LayerIO):  # outside the fast path: score each grid point afresh
             break
-        batches.append((taps, y))
-    cached = None if not form.taps.supported else batches
-    if not batches and form.taps.supported:
+        batches.append(((j0, j1), y))
+    supported = predictive.structure.recorder.supported
+    cached = batches if supported else None
+    if not batches and supported:
         raise ValueError("`val_loader` yielded no pairs; pass a non-empty validation loader.")
 
     def score() -> float:
@@ -700,7 +696,7 @@ def _gridsearch(
             return posterior.validation_nll(val_loader, link_approx=link)
         total, count = 0.0, 0
         for (r0, r1), y in cached:
-            mean_diff, var_diff = pair_difference_moments(*pair_moments_from_taps(form, r0, r1))
+            mean_diff, var_diff = pair_difference_moments(*predictive.pair_moments_from(r0, r1))
             if link == "probit":
                 p = probit_preference_probability(mean_diff, var_diff)
             else:

@@ -24,11 +24,11 @@ import math
 from typing import Any
 
 import torch
-from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
+from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
-from bt_laplace.predictive import posterior_parameters
+from bt_laplace.structures import structure_class
 
 __all__ = ["curvature_eigenvalues", "optimize_marglik"]
 
@@ -39,22 +39,11 @@ def curvature_eigenvalues(laplace: ParametricLaplace) -> list[torch.Tensor] | No
     Returns None when they do not separate by parameter tensor (a dense ``full`` curvature
     gives a single group) or for Kronecker posteriors with damping.
     """
-    factor = laplace._H_factor
-    if isinstance(laplace, DiagLaplace):
-        sizes = [p.numel() for p in posterior_parameters(laplace)]
-        return list((laplace.H * factor).split(sizes))
-    if isinstance(laplace, KronLaplace):
-        h: Any = laplace.H
-        if getattr(h, "damping", False):
-            return None
-        groups = []
-        for ls in h.eigenvalues:
-            vals = ls[0] if len(ls) == 1 else torch.outer(ls[0], ls[1]).flatten()
-            groups.append(vals * factor)
-        return groups
-    if isinstance(laplace, FullLaplace):
-        return [torch.linalg.eigvalsh(laplace.H * factor)]
-    return None
+    try:
+        structure = structure_class(laplace)
+    except NotImplementedError:
+        return None
+    return structure.curvature_eigenvalues(laplace)
 
 
 def optimize_marglik(

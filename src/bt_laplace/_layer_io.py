@@ -1,4 +1,4 @@
-"""Private: per-item input activations and output gradients of the posterior's linear layers.
+"""Private: per-item inputs and output gradients of the linear layers holding posterior parameters.
 
 For a single-output reward ``r`` and a linear layer ``z = W a + b`` inside it, the Jacobian of
 ``r`` with respect to ``W`` for one item is the rank-one matrix ``g a^T`` with
@@ -16,20 +16,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from laplace.baselaplace import ParametricLaplace
+from laplace.lllaplace import LLLaplace
 from torch import nn
 
 __all__ = [
-    "LinearTaps",
+    "LayerIORecorder",
     "ParamSlot",
-    "TapResult",
-    "TapsUnsupportedError",
+    "LayerIO",
+    "LayerIOUnsupportedError",
     "backend_jacobians",
     "bias_jacobian",
     "is_sequence",
     "item_chunks",
     "pair_split",
+    "posterior_parameters",
     "weight_jacobian",
 ]
+
+
+def posterior_parameters(laplace: ParametricLaplace) -> list[torch.Tensor]:
+    """The parameter tensors a laplace-torch posterior is over, in its order (last layer or
+    all)."""
+    if isinstance(laplace, LLLaplace):
+        last_layer: Any = laplace.model.last_layer
+        return [p for p in last_layer.parameters() if p.requires_grad]
+    return list(laplace.params)
 
 
 def pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +50,7 @@ def pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, 0], t[:, 1]
 
 
-class TapsUnsupportedError(NotImplementedError):
+class LayerIOUnsupportedError(NotImplementedError):
     """The model's forward does not fit the hook-based fast path (found while running it)."""
 
 
@@ -52,7 +64,7 @@ class ParamSlot:
 
 
 @dataclass(frozen=True)
-class TapResult:
+class LayerIO:
     """Per-item quantities of one forward/backward pass.
 
     Attributes:
@@ -67,7 +79,7 @@ class TapResult:
     grads: list[torch.Tensor]
 
 
-class LinearTaps:
+class LayerIORecorder:
     """Record ``a`` and ``g`` of the linear layers that hold the posterior parameters.
 
     Args:
@@ -115,11 +127,11 @@ class LinearTaps:
             for p in frozen:
                 p.requires_grad_(True)
 
-    def run(self, forward: Callable[[], torch.Tensor]) -> TapResult:
+    def run(self, forward: Callable[[], torch.Tensor]) -> LayerIO:
         """Run ``forward`` (returning rewards, any shape, one per item) and collect ``a``, ``g``.
 
         Raises:
-            TapsUnsupportedError: If a layer is called twice or sees inputs that are not 2-D.
+            LayerIOUnsupportedError: If a layer is called twice or sees inputs that are not 2-D.
         """
         inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
         outputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
@@ -139,7 +151,7 @@ class LinearTaps:
                 for i, (ins, outs) in enumerate(zip(inputs, outputs, strict=True)):
                     if len(outs) != 1 or ins[0].ndim < 2 or ins[0].shape[0] != n:
                         shapes = [tuple(t.shape) for t in ins]
-                        raise TapsUnsupportedError(
+                        raise LayerIOUnsupportedError(
                             f"linear layer {i} ({self.layers[i]}) was called {len(outs)} times "
                             f"with inputs {shapes}; the fast path needs one call per forward "
                             f"on inputs (N, in) or (N, ..., in) with N = {n} items first"
@@ -153,7 +165,7 @@ class LinearTaps:
                     first = torch.autograd.grad(reward[0], [outs[i] for i in ambiguous])
                     for i, g in zip(ambiguous, first, strict=True):
                         if bool(g[1:].ne(0).any()):
-                            raise TapsUnsupportedError(
+                            raise LayerIOUnsupportedError(
                                 f"linear layer {i} ({self.layers[i]}) sees inputs "
                                 f"{tuple(inputs[i][0].shape)} whose first axis is not the "
                                 f"{n} items (the reward of item 0 depends on other rows)"
@@ -163,19 +175,19 @@ class LinearTaps:
                 h.remove()
         # sequences (N, ..., in): positions flattened into one axis, (N, L, in)
         acts = [_items_first(ins[0].detach()) for ins in inputs]
-        return TapResult(reward.detach(), acts, [_items_first(g.detach()) for g in grads])
+        return LayerIO(reward.detach(), acts, [_items_first(g.detach()) for g in grads])
 
-    def try_run(self, forward: Callable[[], torch.Tensor]) -> TapResult | None:
+    def try_run(self, forward: Callable[[], torch.Tensor]) -> LayerIO | None:
         """:meth:`run`, or None (and ``supported`` set to False) if the forward does not fit."""
         if not self.supported:
             return None
         try:
             return self.run(forward)
-        except TapsUnsupportedError as err:
+        except LayerIOUnsupportedError as err:
             self.supported, self.reason = False, str(err)
             return None
 
-    def jacobian(self, result: TapResult) -> torch.Tensor:
+    def jacobian(self, result: LayerIO) -> torch.Tensor:
         """Per-item Jacobian ``(N, P)`` rebuilt from ``a`` and ``g`` (for small ``P`` only)."""
         blocks = []
         for slot in self.slots:

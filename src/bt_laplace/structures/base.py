@@ -1,0 +1,248 @@
+"""What every posterior structure provides, and the parts they share.
+
+Shape legend: ``N`` items, ``R`` Jacobian batches taken together, ``S`` samples, ``P``
+posterior parameters, ``in``/``out`` the sizes of a linear layer.
+
+A fitted linearized Laplace posterior ``theta ~ N(theta*, Sigma)`` enters every prediction
+through ``J(x) Sigma J(x')^T``. Per-item Jacobians come in one of two forms, decided once per
+batch by :class:`~bt_laplace.predictive.Predictive`:
+
+- :class:`~bt_laplace._layer_io.LayerIO`: input activations ``a`` and output gradients ``g`` of
+  the linear layers holding the posterior parameters (``J = [g a^T, g]`` per layer), from one
+  forward and one backward pass: the fast path, never a per-item Jacobian;
+- :class:`DenseJacobians`: laplace-torch's per-item Jacobians ``(N, P)``, for models outside
+  the fast path. Their covariances come from laplace-torch's own ``functional_variance``, for
+  every structure, here and nowhere else.
+
+A structure (:class:`~bt_laplace.structures.DiagStructure`,
+:class:`~bt_laplace.structures.KronStructure`, :class:`~bt_laplace.structures.FullStructure`;
+each for all weights and for the last layer, which differ only in the parameters covered)
+implements, for layer I/O:
+
+- :meth:`PosteriorStructure.crosses`: row-wise ``J_i Sigma J_j^T`` ``(N,)``;
+- :meth:`PosteriorStructure.dense_cross`: ``J Sigma Jbar^T`` and ``Jbar Sigma Jbar^T`` for one
+  dense ``Jbar`` (a mean Jacobian, for rewards relative to a reference);
+- its curvature from layer I/O (:meth:`batch_curvature`, the fit side) and the eigenvalues
+  of that curvature per parameter tensor (:meth:`curvature_eigenvalues`, for the prior);
+- :meth:`curvature_state`: the tensors that define its curvature, by name: what a saved
+  posterior stores and what processes sum;
+- joint samples (:meth:`samples`) are shared: ``r(x) + J(x) (theta - theta*)`` with
+  laplace-torch's draws of ``theta``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from laplace.baselaplace import ParametricLaplace
+from laplace.lllaplace import LLLaplace
+
+from bt_laplace._layer_io import (
+    LayerIO,
+    LayerIORecorder,
+    bias_jacobian,
+    is_sequence,
+    posterior_parameters,
+)
+
+__all__ = ["DenseJacobians", "Jacobians", "PosteriorStructure"]
+
+
+@dataclass(frozen=True)
+class DenseJacobians:
+    """Per-item Jacobians from laplace-torch, for models outside the fast path.
+
+    Attributes:
+        output: Rewards ``(N,)`` at the MAP parameters.
+        jac: Jacobians ``(N, P)`` of the rewards with respect to the posterior parameters.
+    """
+
+    output: torch.Tensor
+    jac: torch.Tensor
+
+
+#: per-item Jacobians in either form
+Jacobians = LayerIO | DenseJacobians
+
+
+class PosteriorStructure(ABC):
+    """The covariance of one fitted laplace-torch posterior, applied to per-item Jacobians.
+
+    Built once per posterior (see :func:`~bt_laplace.structures.structure_for`). The pieces of
+    ``Sigma`` a structure needs are recomputed when the curvature, prior precision or
+    temperature of the laplace-torch object change, and cast once per dtype.
+
+    Args:
+        laplace: The fitted laplace-torch posterior.
+    """
+
+    #: the ``hessian_structure`` name
+    name: ClassVar[str]
+    #: laplace-torch's class for this structure (its all-weights and last-layer subclasses)
+    laplace_type: ClassVar[type]
+
+    def __init__(self, laplace: ParametricLaplace) -> None:
+        self.laplace: Any = laplace  # DiagLaplace, KronLaplace or FullLaplace
+        self.last_layer = isinstance(laplace, LLLaplace)
+        self.recorder = LayerIORecorder(laplace.model, posterior_parameters(laplace))
+        self._cache: Any = None
+        self._cache_key: Any = None
+        self._cast: tuple[Any, torch.dtype, Any] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type | None:
+        """The laplace-torch class to build for this structure, or None for the class
+        laplace-torch's own ``Laplace`` factory picks."""
+        return None
+
+    # ------------------------------------------------------------------ fit side
+    @staticmethod
+    def batch_curvature(
+        recorder: LayerIORecorder, result: LayerIO, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """The Bradley-Terry GGN of one batch of pairs in this structure's layout, from the
+        layer I/O of its ``2B`` items (ordered pair by pair) and the pair weights ``(B,)``.
+        Structures whose curvature is not a sum over batches (``kron``) keep their own
+        accumulator instead."""
+        raise NotImplementedError("this structure's curvature is not a sum over batches")
+
+    @staticmethod
+    def jacobian_curvature(d_jac: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The same from per-pair Jacobian differences ``J_1 - J_0`` ``(B, P)``."""
+        raise NotImplementedError("this structure's curvature is not a sum over batches")
+
+    @staticmethod
+    @abstractmethod
+    def curvature_eigenvalues(laplace: Any) -> list[torch.Tensor] | None:
+        """Eigenvalues of the tempered curvature ``H / T``, one tensor per parameter tensor,
+        or None when they do not separate that way."""
+
+    @staticmethod
+    @abstractmethod
+    def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
+        """The tensors that define the fitted curvature, by name (sums over pairs for
+        ``diag`` and ``full``)."""
+
+    # ------------------------------------------------------------------ posterior pieces
+    @abstractmethod
+    def _pieces(self) -> Any:
+        """The pieces of ``Sigma`` this structure works with, in the posterior's dtype."""
+
+    def pieces(self, dtype: torch.dtype) -> Any:
+        """:meth:`_pieces`, cached per fitted curvature, prior and temperature, in ``dtype``."""
+        la = self.laplace
+        key = (la.H, la.prior_precision.detach().clone(), float(la.temperature))
+        old = self._cache_key
+        fresh = (
+            self._cache is not None
+            and old is not None
+            and old[0] is key[0]
+            and old[2] == key[2]
+            and torch.equal(old[1], key[1])
+        )
+        if not fresh:
+            self._cache, self._cache_key = self._pieces(), key
+        pieces = self._cache
+        if dtype == la._dtype:
+            return pieces
+        if self._cast is not None and self._cast[0] is pieces and self._cast[1] == dtype:
+            return self._cast[2]
+        cast = _cast(pieces, dtype)
+        self._cast = (pieces, dtype, cast)
+        return cast
+
+    # ------------------------------------------------------------------ covariances
+    def crosses(self, results: list[Jacobians], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Row-wise ``J(x_i) Sigma J(x_j)^T`` ``(N,)`` for each ``(i, j)`` of ``pairs``, for
+        aligned batches of items ``results`` (sharing the per-batch work)."""
+        if isinstance(results[0], DenseJacobians):
+            cov = self._dense_covariance([r.jac for r in results])  # type: ignore[union-attr]
+            return [cov[:, i, j] for i, j in pairs]
+        return self._crosses(results, pairs)  # type: ignore[arg-type]
+
+    def cross(self, left: Jacobians, right: Jacobians) -> torch.Tensor:
+        """Row-wise ``J(x_n) Sigma J(x'_n)^T`` ``(N,)``."""
+        if left is right:
+            return self.crosses([left], [(0, 0)])[0]
+        return self.crosses([left, right], [(0, 1)])[0]
+
+    @abstractmethod
+    def _crosses(self, results: list[LayerIO], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """:meth:`crosses` for layer I/O."""
+
+    def mean_jacobian(self, results: list[Jacobians]) -> list[torch.Tensor]:
+        """Mean Jacobian over all items of ``results``, per posterior parameter tensor
+        (``mean g a^T`` ``(out, in)`` for a weight, ``mean g`` ``(out,)`` for a bias), or as one
+        flat ``(P,)`` tensor for dense Jacobians."""
+        if isinstance(results[0], DenseJacobians):
+            return [torch.cat([r.jac for r in results]).mean(0)]  # type: ignore[union-attr]
+        io: list[LayerIO] = results  # type: ignore[assignment]
+        n = sum(r.output.shape[0] for r in io)
+        dense: list[torch.Tensor] = []
+        for slot in self.recorder.slots:
+            g = torch.cat([r.grads[slot.layer] for r in io])
+            if slot.kind == "bias":
+                dense.append(bias_jacobian(g).sum(0) / n)
+            else:  # sum over items (and positions) of g a^T
+                a = torch.cat([r.acts[slot.layer] for r in io])
+                dense.append(g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1]) / n)
+        return dense
+
+    def dense_cross(
+        self, result: Jacobians, dense: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``J(x_n) Sigma Jbar^T`` ``(N,)`` and ``Jbar Sigma Jbar^T`` (scalar) for a dense
+        ``Jbar`` given as by :meth:`mean_jacobian`."""
+        if isinstance(result, DenseJacobians):
+            jbar = dense[0].expand_as(result.jac)
+            cov = self._dense_covariance([result.jac, jbar])
+            return cov[:, 0, 1], cov[0, 1, 1]
+        return self._dense_cross(result, dense)
+
+    @abstractmethod
+    def _dense_cross(
+        self, result: LayerIO, dense: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`dense_cross` for layer I/O."""
+
+    def _dense_covariance(self, jacs: list[torch.Tensor]) -> torch.Tensor:
+        """``(N, R, R)`` covariances of ``R`` aligned dense Jacobians ``(N, P)``, from
+        laplace-torch's ``functional_variance`` (the fallback of every structure)."""
+        return self.laplace.functional_variance(torch.stack(jacs, dim=1)).detach()
+
+    # ------------------------------------------------------------------ samples
+    def samples(
+        self, result: Jacobians, n_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Joint samples ``(S, N)`` of the linearized rewards ``r(x) + J(x) (theta - theta*)``."""
+        la = self.laplace
+        delta = la.sample(n_samples, generator=generator) - la.mean  # (S, P)
+        if isinstance(result, DenseJacobians):
+            return result.output.reshape(1, -1) + delta @ result.jac.T
+        out = result.output.expand(n_samples, -1).clone()
+        slots = self.recorder.slots
+        for slot, d in zip(slots, delta.split([s.numel for s in slots], 1), strict=True):
+            g, a = result.grads[slot.layer], result.acts[slot.layer]
+            if slot.kind == "bias":
+                out += d @ bias_jacobian(g).T
+                continue
+            dw = d.reshape(n_samples, g.shape[-1], a.shape[-1])
+            if is_sequence(a):
+                out += torch.einsum("nlo,soi,nli->sn", g, dw, a)
+            else:
+                out += torch.einsum("no,soi,ni->sn", g, dw, a)
+        return out
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return type(obj)(*(_cast(getattr(obj, f), dtype) for f in obj.__dataclass_fields__))
+    return obj

@@ -1,0 +1,89 @@
+"""The diagonal posterior: one variance per parameter.
+
+Shape legend: ``B`` pairs, ``P`` posterior parameters, ``in``/``out`` the sizes of a linear
+layer.
+
+Curvature: the exact diagonal of the Bradley-Terry GGN,
+``sum_pairs p (1 - p) (J_1 - J_0)^2`` elementwise; for a weight with ``J = g a^T`` per item it
+is three matrix products of ``a`` and ``g`` per batch. Covariance: the posterior variances
+``V = 1 / (H / T + delta)``, so ``J Sigma J'^T = sum_layers (g * g')^T V (a * a')``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from laplace.baselaplace import DiagLaplace
+
+from bt_laplace._layer_io import (
+    LayerIO,
+    LayerIORecorder,
+    bias_jacobian,
+    is_sequence,
+    item_chunks,
+    pair_split,
+    posterior_parameters,
+    weight_jacobian,
+)
+from bt_laplace.structures._eigenbasis import EigenbasisStructure, SlotCovariance
+
+__all__ = ["DiagStructure"]
+
+
+class DiagStructure(EigenbasisStructure):
+    """``hessian_structure="diag"``: laplace-torch's ``DiagLaplace`` / ``DiagLLLaplace``."""
+
+    name: ClassVar[str] = "diag"
+    laplace_type: ClassVar[type] = DiagLaplace
+
+    @staticmethod
+    def batch_curvature(
+        recorder: LayerIORecorder, result: LayerIO, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Exact GGN diagonal ``(P,)`` of a batch of pairs."""
+        w = weight
+        blocks = []
+        for slot in recorder.slots:
+            g0, g1 = pair_split(result.grads[slot.layer])
+            if slot.kind == "bias":
+                d_bias = bias_jacobian(g1) - bias_jacobian(g0)
+                blocks.append((w[:, None] * d_bias.square()).sum(0))
+                continue
+            a0, a1 = pair_split(result.acts[slot.layer])
+            if is_sequence(a0):  # per-pair Jacobian blocks sum_t g_t a_t^T, a few pairs at once
+                total = torch.zeros(g0.shape[-1], a0.shape[-1], dtype=w.dtype, device=w.device)
+                for sl in item_chunks(len(w), total.numel()):
+                    dm = weight_jacobian(g1[sl], a1[sl]) - weight_jacobian(g0[sl], a0[sl])
+                    total += (w[sl, None, None] * dm.square()).sum(0)
+                blocks.append(total.flatten())
+                continue
+            # sum_n w (g1 a1^T - g0 a0^T)^2, elementwise, as three matrix products
+            d = (
+                (w[:, None] * g1.square()).T @ a1.square()
+                + (w[:, None] * g0.square()).T @ a0.square()
+                - 2 * (w[:, None] * g1 * g0).T @ (a1 * a0)
+            )
+            blocks.append(d.clamp_min(0.0).flatten())
+        return torch.cat(blocks)
+
+    @staticmethod
+    def jacobian_curvature(d_jac: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (weight[:, None] * d_jac.square()).sum(0)
+
+    @staticmethod
+    def curvature_eigenvalues(laplace: Any) -> list[torch.Tensor] | None:
+        sizes = [p.numel() for p in posterior_parameters(laplace)]
+        return list((laplace.H * laplace._H_factor).split(sizes))
+
+    @staticmethod
+    def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
+        return {"H": laplace.H}
+
+    def _pieces(self) -> list[SlotCovariance]:
+        params = posterior_parameters(self.laplace)
+        variances = self.laplace.posterior_variance.split([p.numel() for p in params])
+        return [
+            SlotCovariance(None, None, v.reshape(p.shape[0], -1) if p.ndim > 1 else v)
+            for v, p in zip(variances, params, strict=True)
+        ]

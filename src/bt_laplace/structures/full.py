@@ -1,0 +1,65 @@
+"""The full posterior: a dense covariance over all posterior parameters.
+
+Shape legend: ``N`` items, ``B`` pairs, ``P`` posterior parameters.
+
+Curvature: the exact Bradley-Terry GGN ``sum_pairs p (1 - p) (J_1 - J_0)^T (J_1 - J_0)``
+``(P, P)``, with per-item Jacobians rebuilt from layer I/O (``J = [g a^T, g]``).
+Covariance: ``Sigma = (H / T + delta I)^-1``, so ``J Sigma J'^T`` row by row. Meant for last
+layers and small models: ``P x P`` numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from laplace.baselaplace import FullLaplace
+
+from bt_laplace._layer_io import LayerIO, LayerIORecorder, pair_split
+from bt_laplace.structures.base import PosteriorStructure
+
+__all__ = ["FullStructure"]
+
+
+class FullStructure(PosteriorStructure):
+    """``hessian_structure="full"``: laplace-torch's ``FullLaplace`` / ``FullLLLaplace``."""
+
+    name: ClassVar[str] = "full"
+    laplace_type: ClassVar[type] = FullLaplace
+
+    @staticmethod
+    def batch_curvature(
+        recorder: LayerIORecorder, result: LayerIO, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Exact GGN ``(P, P)`` of a batch of pairs."""
+        j0, j1 = pair_split(recorder.jacobian(result))
+        return FullStructure.jacobian_curvature(j1 - j0, weight)
+
+    @staticmethod
+    def jacobian_curvature(d_jac: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (d_jac * weight[:, None]).T @ d_jac
+
+    @staticmethod
+    def curvature_eigenvalues(laplace: Any) -> list[torch.Tensor] | None:
+        return [torch.linalg.eigvalsh(laplace.H * laplace._H_factor)]
+
+    @staticmethod
+    def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
+        return {"H": laplace.H}
+
+    def _pieces(self) -> torch.Tensor:
+        return self.laplace.posterior_covariance
+
+    def _crosses(self, results: list[LayerIO], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+        sigma = self.pieces(results[0].output.dtype)
+        jac = [self.recorder.jacobian(r) for r in results]
+        jac_sigma = {i: jac[i] @ sigma for i in {i for i, _ in pairs}}
+        return [(jac_sigma[i] * jac[j]).sum(-1) for i, j in pairs]
+
+    def _dense_cross(
+        self, result: LayerIO, dense: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = self.pieces(result.output.dtype)
+        jbar = torch.cat([d.reshape(-1) for d in dense])
+        sigma_jbar = sigma @ jbar
+        return self.recorder.jacobian(result) @ sigma_jbar, jbar @ sigma_jbar
