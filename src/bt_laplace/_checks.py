@@ -66,3 +66,12 @@ def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc)
+
+
+def check_input_dtype(x: Any, dtype: torch.dtype, subject: str, fix: str) -> None:
+    """Refuse floating inputs of another dtype than the model's parameters (token ids pass)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        raise ValueError(
+            f"{subject} dtype {x.dtype} but the model's parameters are {dtype}; convert one "
+            f"of them ({fix})."
+        )

@@ -3,10 +3,10 @@
 Shape legend: ``B`` pairs or items, ``2`` the two items of a pair (index 0 first, index 1
 second), ``*item`` one item, ``S`` samples.
 
-:func:`fit_reward_posterior` builds laplace-torch's own Laplace class for the requested
-``subset_of_weights`` and ``hessian_structure`` with the pair-correct
-:class:`~bt_laplace.curvature.BradleyTerryGGN` backend, fits it on a loader of pairs, and sets
-the prior precision. :class:`RewardPosterior` answers queries: reward mean and variance per
+:func:`fit_reward_posterior` checks its options (:mod:`bt_laplace.options`), builds
+laplace-torch's own Laplace class for the requested ``subset_of_weights`` and
+``hessian_structure`` with the pair-correct :class:`~bt_laplace.curvature.BradleyTerryGGN`
+backend, fits it on a loader of pairs, and sets the prior precision. :class:`RewardPosterior` answers queries: reward mean and variance per
 item, preference probabilities per pair from the joint 2x2 Gaussian of the two rewards,
 penalized rewards, and joint samples.
 """
@@ -16,19 +16,17 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import torch
-from laplace import Laplace
 from laplace.baselaplace import ParametricLaplace
-from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import (
-    BTLaplaceWarning,
     check_choice,
     check_finite,
+    check_input_dtype,
     check_positive_int,
     check_tensor,
     progress,
@@ -40,31 +38,13 @@ from bt_laplace.bradley_terry import (
     pair_difference_moments,
     probit_preference_probability,
 )
-from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
 from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.options import LINK_APPROXIMATIONS, FitOptions
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior import optimize_marglik
 
 __all__ = ["RewardPrediction", "RewardPosterior", "fit_reward_posterior"]
-
-SUBSETS = ("all", "last_layer")
-STRUCTURES = ("diag", "kron", "full")
-LINK_APPROXIMATIONS = ("probit", "mc")
-EVIDENCES = ("posterior", "exact")
-#: keyword arguments that go to laplace-torch's ``optimize_prior_precision``
-PRIOR_KWARGS = (
-    "n_steps",
-    "lr",
-    "init_prior_prec",
-    "prior_structure",
-    "log_prior_prec_min",
-    "log_prior_prec_max",
-    "grid_size",
-    "log_prior_prec_base",
-)
-#: largest dense posterior ``full`` builds, in bytes (P x P matrix)
-FULL_MEMORY_LIMIT = 4 * 2**30
 
 
 class RewardPrediction(NamedTuple):
@@ -148,7 +128,7 @@ class RewardPosterior:
     def _check_dtype(self, x: torch.Tensor) -> None:
         dtype = self.laplace._dtype
         fix = f"x.to({dtype}), or preference_dataloader(..., dtype=...)"
-        _check_input_dtype(x, dtype, "`x` has", fix)
+        check_input_dtype(x, dtype, "`x` has", fix)
 
     def _items(self, x: Any) -> torch.Tensor:
         x = _usable(check_tensor("x", x))
@@ -352,15 +332,6 @@ class RewardPosterior:
         return total / count
 
 
-def _laplace_class(subset: str, structure: str, backend: Any) -> Any:
-    """laplace-torch class extended for whole-data pair Kronecker factors, or None for the
-    class laplace-torch's own ``Laplace`` factory picks."""
-    pair_backend = isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
-    if pair_backend and structure == "kron":
-        return PairKronLaplace if subset == "all" else PairKronLLLaplace
-    return None
-
-
 def fit_reward_posterior(
     model: PairwiseRewardModel,
     train_loader: DataLoader,
@@ -401,12 +372,11 @@ def fit_reward_posterior(
         link_approx: Pair probability used to score the grid search.
         progress_bar: Show tqdm progress bars over the fit and the prior optimization.
         batch_size: Items per forward pass at prediction time.
-        **laplace_kwargs: Passed to laplace-torch under its own names: to the Laplace class
-            (``backend``, ``temperature``, ``prior_mean``, ``backend_kwargs``,
-            ``last_layer_name``, ...) or to ``optimize_prior_precision`` (``n_steps``, ``lr``,
-            ``prior_structure``, ``init_prior_prec``, ``grid_size``,
-            ``log_prior_prec_min``, ``log_prior_prec_max``, ...). ``backend`` defaults to the
-            exact :class:`~bt_laplace.curvature.BradleyTerryGGN`.
+        **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
+            (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
+            (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are
+            allowed and where each keyword goes: :mod:`bt_laplace.options`. ``backend``
+            defaults to the exact :class:`~bt_laplace.curvature.BradleyTerryGGN`.
 
     Returns:
         The fitted :class:`RewardPosterior`; ``.laplace`` is the laplace-torch object.
@@ -427,235 +397,53 @@ def fit_reward_posterior(
         >>> bool(post.prior_precision > 0)
         True
     """
-    if not isinstance(model, PairwiseRewardModel):
-        raise TypeError(
-            f"`model` must be a bt_laplace.PairwiseRewardModel, got {type(model).__name__}; "
-            "wrap your reward network: PairwiseRewardModel(net)."
-        )
-    if not isinstance(train_loader, DataLoader):
-        raise TypeError(
-            f"`train_loader` must be a torch DataLoader of pairs, got "
-            f"{type(train_loader).__name__}; build one with bt_laplace.preference_dataloader."
-        )
-    subset = check_choice("subset_of_weights", subset_of_weights, SUBSETS)
-    structure = check_choice("hessian_structure", hessian_structure, STRUCTURES)
-    if isinstance(prior_precision, str):
-        method = check_choice("prior_precision", prior_precision, ("marglik", "gridsearch"))
-        if method == "gridsearch" and val_loader is None:
-            raise ValueError(
-                "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of validation "
-                "pairs; pass one or use prior_precision='marglik'."
-            )
-    elif (
-        isinstance(prior_precision, bool)
-        or not isinstance(prior_precision, (int, float))
-        or (not math.isfinite(prior_precision) or prior_precision <= 0)
-    ):
-        raise ValueError(
-            f"`prior_precision` must be 'marglik', 'gridsearch' or a positive number, got "
-            f"{prior_precision!r}."
-        )
-    else:
-        method = "fixed"
-    evidence = check_choice("evidence", evidence, EVIDENCES)
-    if evidence == "exact" and method != "marglik":
-        raise ValueError(
-            f"`evidence='exact'` chooses the evidence that prior_precision='marglik' "
-            f"maximizes, but prior_precision={prior_precision!r}; use "
-            "prior_precision='marglik' or leave evidence at 'posterior'."
-        )
-    if val_loader is not None and method != "gridsearch":
-        warnings.warn(
-            "`val_loader` is only used with prior_precision='gridsearch'; it is ignored.",
-            BTLaplaceWarning,
-            stacklevel=2,
-        )
-    if "likelihood" in laplace_kwargs:
-        raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
-    prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
-    _check_prior_kwargs(method, evidence, prior_kwargs)
-    _check_prior_structure(subset, structure, prior_kwargs.get("prior_structure", "scalar"))
-    backend = laplace_kwargs.setdefault("backend", BradleyTerryGGN)
-
-    stochastic = [
-        type(m).__name__
-        for m in model.modules()
-        if m.training
-        and isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
-    ]
-    if stochastic:
-        warnings.warn(
-            f"`model` was in training mode with {sorted(set(stochastic))}; switched it to "
-            "eval mode for the fit (in training mode the items of a batch interact and the "
-            "curvature is wrong). Call model.eval() before fitting to silence this.",
-            BTLaplaceWarning,
-            stacklevel=2,
-        )
-    model.eval()
-    first_x = _first_inputs(train_loader)
-    dtype = next(model.parameters()).dtype
-    x_dtype = getattr(first_x, "dtype", dtype)
-    fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
-    _check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
-    if structure == "full":
-        if subset == "all":
-            n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            what, fix = f"all {n:,} parameters", "or subset_of_weights='last_layer'"
-        else:
-            name, layer = _last_layer(model, first_x, laplace_kwargs.get("last_layer_name"))
-            n = sum(p.numel() for p in layer.parameters())
-            what, fix = f"the {n:,} parameters of the last layer {name!r}", "a smaller head"
-        itemsize = next(model.parameters()).element_size()
-        need = n * n * itemsize
-        if need > FULL_MEMORY_LIMIT:
-            raise ValueError(
-                f"hessian_structure='full' over {what} needs a dense {n:,} x {n:,} matrix "
-                f"({need / 2**30:.1f} GiB, several copies during inversion), above the "
-                f"{FULL_MEMORY_LIMIT / 2**30:.0f} GiB limit; use hessian_structure='kron' or "
-                f"'diag', {fix}."
-            )
-
-    cls = _laplace_class(subset, structure, backend)
-    la: Any
-    if cls is None:
-        la = Laplace(
-            model,
-            "reward_modeling",
-            subset_of_weights=subset,
-            hessian_structure=structure,
-            **laplace_kwargs,
-        )
-    else:
-        la = cls(model, "reward_modeling", **laplace_kwargs)
+    options = FitOptions.from_arguments(
+        subset_of_weights=subset_of_weights,
+        hessian_structure=hessian_structure,
+        prior_precision=prior_precision,
+        evidence=evidence,
+        val_loader=val_loader,
+        link_approx=link_approx,
+        laplace_kwargs=laplace_kwargs,
+    )
+    options.check_model(model, train_loader)
+    la = options.build_laplace(model)
     la.fit(train_loader, progress_bar=progress_bar)
     posterior = RewardPosterior(la, model, batch_size=batch_size)
+    _set_prior(posterior, options, train_loader, val_loader, progress_bar=progress_bar)
+    return posterior
 
-    if method == "fixed":
-        la.prior_precision = float(prior_precision)  # type: ignore[arg-type]
-    elif method == "marglik" and evidence == "exact":
+
+def _set_prior(
+    posterior: RewardPosterior,
+    options: FitOptions,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    *,
+    progress_bar: bool,
+) -> None:
+    """Set the prior precision of a fitted posterior as ``options`` say."""
+    la = posterior.laplace
+    if options.prior_method == "fixed":
+        assert options.prior_value is not None
+        la.prior_precision = options.prior_value
+    elif options.prior_method == "marglik" and options.evidence == "exact":
         eigenvalues = exact_ggn_eigenvalues(la, train_loader, progress_bar=progress_bar)
         theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
         la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
-    elif method == "marglik":
+    elif options.prior_method == "marglik":
         with warnings.catch_warnings():
             # laplace-torch warns about its own link_approx default, which marglik never uses
             warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
-            optimize_marglik(la, progress_bar=progress_bar, **prior_kwargs)
+            optimize_marglik(la, progress_bar=progress_bar, **options.prior_kwargs)
     else:
         assert val_loader is not None
         _gridsearch(
             posterior,
             val_loader,
-            link_approx=link_approx,
+            link_approx=options.link_approx,
             progress_bar=progress_bar,
-            **prior_kwargs,
-        )
-    return posterior
-
-
-def _first_inputs(loader: DataLoader) -> Any:
-    """The inputs of the loader's first batch (laplace-torch's last-layer fit peeks the same)."""
-    try:
-        batch = next(iter(loader))
-    except StopIteration:
-        raise ValueError("`train_loader` yielded no pairs; pass a non-empty loader.") from None
-    if isinstance(batch, Mapping):
-        return batch
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"`train_loader` must yield (x, y) pairs of tensors, got {type(batch).__name__}; "
-            "build it with bt_laplace.preference_dataloader."
-        )
-    return batch[0]
-
-
-def _check_input_dtype(x: Any, dtype: torch.dtype, subject: str, fix: str) -> None:
-    """Refuse floating inputs of another dtype than the model's parameters (token ids pass)."""
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
-        raise ValueError(
-            f"{subject} dtype {x.dtype} but the model's parameters are {dtype}; convert one "
-            f"of them ({fix})."
-        )
-
-
-def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Module]:
-    """The module laplace-torch's last-layer Laplace will use: ``name`` if given, else the
-    leaf module whose first call comes last in a forward pass on one pair (as laplace-torch
-    finds it: a module called again later, such as a shared activation, keeps its first
-    place)."""
-    modules = dict(model.named_modules())
-    if name is not None:
-        if name not in modules:
-            raise ValueError(f"`last_layer_name`={name!r} is not a module of `model`.")
-        return name, modules[name]
-    order: list[str] = []
-    handles = [
-        m.register_forward_hook(lambda *_, n=n: None if n in order else order.append(n))
-        for n, m in modules.items()
-        if not list(m.children())
-    ]
-    try:
-        with torch.no_grad():
-            model(x[:1] if isinstance(x, torch.Tensor) else x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not order:
-        raise ValueError("`model` called no leaf module on a pair; it has no last layer.")
-    return order[-1], modules[order[-1]]
-
-
-def _check_prior_structure(subset: str, structure: str, prior_structure: str) -> None:
-    """laplace-torch's Kronecker classes take a scalar or per-layer prior, its last-layer
-    classes a scalar or per-parameter one; say so before fitting."""
-    allowed = ["scalar"]
-    if subset == "all" or structure != "kron":
-        allowed.append("layerwise" if subset == "all" else "diag")
-    if subset == "all" and structure != "kron":
-        allowed.append("diag")
-    if prior_structure not in allowed:
-        raise ValueError(
-            f"`prior_structure={prior_structure!r}` is not available with "
-            f"subset_of_weights={subset!r} and hessian_structure={structure!r} (laplace-torch's "
-            f"classes for them take {' or '.join(repr(a) for a in allowed)}); use one of those."
-        )
-
-
-#: optimizer settings each way of setting the prior takes (``prior_structure`` is checked apart)
-_PRIOR_SETTINGS = {
-    ("marglik", "posterior"): ("n_steps", "lr", "init_prior_prec", "prior_structure"),
-    ("marglik", "exact"): ("prior_structure",),
-    ("gridsearch", "posterior"): (
-        "grid_size",
-        "log_prior_prec_min",
-        "log_prior_prec_max",
-        "log_prior_prec_base",
-        "prior_structure",
-    ),
-    ("fixed", "posterior"): (),
-}
-
-
-def _check_prior_kwargs(method: str, evidence: str, prior_kwargs: dict[str, Any]) -> None:
-    """Refuse prior settings the chosen method would not use (nothing is silently dropped)."""
-    allowed = _PRIOR_SETTINGS[(method, evidence)]
-    how = {
-        "marglik": f"prior_precision='marglik', evidence={evidence!r}",
-        "gridsearch": "prior_precision='gridsearch'",
-        "fixed": "a fixed prior_precision",
-    }[method]
-    unused = sorted(k for k in prior_kwargs if k not in allowed)
-    if unused:
-        takes = ", ".join(f"`{k}`" for k in allowed) or "no optimizer settings"
-        raise ValueError(
-            f"{', '.join(f'`{k}`' for k in unused)} not used with {how}, which takes {takes}; "
-            "drop them or choose the method they belong to."
-        )
-    structure = prior_kwargs.get("prior_structure", "scalar")
-    if structure != "scalar" and (method != "marglik" or evidence != "posterior"):
-        raise ValueError(
-            f"`prior_structure={structure!r}` needs prior_precision='marglik' with "
-            f"evidence='posterior'; {how} sets one scalar prior precision."
+            **options.prior_kwargs,
         )
 
 

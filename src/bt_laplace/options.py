@@ -1,0 +1,328 @@
+"""The options of :func:`~bt_laplace.fit_reward_posterior`, validated in one place.
+
+Shape legend: ``B`` pairs, ``2`` the two items of a pair, ``*item`` one item.
+
+:class:`FitOptions` states every allowed combination and routes every keyword; nothing is
+silently dropped. The combinations:
+
+===================  ============  ==========================================================
+``prior_precision``  ``evidence``  optimizer settings it takes (``**laplace_kwargs``)
+===================  ============  ==========================================================
+``"marglik"``        posterior     ``n_steps``, ``lr``, ``init_prior_prec``, ``prior_structure``
+``"marglik"``        exact         ``prior_structure`` (``"scalar"`` only)
+``"gridsearch"``     posterior     ``grid_size``, ``log_prior_prec_min``, ``log_prior_prec_max``,
+                                   ``log_prior_prec_base``, ``prior_structure`` (scalar only);
+                                   needs ``val_loader``
+a positive number    posterior     none
+===================  ============  ==========================================================
+
+``prior_structure`` other than ``"scalar"`` is for ``"marglik"`` with the posterior's own
+evidence, and only where laplace-torch's class for the subset and structure takes it
+(:data:`PRIOR_STRUCTURES`): all weights ``diag``/``full`` take ``"layerwise"`` and ``"diag"``,
+all weights ``kron`` ``"layerwise"``, last layer ``diag``/``full`` ``"diag"``, last layer
+``kron`` neither. Every other keyword goes to the laplace-torch Laplace class (``backend``,
+``temperature``, ``prior_mean``, ``backend_kwargs``, ``last_layer_name``,
+``feature_reduction``, ...); ``backend`` defaults to the exact
+:class:`~bt_laplace.curvature.BradleyTerryGGN` and ``likelihood`` is always
+``"reward_modeling"``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from laplace import Laplace
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
+from bt_laplace.curvature import BradleyTerryGGN
+from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.structures import STRUCTURES, PosteriorStructure
+
+__all__ = [
+    "FitOptions",
+    "SUBSETS",
+    "HESSIAN_STRUCTURES",
+    "PRIOR_METHODS",
+    "EVIDENCES",
+    "LINK_APPROXIMATIONS",
+    "PRIOR_SETTINGS",
+    "PRIOR_STRUCTURES",
+    "FULL_MEMORY_LIMIT",
+]
+
+SUBSETS = ("all", "last_layer")
+HESSIAN_STRUCTURES = tuple(STRUCTURES)
+PRIOR_METHODS = ("marglik", "gridsearch")
+EVIDENCES = ("posterior", "exact")
+LINK_APPROXIMATIONS = ("probit", "mc")
+#: optimizer settings each way of setting the prior takes, by (method, evidence)
+PRIOR_SETTINGS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("marglik", "posterior"): ("n_steps", "lr", "init_prior_prec", "prior_structure"),
+    ("marglik", "exact"): ("prior_structure",),
+    ("gridsearch", "posterior"): (
+        "grid_size",
+        "log_prior_prec_min",
+        "log_prior_prec_max",
+        "log_prior_prec_base",
+        "prior_structure",
+    ),
+    ("fixed", "posterior"): (),
+}
+#: every keyword of ``**laplace_kwargs`` that goes to the prior, not to the Laplace class
+PRIOR_KWARGS = tuple(dict.fromkeys(k for keys in PRIOR_SETTINGS.values() for k in keys))
+#: prior structures laplace-torch's classes take, by (subset_of_weights, hessian_structure)
+PRIOR_STRUCTURES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("all", "diag"): ("scalar", "layerwise", "diag"),
+    ("all", "kron"): ("scalar", "layerwise"),
+    ("all", "full"): ("scalar", "layerwise", "diag"),
+    ("last_layer", "diag"): ("scalar", "diag"),
+    ("last_layer", "kron"): ("scalar",),
+    ("last_layer", "full"): ("scalar", "diag"),
+}
+#: largest dense posterior ``full`` builds, in bytes (P x P matrix)
+FULL_MEMORY_LIMIT = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Validated options of one fit. Build with :meth:`from_arguments`.
+
+    Attributes:
+        subset_of_weights: ``"all"`` or ``"last_layer"``.
+        hessian_structure: ``"diag"``, ``"kron"`` or ``"full"``.
+        prior_method: ``"marglik"``, ``"gridsearch"`` or ``"fixed"``.
+        prior_value: The prior precision when ``prior_method == "fixed"``.
+        evidence: ``"posterior"`` or ``"exact"``.
+        link_approx: ``"probit"`` or ``"mc"`` (scores the grid search).
+        laplace_kwargs: Keywords for the laplace-torch Laplace class (``backend`` filled in).
+        prior_kwargs: Keywords for the prior method.
+    """
+
+    subset_of_weights: str
+    hessian_structure: str
+    prior_method: str
+    prior_value: float | None
+    evidence: str
+    link_approx: str
+    laplace_kwargs: dict[str, Any] = field(default_factory=dict)
+    prior_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def structure(self) -> type[PosteriorStructure]:
+        """The :mod:`bt_laplace.structures` class of the posterior."""
+        return STRUCTURES[self.hessian_structure]
+
+    @classmethod
+    def from_arguments(
+        cls,
+        *,
+        subset_of_weights: str,
+        hessian_structure: str,
+        prior_precision: str | float,
+        evidence: str,
+        val_loader: DataLoader | None,
+        link_approx: str,
+        laplace_kwargs: dict[str, Any],
+    ) -> FitOptions:
+        """Check the arguments of :func:`~bt_laplace.fit_reward_posterior` and route
+        ``laplace_kwargs``; raises ``ValueError`` naming the argument and the fix."""
+        subset = check_choice("subset_of_weights", subset_of_weights, SUBSETS)
+        structure = check_choice("hessian_structure", hessian_structure, HESSIAN_STRUCTURES)
+        value: float | None = None
+        if isinstance(prior_precision, str):
+            method = check_choice("prior_precision", prior_precision, PRIOR_METHODS)
+            if method == "gridsearch" and val_loader is None:
+                raise ValueError(
+                    "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of "
+                    "validation pairs; pass one or use prior_precision='marglik'."
+                )
+        elif (
+            isinstance(prior_precision, bool)
+            or not isinstance(prior_precision, (int, float))
+            or (not math.isfinite(prior_precision) or prior_precision <= 0)
+        ):
+            raise ValueError(
+                f"`prior_precision` must be 'marglik', 'gridsearch' or a positive number, got "
+                f"{prior_precision!r}."
+            )
+        else:
+            method, value = "fixed", float(prior_precision)
+        evidence = check_choice("evidence", evidence, EVIDENCES)
+        if evidence == "exact" and method != "marglik":
+            raise ValueError(
+                f"`evidence='exact'` chooses the evidence that prior_precision='marglik' "
+                f"maximizes, but prior_precision={prior_precision!r}; use "
+                "prior_precision='marglik' or leave evidence at 'posterior'."
+            )
+        if val_loader is not None and method != "gridsearch":
+            warnings.warn(
+                "`val_loader` is only used with prior_precision='gridsearch'; it is ignored.",
+                BTLaplaceWarning,
+                stacklevel=3,
+            )
+        link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
+        laplace_kwargs = dict(laplace_kwargs)
+        if "likelihood" in laplace_kwargs:
+            raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
+        prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
+        _check_prior_kwargs(method, evidence, prior_kwargs)
+        _check_prior_structure(subset, structure, prior_kwargs.get("prior_structure", "scalar"))
+        laplace_kwargs.setdefault("backend", BradleyTerryGGN)
+        return cls(subset, structure, method, value, evidence, link, laplace_kwargs, prior_kwargs)
+
+    # ------------------------------------------------------------------ model and data
+    def check_model(self, model: Any, train_loader: Any) -> None:
+        """Refuse a model or loader the fit would fail on or get wrong, before fitting: the
+        types, loader inputs of another dtype than the model, a dense ``full`` posterior above
+        :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode (with a warning when that
+        changes dropout or batch norm)."""
+        if not isinstance(model, PairwiseRewardModel):
+            raise TypeError(
+                f"`model` must be a bt_laplace.PairwiseRewardModel, got "
+                f"{type(model).__name__}; wrap your reward network: PairwiseRewardModel(net)."
+            )
+        if not isinstance(train_loader, DataLoader):
+            raise TypeError(
+                f"`train_loader` must be a torch DataLoader of pairs, got "
+                f"{type(train_loader).__name__}; build one with "
+                "bt_laplace.preference_dataloader."
+            )
+        stochastic = [
+            type(m).__name__
+            for m in model.modules()
+            if m.training
+            and isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
+        ]
+        if stochastic:
+            warnings.warn(
+                f"`model` was in training mode with {sorted(set(stochastic))}; switched it to "
+                "eval mode for the fit (in training mode the items of a batch interact and the "
+                "curvature is wrong). Call model.eval() before fitting to silence this.",
+                BTLaplaceWarning,
+                stacklevel=3,
+            )
+        model.eval()
+        first_x = _first_inputs(train_loader)
+        dtype = next(model.parameters()).dtype
+        x_dtype = getattr(first_x, "dtype", dtype)
+        fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
+        check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
+        if self.hessian_structure == "full":
+            self._check_full_memory(model, first_x)
+
+    def _check_full_memory(self, model: nn.Module, first_x: Any) -> None:
+        if self.subset_of_weights == "all":
+            n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            what, fix = f"all {n:,} parameters", "or subset_of_weights='last_layer'"
+        else:
+            name, layer = _last_layer(model, first_x, self.laplace_kwargs.get("last_layer_name"))
+            n = sum(p.numel() for p in layer.parameters())
+            what, fix = f"the {n:,} parameters of the last layer {name!r}", "a smaller head"
+        need = n * n * next(model.parameters()).element_size()
+        if need > FULL_MEMORY_LIMIT:
+            raise ValueError(
+                f"hessian_structure='full' over {what} needs a dense {n:,} x {n:,} matrix "
+                f"({need / 2**30:.1f} GiB, several copies during inversion), above the "
+                f"{FULL_MEMORY_LIMIT / 2**30:.0f} GiB limit; use hessian_structure='kron' or "
+                f"'diag', {fix}."
+            )
+
+    # ------------------------------------------------------------------ build
+    def build_laplace(self, model: nn.Module) -> Any:
+        """The unfitted laplace-torch posterior for these options."""
+        backend = self.laplace_kwargs["backend"]
+        pair_backend = isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
+        cls = self.structure.laplace_class(self.subset_of_weights, pair_backend)
+        if cls is None:
+            return Laplace(
+                model,
+                "reward_modeling",
+                subset_of_weights=self.subset_of_weights,
+                hessian_structure=self.hessian_structure,
+                **self.laplace_kwargs,
+            )
+        return cls(model, "reward_modeling", **self.laplace_kwargs)
+
+
+def _first_inputs(loader: DataLoader) -> Any:
+    """The inputs of the loader's first batch (laplace-torch's last-layer fit peeks the same)."""
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError("`train_loader` yielded no pairs; pass a non-empty loader.") from None
+    if isinstance(batch, Mapping):
+        return batch
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            f"`train_loader` must yield (x, y) pairs of tensors, got {type(batch).__name__}; "
+            "build it with bt_laplace.preference_dataloader."
+        )
+    return batch[0]
+
+
+def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Module]:
+    """The module laplace-torch's last-layer Laplace will use: ``name`` if given, else the
+    leaf module whose first call comes last in a forward pass on one pair (as laplace-torch
+    finds it: a module called again later, such as a shared activation, keeps its first
+    place)."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            raise ValueError(f"`last_layer_name`={name!r} is not a module of `model`.")
+        return name, modules[name]
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_, n=n: None if n in order else order.append(n))
+        for n, m in modules.items()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1] if isinstance(x, torch.Tensor) else x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise ValueError("`model` called no leaf module on a pair; it has no last layer.")
+    return order[-1], modules[order[-1]]
+
+
+def _check_prior_structure(subset: str, structure: str, prior_structure: str) -> None:
+    """Refuse a prior structure laplace-torch's class for the subset and structure cannot take."""
+    allowed = PRIOR_STRUCTURES[(subset, structure)]
+    if prior_structure not in allowed:
+        raise ValueError(
+            f"`prior_structure={prior_structure!r}` is not available with "
+            f"subset_of_weights={subset!r} and hessian_structure={structure!r} (laplace-torch's "
+            f"classes for them take {' or '.join(repr(a) for a in allowed)}); use one of those."
+        )
+
+
+def _check_prior_kwargs(method: str, evidence: str, prior_kwargs: dict[str, Any]) -> None:
+    """Refuse prior settings the chosen method would not use (nothing is silently dropped)."""
+    allowed = PRIOR_SETTINGS[(method, evidence)]
+    how = {
+        "marglik": f"prior_precision='marglik', evidence={evidence!r}",
+        "gridsearch": "prior_precision='gridsearch'",
+        "fixed": "a fixed prior_precision",
+    }[method]
+    unused = sorted(k for k in prior_kwargs if k not in allowed)
+    if unused:
+        takes = ", ".join(f"`{k}`" for k in allowed) or "no optimizer settings"
+        raise ValueError(
+            f"{', '.join(f'`{k}`' for k in unused)} not used with {how}, which takes {takes}; "
+            "drop them or choose the method they belong to."
+        )
+    structure = prior_kwargs.get("prior_structure", "scalar")
+    if structure != "scalar" and (method != "marglik" or evidence != "posterior"):
+        raise ValueError(
+            f"`prior_structure={structure!r}` needs prior_precision='marglik' with "
+            f"evidence='posterior'; {how} sets one scalar prior precision."
+        )
