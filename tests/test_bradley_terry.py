@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bt_laplace import (
+from bt_laplace.bradley_terry import (
     bradley_terry_nll,
     bradley_terry_weight,
     mc_preference_probability,

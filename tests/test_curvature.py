@@ -11,11 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
-from bt_laplace import (
-    BradleyTerryGGN,
-    PairwiseRewardModel,
-    nearest_kronecker_factors,
-)
+from bt_laplace import PairwiseRewardModel
+from bt_laplace.curvature import BradleyTerryGGN, nearest_kronecker_factors
 
 
 def _blocks(model: nn.Module):

@@ -11,6 +11,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+@pytest.mark.slow
 def test_quickstart_script_runs_and_saves_the_plot(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "quickstart.png"
@@ -22,6 +23,7 @@ def test_quickstart_script_runs_and_saves_the_plot(tmp_path, monkeypatch, capsys
     assert out.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", ["quickstart.ipynb", "best_of_n.ipynb"])
 def test_notebook_executes(tmp_path, notebook):
     nbformat = pytest.importorskip("nbformat")
@@ -49,6 +51,7 @@ def test_readme_snippet_runs():
     assert namespace["mean"].shape == (5,) and namespace["s"].shape == (100, 5)
 
 
+@pytest.mark.slow
 def test_transformer_example_uncertainty_grows_away_from_training(tmp_path, monkeypatch):
     """MiniLM (offline) with a last-layer posterior: relative to reference answers, text
     unlike the training answers is far more uncertain than answers in the trained styles."""

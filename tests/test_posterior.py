@@ -11,13 +11,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
+from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 
 
 def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
     post = btl.fit_reward_posterior(reward_model, pair_loader)
     assert isinstance(post, btl.RewardPosterior)
-    assert isinstance(post.laplace, btl.PairKronLLLaplace)
-    assert isinstance(post.laplace.backend, btl.BradleyTerryGGN)
+    assert isinstance(post.laplace, PairKronLLLaplace)
+    assert isinstance(post.laplace.backend, BradleyTerryGGN)
     # marglik moved the prior away from its initial value of 1 and is a (local) optimum
     prior = float(post.prior_precision)
     assert prior != pytest.approx(1.0)
@@ -33,7 +34,7 @@ def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
     [
         ("all", "diag", DiagLaplace),
         ("all", "full", FullLaplace),
-        ("all", "kron", btl.PairKronLaplace),
+        ("all", "kron", PairKronLaplace),
         ("last_layer", "diag", DiagLLLaplace),
     ],
     ids=["all-diag", "all-full", "all-kron", "ll-diag"],
@@ -239,7 +240,7 @@ def test_laplace_state_dict_round_trip(reward_model, pair_loader, subset, struct
         reward_model, pair_loader, subset_of_weights=subset, hessian_structure=structure
     )
     state = post.laplace.state_dict()
-    fresh = type(post.laplace)(reward_model, "reward_modeling", backend=btl.BradleyTerryGGN)
+    fresh = type(post.laplace)(reward_model, "reward_modeling", backend=BradleyTerryGGN)
     fresh.load_state_dict(state)
     again = btl.RewardPosterior(fresh, reward_model)
     x = torch.randn(6, D_IN, dtype=torch.float64)

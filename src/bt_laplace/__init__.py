@@ -1,22 +1,14 @@
-"""bt_laplace: Bayesian Bradley-Terry reward models with pair-correct Laplace posteriors."""
+"""bt_laplace: Bayesian Bradley-Terry reward models with pair-correct Laplace posteriors.
+
+The top level holds what a user calls; everything else is reachable in its submodule
+(``bt_laplace.curvature``, ``bt_laplace.structures``, ``bt_laplace.bradley_terry``,
+``bt_laplace.metrics``, ``bt_laplace.evidence``, ``bt_laplace.options``, ...). docs/api.md says
+which names are stable.
+"""
 
 from bt_laplace._checks import BTLaplaceWarning
-from bt_laplace.bradley_terry import (
-    bradley_terry_nll,
-    bradley_terry_weight,
-    mc_preference_probability,
-    pair_difference_moments,
-    probit_preference_probability,
-)
-from bt_laplace.curvature import (
-    BradleyTerryGGN,
-    PairKronLaplace,
-    PairKronLLLaplace,
-    nearest_kronecker_factors,
-)
 from bt_laplace.data import PairCollator, preference_dataloader
-from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
-from bt_laplace.metrics import PairMetrics, expected_calibration_error, pair_metrics
+from bt_laplace.metrics import pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
 
@@ -31,24 +23,42 @@ __all__ = [
     "fit_reward_posterior",
     "RewardPosterior",
     "RewardPrediction",
-    # curvature plugged into laplace-torch
-    "BradleyTerryGGN",
-    "PairKronLaplace",
-    "PairKronLLLaplace",
-    "nearest_kronecker_factors",
-    # exact-GGN evidence (fit_reward_posterior(..., evidence="exact"))
-    "exact_ggn_eigenvalues",
-    "exact_evidence_prior_precision",
-    # metrics of pair probabilities (plots: bt_laplace.plot, extra "plot")
+    # metrics of pair probabilities
     "pair_metrics",
-    "PairMetrics",
-    "expected_calibration_error",
-    # Bradley-Terry math
-    "bradley_terry_weight",
-    "bradley_terry_nll",
-    "pair_difference_moments",
-    "probit_preference_probability",
-    "mc_preference_probability",
     # warnings
     "BTLaplaceWarning",
 ]
+
+#: names the top level exported before 0.2, and the submodule that holds each now
+_MOVED = {
+    "BradleyTerryGGN": "bt_laplace.curvature",
+    "PairKronLaplace": "bt_laplace.curvature",
+    "PairKronLLLaplace": "bt_laplace.curvature",
+    "nearest_kronecker_factors": "bt_laplace.curvature",
+    "exact_ggn_eigenvalues": "bt_laplace.evidence",
+    "exact_evidence_prior_precision": "bt_laplace.evidence",
+    "PairMetrics": "bt_laplace.metrics",
+    "expected_calibration_error": "bt_laplace.metrics",
+    "bradley_terry_weight": "bt_laplace.bradley_terry",
+    "bradley_terry_nll": "bt_laplace.bradley_terry",
+    "pair_difference_moments": "bt_laplace.bradley_terry",
+    "probit_preference_probability": "bt_laplace.bradley_terry",
+    "mc_preference_probability": "bt_laplace.bradley_terry",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Old top-level spellings keep working, with a DeprecationWarning naming the new one."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        module = _MOVED[name]
+        warnings.warn(
+            f"bt_laplace.{name} moved to {module}.{name}; import it from there "
+            "(the top-level name will be removed).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'bt_laplace' has no attribute {name!r}")

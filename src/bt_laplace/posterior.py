@@ -6,9 +6,9 @@ second), ``*item`` one item, ``S`` samples.
 :func:`fit_reward_posterior` checks its options (:mod:`bt_laplace.options`), builds
 laplace-torch's own Laplace class for the requested ``subset_of_weights`` and
 ``hessian_structure`` with the pair-correct :class:`~bt_laplace.curvature.BradleyTerryGGN`
-backend, fits it on a loader of pairs, and sets the prior precision. :class:`RewardPosterior` answers queries: reward mean and variance per
-item, preference probabilities per pair from the joint 2x2 Gaussian of the two rewards,
-penalized rewards, and joint samples.
+backend, fits it on a loader of pairs, and sets the prior precision. :class:`RewardPosterior`
+answers queries: reward mean and variance per item, preference probabilities per pair from
+the joint 2x2 Gaussian of the two rewards, penalized rewards, and joint samples.
 """
 
 from __future__ import annotations

@@ -1,0 +1,22 @@
+"""The top level: what a user calls, and the old spellings with a deprecation warning."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import bt_laplace as btl
+
+
+@pytest.mark.parametrize("name", sorted(btl._MOVED))
+def test_moved_top_level_names_still_work_with_a_deprecation_warning(name):
+    module = importlib.import_module(btl._MOVED[name])
+    with pytest.warns(DeprecationWarning, match=rf"bt_laplace.{name} moved to {module.__name__}"):
+        assert getattr(btl, name) is getattr(module, name)
+
+
+def test_top_level_holds_what_a_user_calls():
+    assert len(btl.__all__) <= 8 and all(hasattr(btl, n) for n in btl.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'LayerIO'"):
+        btl.LayerIO  # noqa: B018

@@ -1,0 +1,96 @@
+"""Each posterior structure behind one interface: its covariances from layer I/O agree with
+laplace-torch's Jacobian route (the fallback every structure shares) and with jacrev Jacobians
+in float64; the structure is found from the laplace-torch class; its state names its tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import fit_bt, item_jacobian
+
+from bt_laplace._layer_io import LayerIO, backend_jacobians
+from bt_laplace.structures import (
+    STRUCTURES,
+    DenseJacobians,
+    DiagStructure,
+    FullStructure,
+    KronStructure,
+    structure_for,
+)
+
+CASES = [(s, h) for s in ("all", "last_layer") for h in ("diag", "kron", "full")]
+
+
+def _routes(la, structure, x):
+    """Layer I/O and dense (laplace-torch) Jacobians of the same items."""
+    res = structure.recorder.run(lambda: la.model(x))
+    jac, f = backend_jacobians(la.backend, x, last_layer=structure.last_layer)
+    return res, DenseJacobians(f[:, 0], jac[:, 0])
+
+
+@pytest.mark.parametrize(("subset", "hessian"), CASES, ids=[f"{s}-{h}" for s, h in CASES])
+def test_layer_io_route_equals_laplace_torch_route(
+    reward_model, pairs, pair_loader, subset, hessian
+):
+    la = fit_bt(reward_model, pair_loader, subset, hessian, prior_precision=0.7)
+    structure = structure_for(la)
+    assert type(structure) is STRUCTURES[hessian]
+    x = pairs[0][:9, 0]
+    y = pairs[0][9:18, 1]
+    io_x, dense_x = _routes(la, structure, x)
+    io_y, dense_y = _routes(la, structure, y)
+    assert isinstance(io_x, LayerIO)
+    fast = structure.crosses([io_x, io_y], [(0, 0), (1, 1), (0, 1)])
+    slow = structure.crosses([dense_x, dense_y], [(0, 0), (1, 1), (0, 1)])
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    fast_cross, fast_quad = structure.dense_cross(io_x, structure.mean_jacobian([io_y]))
+    slow_cross, slow_quad = structure.dense_cross(dense_x, structure.mean_jacobian([dense_y]))
+    torch.testing.assert_close(fast_cross, slow_cross, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast_quad, slow_quad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("hessian", ["diag", "full"])
+def test_all_weights_cross_is_jacrev_quadratic_form(reward_model, pairs, pair_loader, hessian):
+    """J Sigma J'^T with brute-force Jacobians and Sigma from laplace-torch, float64."""
+    la = fit_bt(reward_model, pair_loader, "all", hessian, prior_precision=0.7)
+    structure = structure_for(la)
+    x, y = pairs[0][:9, 0], pairs[0][9:18, 1]
+    jx, jy = item_jacobian(reward_model, x), item_jacobian(reward_model, y)
+    sigma = la.posterior_covariance if hessian == "full" else torch.diag(la.posterior_variance)
+    io_x, io_y = (structure.recorder.run(lambda z=z: la.model(z)) for z in (x, y))
+    (cross,) = structure.crosses([io_x, io_y], [(0, 1)])
+    torch.testing.assert_close(cross, ((jx @ sigma) * jy).sum(-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("subset", "hessian"), CASES, ids=[f"{s}-{h}" for s, h in CASES])
+def test_curvature_state_names_the_fitted_tensors(reward_model, pair_loader, subset, hessian):
+    la = fit_bt(reward_model, pair_loader, subset, hessian)
+    state = STRUCTURES[hessian].curvature_state(la)
+    if hessian == "kron":
+        kfacs = la.H_facs.kfacs
+        assert sorted(state) == sorted(
+            f"H_facs.{i}.{j}" for i, f in enumerate(kfacs) for j in range(len(f))
+        )
+        assert all(
+            state[f"H_facs.{i}.{j}"] is f for i, fs in enumerate(kfacs) for j, f in enumerate(fs)
+        )
+    else:
+        assert list(state) == ["H"] and state["H"] is la.H
+
+
+def test_eigenvalues_per_parameter_tensor(reward_model, pair_loader):
+    for cls in (DiagStructure, KronStructure, FullStructure):
+        la = fit_bt(reward_model, pair_loader, "all", cls.name)
+        groups = cls.curvature_eigenvalues(la)
+        n = sum(g.numel() for g in groups)
+        assert n == la.n_params
+        assert len(groups) == (1 if cls is FullStructure else len(list(reward_model.parameters())))
+
+
+def test_unsupported_laplace_class_is_refused():
+    class Other:  # not one of laplace-torch's diag, kron or full posteriors
+        pass
+
+    with pytest.raises(NotImplementedError, match="supports laplace-torch's diag, kron and full"):
+        structure_for(Other())  # type: ignore[arg-type]
