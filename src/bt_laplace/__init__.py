@@ -8,6 +8,7 @@ which names are stable.
 
 from bt_laplace._checks import BTLaplaceWarning
 from bt_laplace.data import PairCollator, preference_dataloader
+from bt_laplace.io import load_reward_posterior
 from bt_laplace.metrics import pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
@@ -23,6 +24,7 @@ __all__ = [
     "fit_reward_posterior",
     "RewardPosterior",
     "RewardPrediction",
+    "load_reward_posterior",
     # metrics of pair probabilities
     "pair_metrics",
     # warnings

@@ -17,6 +17,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -116,6 +117,28 @@ class RewardPosterior:
         self.model = model
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._predictive = Predictive(laplace)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path) -> Path:
+        """Write the posterior into the folder ``path`` as safetensors plus a small JSON file
+        (beside a Hugging Face model's ``save_pretrained`` files, if you like); load it with
+        :func:`~bt_laplace.load_reward_posterior`. See :mod:`bt_laplace.io`.
+
+        Returns:
+            The folder.
+        """
+        from bt_laplace.io import save_reward_posterior
+
+        return save_reward_posterior(self, path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the model plus the saved record, rebuilt on unpickling (laplace-torch's
+        last-layer objects hold local hooks that do not pickle), e.g. to send the posterior
+        to a worker process. For files, use :meth:`save`: loading a pickle runs code."""
+        from bt_laplace.io import posterior_record, rebuild_posterior
+
+        config, tensors = posterior_record(self)
+        return (rebuild_posterior, (self.model, config, tensors))
 
     def __repr__(self) -> str:
         la = self.laplace
