@@ -134,7 +134,7 @@ def test_fit_errors_name_the_argument(reward_model, pair_loader):
     with pytest.raises(TypeError, match="`model` must be a bt_laplace.PairwiseRewardModel"):
         fit(reward_model.net, pair_loader)
     with pytest.raises(TypeError, match="`train_loader` must be a torch DataLoader"):
-        fit(reward_model, [(torch.zeros(1, 2, D_IN), torch.zeros(1))])
+        fit(reward_model, iter([(torch.zeros(1, 2, D_IN), torch.zeros(1))]))  # one pass only
     with pytest.raises(ValueError, match="`subset_of_weights` must be one of.*'subnetwork'"):
         fit(reward_model, pair_loader, subset_of_weights="subnetwork")
     with pytest.raises(ValueError, match="`hessian_structure` must be one of.*'lowrank'"):

@@ -144,6 +144,12 @@ class BradleyTerryGGN(CurvatureInterface):
                 f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
                 "wrap the reward network in bt_laplace.PairwiseRewardModel."
             )
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                "the model's rewards on a batch of pairs are NaN or infinite, so the curvature "
+                "would be too; check the inputs (values too large for the model overflow it) "
+                "and the model's weights."
+            )
         y = y.to(logits.device).long()
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
         weight = bradley_terry_weight(logits[:, 1] - logits[:, 0])

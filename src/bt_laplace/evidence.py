@@ -27,13 +27,12 @@ of parameters), whose left side falls and right side grows with ``delta``.
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import torch
 from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
-from torch.utils.data import DataLoader
 
 from bt_laplace._checks import progress
 from bt_laplace._layer_io import is_sequence, pair_split
@@ -85,7 +84,7 @@ def _check_size(rows: int, cols: int, what: str, fix: str, limit: int) -> None:
 
 def exact_ggn_eigenvalues(
     laplace: ParametricLaplace,
-    train_loader: DataLoader,
+    train_loader: Iterable[Any],
     *,
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
     progress_bar: bool = False,
@@ -109,7 +108,7 @@ def exact_ggn_eigenvalues(
             pair kernel is needed for a model outside the fast path and the ``N x P``
             Jacobian would exceed it.
     """
-    n_pairs = len(train_loader.dataset)  # type: ignore[arg-type]
+    n_pairs = len(train_loader.dataset)  # type: ignore[attr-defined]
     n_params = int(laplace.n_params)
     fix = (
         "use evidence='posterior' (the fitted structure's own evidence), fewer pairs, or "

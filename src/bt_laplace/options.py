@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,11 @@ class FitOptions:
     prior_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def dict_key_y(self) -> str:
+        """Label key of dict batches (laplace-torch's ``dict_key_y``)."""
+        return str(self.laplace_kwargs.get("dict_key_y", "labels"))
+
+    @property
     def structure(self) -> type[PosteriorStructure]:
         """The :mod:`bt_laplace.structures` class of the posterior."""
         return STRUCTURES[self.hessian_structure]
@@ -188,12 +193,25 @@ class FitOptions:
                 f"`model` must be a bt_laplace.PairwiseRewardModel, got "
                 f"{type(model).__name__}; wrap your reward network: PairwiseRewardModel(net)."
             )
-        if not isinstance(train_loader, DataLoader):
+        if not isinstance(train_loader, Iterable) or iter(train_loader) is train_loader:
             raise TypeError(
-                f"`train_loader` must be a torch DataLoader of pairs, got "
-                f"{type(train_loader).__name__}; build one with "
-                "bt_laplace.preference_dataloader."
+                f"`train_loader` must be a torch DataLoader of pairs (or another iterable that "
+                f"can be iterated more than once), got {type(train_loader).__name__}; build one "
+                "with bt_laplace.preference_dataloader."
             )
+        dtype = next(model.parameters()).dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"`model` has {dtype} parameters; the curvature needs an eigendecomposition "
+                "that half precision cannot hold. Fit in float32: model.float() (and "
+                "preference_dataloader(..., dtype=torch.float32)); cast back for serving."
+            )
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError(
+                    f"`model` parameter {name!r} holds NaN or infinite values; the posterior "
+                    "of a broken model means nothing. Retrain or reload the weights."
+                )
         stochastic = [
             type(m).__name__
             for m in model.modules()
@@ -210,7 +228,6 @@ class FitOptions:
             )
         model.eval()
         first_x = _first_inputs(train_loader)
-        dtype = next(model.parameters()).dtype
         x_dtype = getattr(first_x, "dtype", dtype)
         fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
         check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
@@ -251,7 +268,7 @@ class FitOptions:
         return cls(model, "reward_modeling", **self.laplace_kwargs)
 
 
-def _first_inputs(loader: DataLoader) -> Any:
+def _first_inputs(loader: Iterable[Any]) -> Any:
     """The inputs of the loader's first batch (laplace-torch's last-layer fit peeks the same)."""
     try:
         batch = next(iter(loader))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import torch
 from laplace.baselaplace import ParametricLaplace
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import (
@@ -33,6 +35,7 @@ from bt_laplace._checks import (
     progress,
 )
 from bt_laplace._layer_io import LayerIO
+from bt_laplace._loader import CheckedPairLoader
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
     mc_preference_probability,
@@ -60,6 +63,16 @@ def _usable(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.is_inference() else x
 
 
+def _check_finite_inputs(x: torch.Tensor, name: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
+        raise ValueError(
+            f"`{name}` holds NaN or infinite values (rows {rows[:5].tolist()}); a NaN item "
+            "has no reward, and with reference='group' it would spoil its whole group. Drop "
+            "or fix those rows."
+        )
+
+
 def _batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     return x.split(batch_size) if x.shape[0] > batch_size else (x,)
 
@@ -68,15 +81,25 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _autograd_query(method: _F) -> _F:
-    """Run a query with autograd available, also inside ``torch.inference_mode()`` (scoring
+    """Run a query under the posterior's lock (queries from several threads run one at a
+    time: they share hooks on one model), after checking that the model's weights are those
+    it was fitted on, with autograd available also inside ``torch.inference_mode()`` (scoring
     loops often use it): the variances come from one backward pass through the model."""
 
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with torch.inference_mode(False):
-            return method(*args, **kwargs)
+    def wrapper(self: RewardPosterior, *args: Any, **kwargs: Any) -> Any:
+        with self._lock, torch.inference_mode(False):
+            self._check_weights()
+            return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _weights_key(module: nn.Module) -> list[tuple[int, int, torch.dtype, torch.device]]:
+    """Where each parameter and buffer lives and how often it was changed in place: equal
+    keys mean the same weights (a cheap fingerprint, checked on every query)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
 
 
 class RewardPosterior:
@@ -113,10 +136,27 @@ class RewardPosterior:
     def __init__(
         self, laplace: ParametricLaplace, model: PairwiseRewardModel, *, batch_size: int = 4096
     ) -> None:
+        if not getattr(laplace, "n_data", 0):
+            raise ValueError(
+                f"`laplace` ({type(laplace).__name__}) is not fitted, so it holds only the "
+                "prior; build the posterior with bt_laplace.fit_reward_posterior, or call "
+                "laplace.fit(loader) first."
+            )
         self.laplace = laplace
         self.model = model
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._predictive = Predictive(laplace)
+        self._lock = threading.RLock()
+        self._network: nn.Module = getattr(laplace.model, "model", laplace.model)
+        self._weights = _weights_key(self._network)
+
+    def _check_weights(self) -> None:
+        if _weights_key(self._network) != self._weights:
+            raise RuntimeError(
+                "the model's weights changed since the posterior was fitted (trained further, "
+                "reloaded or moved to another dtype or device); its curvature belongs to the "
+                "old weights. Refit with bt_laplace.fit_reward_posterior, or restore the weights."
+            )
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
@@ -153,9 +193,10 @@ class RewardPosterior:
         fix = f"x.to({dtype}), or preference_dataloader(..., dtype=...)"
         check_input_dtype(x, dtype, "`x` has", fix)
 
-    def _items(self, x: Any) -> torch.Tensor:
-        x = _usable(check_tensor("x", x))
+    def _items(self, x: Any, name: str = "x") -> torch.Tensor:
+        x = _usable(check_tensor(name, x))
         self._check_dtype(x)
+        _check_finite_inputs(x, name)
         if self.model.is_pair_batch(x):
             raise ValueError(
                 f"`x` must be items of shape (B, *item), got pairs {tuple(x.shape)}; use "
@@ -166,6 +207,7 @@ class RewardPosterior:
     def _pairs(self, x: Any) -> torch.Tensor:
         x = _usable(check_tensor("x", x))
         self._check_dtype(x)
+        _check_finite_inputs(x, "x")
         if not self.model.is_pair_batch(x):
             raise ValueError(
                 f"`x` must be pairs of shape (B, 2, *item), got {tuple(x.shape)}; stack the "
@@ -273,7 +315,12 @@ class RewardPosterior:
         if isinstance(reference, str):
             check_choice("reference", reference, ("group",))
         else:
-            ref = self._items(reference)
+            ref = self._items(reference, "reference")
+            if ref.shape[0] == 0:
+                raise ValueError(
+                    "`reference` has no items; pass at least one reference item, or "
+                    "reference='group'."
+                )
             if ref.shape[1:] != x.shape[1:]:
                 raise ValueError(
                     f"`reference` items have shape {tuple(ref.shape[1:])} but `x` items have "
@@ -343,7 +390,7 @@ class RewardPosterior:
         """Laplace approximation of the log marginal likelihood at the current prior."""
         return self.laplace.log_marginal_likelihood().detach()
 
-    def validation_nll(self, loader: DataLoader, *, link_approx: str = "probit") -> float:
+    def validation_nll(self, loader: Iterable[Any], *, link_approx: str = "probit") -> float:
         """Mean negative log likelihood of the labels of a loader of pairs ``(x, y)``."""
         total, count = 0.0, 0
         for x, y in loader:
@@ -430,18 +477,35 @@ def fit_reward_posterior(
         laplace_kwargs=laplace_kwargs,
     )
     options.check_model(model, train_loader)
+    loader = CheckedPairLoader(train_loader, "train_loader", options.dict_key_y)
     la = options.build_laplace(model)
-    la.fit(train_loader, progress_bar=progress_bar)
+    _fit(la, loader, progress_bar=progress_bar)
     posterior = RewardPosterior(la, model, batch_size=batch_size)
-    _set_prior(posterior, options, train_loader, val_loader, progress_bar=progress_bar)
+    val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
+    _set_prior(posterior, options, loader, val, progress_bar=progress_bar)
     return posterior
+
+
+def _fit(la: Any, loader: CheckedPairLoader, *, progress_bar: bool) -> None:
+    """laplace-torch's ``fit`` on checked batches; the pair count is what passed, and a
+    failure that laplace-torch turns into ``exit()`` becomes an error."""
+    try:
+        la.fit(loader, progress_bar=progress_bar)
+    except SystemExit:
+        raise RuntimeError(
+            "laplace-torch's eigendecomposition of the curvature failed (it would have ended "
+            "the process with exit()): the curvature is not finite or too ill-conditioned. "
+            "Check the model's weights and the inputs for NaN, infinite or huge values, and fit "
+            "in float32 or float64."
+        ) from None
+    la.n_data = loader.n_pairs
 
 
 def _set_prior(
     posterior: RewardPosterior,
     options: FitOptions,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
+    train_loader: CheckedPairLoader,
+    val_loader: CheckedPairLoader | None,
     *,
     progress_bar: bool,
 ) -> None:
@@ -472,7 +536,7 @@ def _set_prior(
 
 def _gridsearch(
     posterior: RewardPosterior,
-    val_loader: DataLoader,
+    val_loader: Iterable[Any],
     *,
     link_approx: str,
     progress_bar: bool,
