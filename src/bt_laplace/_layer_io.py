@@ -100,10 +100,18 @@ class LayerIORecorder:
         self.slots: list[ParamSlot] = []
         self.reason = ""
         owner: dict[int, tuple[nn.Module | None, str]] = {}
+        owners: dict[int, int] = {}
         for mod in model.modules():
             for kind, param in mod.named_parameters(recurse=False):
                 owner.setdefault(id(param), (mod, kind))
+                owners[id(param)] = owners.get(id(param), 0) + 1
         for p in params:
+            if owners.get(id(p), 0) > 1:  # tied: the Jacobian sums over every layer using it
+                self.reason = (
+                    f"a posterior parameter of shape {tuple(p.shape)} is shared by "
+                    f"{owners[id(p)]} layers (tied weights)"
+                )
+                break
             module, kind = owner.get(id(p), (None, ""))
             if not isinstance(module, nn.Linear):
                 name = type(module).__name__ if module is not None else "an unknown module"

@@ -93,11 +93,25 @@ class CheckedPairLoader:
         self.dict_key_y = dict_key_y
         self.n_pairs = 0
         self.dataset = _Count(self)
+        #: shape of one item of real-valued inputs (None for token ids and dicts, whose
+        #: length may change from batch to batch)
+        self.item_shape: tuple[int, ...] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         self.n_pairs = 0
         for i, batch in enumerate(self.loader):
             self.n_pairs += check_pair_batch(batch, i, self.name, self.dict_key_y)
+            x = None if isinstance(batch, Mapping) else batch[0]
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                shape = tuple(x.shape[2:])
+                if self.item_shape is None:
+                    self.item_shape = shape
+                elif shape != self.item_shape:
+                    raise ValueError(
+                        f"`{self.name}` batch {i} has items of shape {shape}, earlier batches "
+                        f"{self.item_shape}; every pair needs items of one shape (pad or "
+                        "resize them in the dataset)."
+                    )
             yield batch
         if self.n_pairs == 0:
             raise ValueError(f"`{self.name}` yielded no pairs; pass a non-empty loader.")

@@ -98,6 +98,10 @@ def probit_preference_probability(mean_diff: torch.Tensor, var_diff: torch.Tenso
     return torch.sigmoid(mean_diff / torch.sqrt(1.0 + math.pi / 8.0 * var_diff))
 
 
+#: numbers one chunk of Monte Carlo draws may hold
+MC_CHUNK = 2**22
+
+
 def mc_preference_probability(
     mean_diff: torch.Tensor,
     var_diff: torch.Tensor,
@@ -125,15 +129,20 @@ def mc_preference_probability(
         >>> bool(((p - 0.5).abs() < 0.05).all())
         True
     """
-    eps = torch.randn(
-        n_samples,
-        *mean_diff.shape,
-        generator=generator,
-        dtype=mean_diff.dtype,
-        device=mean_diff.device,
-    )
-    f = mean_diff + var_diff.sqrt() * eps
-    return torch.sigmoid(f).mean(0)
+    # draw in chunks of samples so that memory stays about MC_CHUNK numbers whatever S and B
+    step = max(1, MC_CHUNK // max(1, mean_diff.numel()))
+    std = var_diff.sqrt()
+    total = torch.zeros_like(mean_diff)
+    for start in range(0, n_samples, step):
+        eps = torch.randn(
+            min(step, n_samples - start),
+            *mean_diff.shape,
+            generator=generator,
+            dtype=mean_diff.dtype,
+            device=mean_diff.device,
+        )
+        total += torch.sigmoid(mean_diff + std * eps).sum(0)
+    return total / n_samples
 
 
 def bradley_terry_nll(prob_second: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

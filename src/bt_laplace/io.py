@@ -115,6 +115,7 @@ def posterior_record(posterior: Any) -> tuple[dict[str, Any], dict[str, torch.Te
         "dict_key_x": la.dict_key_x,
         "dict_key_y": la.dict_key_y,
         "batch_size": posterior.batch_size,
+        "item_shape": None if posterior.item_shape is None else list(posterior.item_shape),
         "parameters": [[names.get(id(p), "?"), list(p.shape)] for p in params],
         "fingerprint": weights_fingerprint(network),
     }
@@ -308,6 +309,8 @@ def rebuild_posterior(
     posterior = RewardPosterior(
         la, model, batch_size=config["batch_size"] if batch_size is None else batch_size
     )
+    shape = config.get("item_shape")
+    posterior.item_shape = None if shape is None else tuple(shape)
     return posterior
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -183,11 +183,18 @@ class FitOptions:
         return cls(subset, structure, method, value, evidence, link, laplace_kwargs, prior_kwargs)
 
     # ------------------------------------------------------------------ model and data
-    def check_model(self, model: Any, train_loader: Any) -> None:
+    def check_model(self, model: Any, train_loader: Any) -> FitOptions:
         """Refuse a model or loader the fit would fail on or get wrong, before fitting: the
-        types, loader inputs of another dtype than the model, a dense ``full`` posterior above
+        types, loader inputs of another dtype than the model, a model with nothing to fit or
+        a last layer that is not a trainable ``nn.Linear``, a dense ``full`` posterior above
         :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode (with a warning when that
-        changes dropout or batch norm)."""
+        changes dropout or batch norm).
+
+        Returns:
+            The options to fit with: these, or for a model that is a bare linear head, with
+            ``last_layer_name`` set (laplace-torch cannot find the last layer of a model
+            with one module).
+        """
         if not isinstance(model, PairwiseRewardModel):
             raise TypeError(
                 f"`model` must be a bt_laplace.PairwiseRewardModel, got "
@@ -226,13 +233,42 @@ class FitOptions:
                 BTLaplaceWarning,
                 stacklevel=3,
             )
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "every parameter of `model` is frozen (requires_grad=False), so the posterior "
+                "would cover nothing; unfreeze those it should cover, e.g. the reward head."
+            )
         model.eval()
         first_x = _first_inputs(train_loader)
         x_dtype = getattr(first_x, "dtype", dtype)
         fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
         check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
+        options = self
+        if self.subset_of_weights == "last_layer":
+            options = self._check_last_layer(model, first_x)
         if self.hessian_structure == "full":
-            self._check_full_memory(model, first_x)
+            options._check_full_memory(model, first_x)
+        return options
+
+    def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
+        given = self.laplace_kwargs.get("last_layer_name")
+        name, layer = _last_layer(model, first_x, given)
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; a last-layer "
+                "posterior needs an nn.Linear reward head. End the model with one, name another "
+                "layer with last_layer_name=..., or use subset_of_weights='all'."
+            )
+        if not any(p.requires_grad for p in layer.parameters()):
+            raise ValueError(
+                f"the last layer of `model`, {name!r}, is frozen (requires_grad=False); a "
+                f"last-layer posterior covers its parameters: {name}.requires_grad_(True), or "
+                "use subset_of_weights='all' for the trainable ones."
+            )
+        leaves = [m for m in model.modules() if not list(m.children())]
+        if given is None and len(leaves) == 1:
+            return replace(self, laplace_kwargs={**self.laplace_kwargs, "last_layer_name": name})
+        return self
 
     def _check_full_memory(self, model: nn.Module, first_x: Any) -> None:
         if self.subset_of_weights == "all":

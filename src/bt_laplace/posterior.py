@@ -39,7 +39,6 @@ from bt_laplace._loader import CheckedPairLoader
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
     mc_preference_probability,
-    pair_difference_moments,
     probit_preference_probability,
 )
 from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
@@ -149,6 +148,8 @@ class RewardPosterior:
         self._lock = threading.RLock()
         self._network: nn.Module = getattr(laplace.model, "model", laplace.model)
         self._weights = _weights_key(self._network)
+        #: shape of one real-valued item the posterior was fitted on (None: not recorded)
+        self.item_shape: tuple[int, ...] | None = None
 
     def _check_weights(self) -> None:
         if _weights_key(self._network) != self._weights:
@@ -193,7 +194,14 @@ class RewardPosterior:
         fix = f"x.to({dtype}), or preference_dataloader(..., dtype=...)"
         check_input_dtype(x, dtype, "`x` has", fix)
 
-    def _items(self, x: Any, name: str = "x") -> torch.Tensor:
+    def _check_item_shape(self, shape: tuple[int, ...], name: str, x: torch.Tensor) -> None:
+        if x.is_floating_point() and self.item_shape is not None and shape != self.item_shape:
+            raise ValueError(
+                f"`{name}` has items of shape {shape}, but the posterior was fitted on items of "
+                f"shape {self.item_shape}; pass items like the training ones."
+            )
+
+    def _items(self, x: Any, name: str = "x", *, check_shape: bool = True) -> torch.Tensor:
         x = _usable(check_tensor(name, x))
         self._check_dtype(x)
         _check_finite_inputs(x, name)
@@ -202,6 +210,8 @@ class RewardPosterior:
                 f"`x` must be items of shape (B, *item), got pairs {tuple(x.shape)}; use "
                 "preference_probability(x) for pairs, or x.flatten(0, 1) to score both items."
             )
+        if check_shape:  # (references are compared with the items instead)
+            self._check_item_shape(tuple(x.shape[1:]), name, x)
         return x.to(self.laplace._device)
 
     def _pairs(self, x: Any) -> torch.Tensor:
@@ -213,6 +223,7 @@ class RewardPosterior:
                 f"`x` must be pairs of shape (B, 2, *item), got {tuple(x.shape)}; stack the "
                 "two items of each pair on dim 1 (torch.stack([x0, x1], dim=1))."
             )
+        self._check_item_shape(tuple(x.shape[2:]), "x", x)
         return x.to(self.laplace._device)
 
     # ------------------------------------------------------------------ queries
@@ -250,11 +261,17 @@ class RewardPosterior:
         self.laplace.model.eval()
         batches = _batches(x, max(1, self.batch_size // 2))
         parts = [self._predictive.pair_moments(xb) for xb in batches]
-        return (
-            torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]),
-            torch.cat([p[2] for p in parts]),
-        )
+        dtype = self.laplace._dtype
+        return tuple(torch.cat([p[k] for p in parts]).to(dtype) for k in range(3))  # type: ignore[return-value]
+
+    @_autograd_query
+    def _difference_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``(B,)`` of ``r(x_1) - r(x_0)``, in float64 on the fast path."""
+        x = self._pairs(x)
+        self.laplace.model.eval()
+        batches = _batches(x, max(1, self.batch_size // 2))
+        parts = [self._predictive.difference_moments(xb) for xb in batches]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def preference_probability(
         self,
@@ -281,14 +298,17 @@ class RewardPosterior:
             Probabilities ``(B,)``.
         """
         link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
-        mean, var, cov = self.pair_moments(x)
-        mean_diff, var_diff = pair_difference_moments(mean, var, cov)
+        if link == "mc":
+            n_samples = check_positive_int("n_samples", n_samples)
+        # the variance of the difference cancels (v0 + v1 - 2 cov): it comes in float64
+        mean_diff, var_diff = self._difference_moments(x)
         if link == "probit":
-            return probit_preference_probability(mean_diff, var_diff)
-        n_samples = check_positive_int("n_samples", n_samples)
-        return mc_preference_probability(
-            mean_diff, var_diff, n_samples=n_samples, generator=generator
-        )
+            p = probit_preference_probability(mean_diff, var_diff)
+        else:
+            p = mc_preference_probability(
+                mean_diff, var_diff, n_samples=n_samples, generator=generator
+            )
+        return p.to(self.laplace._dtype)
 
     @_autograd_query
     def relative_reward(self, x: torch.Tensor, reference: Any = "group") -> RewardPrediction:
@@ -315,7 +335,7 @@ class RewardPosterior:
         if isinstance(reference, str):
             check_choice("reference", reference, ("group",))
         else:
-            ref = self._items(reference, "reference")
+            ref = self._items(reference, "reference", check_shape=False)
             if ref.shape[0] == 0:
                 raise ValueError(
                     "`reference` has no items; pass at least one reference item, or "
@@ -476,11 +496,12 @@ def fit_reward_posterior(
         link_approx=link_approx,
         laplace_kwargs=laplace_kwargs,
     )
-    options.check_model(model, train_loader)
+    options = options.check_model(model, train_loader)
     loader = CheckedPairLoader(train_loader, "train_loader", options.dict_key_y)
     la = options.build_laplace(model)
     _fit(la, loader, progress_bar=progress_bar)
     posterior = RewardPosterior(la, model, batch_size=batch_size)
+    posterior.item_shape = loader.item_shape
     val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
     _set_prior(posterior, options, loader, val, progress_bar=progress_bar)
     return posterior
@@ -571,7 +592,7 @@ def _gridsearch(
             return posterior.validation_nll(val_loader, link_approx=link)
         total, count = 0.0, 0
         for (r0, r1), y in cached:
-            mean_diff, var_diff = pair_difference_moments(*predictive.pair_moments_from(r0, r1))
+            mean_diff, var_diff = predictive.difference_moments_from(r0, r1)
             if link == "probit":
                 p = probit_preference_probability(mean_diff, var_diff)
             else:

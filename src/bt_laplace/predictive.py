@@ -64,10 +64,29 @@ class Predictive:
     def pair_moments_from(
         self, j0: Jacobians, j1: Jacobians
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`pair_moments` from the Jacobians of items 0 and items 1 of the pairs."""
+        """:meth:`pair_moments` from the Jacobians of items 0 and items 1 of the pairs (in
+        float64 on the fast path)."""
+        if isinstance(j0, LayerIO) and isinstance(j1, LayerIO):
+            j0, j1 = _double(j0), _double(j1)
         v0, v1, cov = self.structure.crosses([j0, j1], [(0, 0), (1, 1), (0, 1)])
         var = torch.stack([v0, v1], dim=1).clamp_min(0.0)
         return torch.stack([j0.output, j1.output], dim=1), var, cov
+
+    def difference_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``(B,)`` of ``r(x_1) - r(x_0)`` for pairs ``(B, 2, *item)``."""
+        return self.difference_moments_from(*self.jacobians(x, pairs=True))
+
+    def difference_moments_from(
+        self, j0: Jacobians, j1: Jacobians
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`difference_moments` from the Jacobians of items 0 and items 1. The variance
+        ``v0 + v1 - 2 cov`` cancels when the two items are alike or the prior is weak, so it
+        is computed where it cannot: in float64 on the fast path, from ``J1 - J0`` otherwise."""
+        if isinstance(j0, DenseJacobians) and isinstance(j1, DenseJacobians):
+            d = DenseJacobians(j1.output - j0.output, j1.jac - j0.jac)
+            return d.output, self.structure.cross(d, d).clamp_min(0.0)
+        mean, var, cov = self.pair_moments_from(j0, j1)
+        return mean[:, 1] - mean[:, 0], (var[:, 0] + var[:, 1] - 2 * cov).clamp_min(0.0)
 
     def relative_moments(
         self, xs: list[torch.Tensor], refs: list[torch.Tensor] | None
