@@ -72,6 +72,17 @@ def _check_finite_inputs(x: torch.Tensor, name: str) -> None:
         )
 
 
+def _finite(variance: torch.Tensor) -> torch.Tensor:
+    """Refuse variances that overflowed, rather than return them."""
+    if not bool(torch.isfinite(variance).all()):
+        raise RuntimeError(
+            f"reward variances overflowed {variance.dtype} (largest finite input rows give "
+            "rewards far outside the training range, or the prior precision is tiny); scale "
+            "the inputs like the training ones, or use a float64 model and posterior."
+        )
+    return variance
+
+
 def _batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     return x.split(batch_size) if x.shape[0] > batch_size else (x,)
 
@@ -243,7 +254,7 @@ class RewardPosterior:
             *(self._predictive.item_moments(xb) for xb in _batches(x, self.batch_size)),
             strict=True,
         )
-        return RewardPrediction(torch.cat(means), torch.cat(variances))
+        return RewardPrediction(torch.cat(means), _finite(torch.cat(variances)))
 
     predict = __call__
 
@@ -262,7 +273,8 @@ class RewardPosterior:
         batches = _batches(x, max(1, self.batch_size // 2))
         parts = [self._predictive.pair_moments(xb) for xb in batches]
         dtype = self.laplace._dtype
-        return tuple(torch.cat([p[k] for p in parts]).to(dtype) for k in range(3))  # type: ignore[return-value]
+        mean, var, cov = (torch.cat([p[k] for p in parts]).to(dtype) for k in range(3))
+        return mean, _finite(var), cov
 
     @_autograd_query
     def _difference_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,7 +361,7 @@ class RewardPosterior:
         self.laplace.model.eval()
         refs = None if ref is None else list(_batches(ref, self.batch_size))
         mean, variance = self._predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
-        return RewardPrediction(mean, variance)
+        return RewardPrediction(mean, _finite(variance))
 
     def penalized_reward(
         self, x: torch.Tensor, k: float = 1.0, *, reference: Any = None
