@@ -636,6 +636,7 @@ def result_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
                 _ms(cost_fit, 2),
                 _ms(cost_items, 1),
                 _ms(cost_rel, 1),
+                _ms(get("prior"), 3 if name.startswith("bt all/kron, grid") else 2),
             ]
         )
     return rows
@@ -654,6 +655,7 @@ HEADER = [
     "fit / MAP training",
     "post(x) / forward",
     "relative / forward",
+    "prior precision (mean over tensors)",
 ]
 
 
@@ -772,9 +774,116 @@ def render(doc: dict[str, Any]) -> None:
             )
             parts.append("")
     parts += ["![NLL vs OOD AUROC](real_data.png)", ""]
-    parts += doc.get("notes", [])
+    parts += notes(doc)
     with open(MD_PATH, "w") as f:
         f.write("\n".join(parts) + "\n")
+
+
+def _avg(doc, data: str, method: str, key: str, sub: str | None = None) -> float:
+    vals = []
+    for run in doc["results"][data]:
+        r = run.get(method, {})
+        if key in r:
+            vals.append(r[key][sub] if sub else r[key])
+    return _mean(vals)
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """What the tables say, with the figures read from the JSON."""
+    if set(doc["results"]) != {"movielens", "warriner"} or doc["meta"]["quick"]:
+        return []
+
+    def f(data, method, key, sub=None, digits=3):
+        return f"{_avg(doc, data, method, key, sub):.{digits}f}"
+
+    ml, wa = "movielens", "warriner"
+    ke, kd, de = "bt all/kron, exact evidence", "bt all/kron", "bt all/diag, exact evidence"
+    lt, ll, gs = (
+        "laplace-torch 0.3 all/kron",
+        "bt last_layer/kron (default)",
+        ("bt all/kron, gridsearch (val pairs)"),
+    )
+    mt = "bt all/kron, layerwise, marglik-trained"
+
+    def row(m):
+        return (
+            f"MovieLens NLL {f(ml, m, 'test', 'nll')}, ECE {f(ml, m, 'test', 'ece')}, "
+            f"AUROC {f(ml, m, 'auroc_abs', digits=2)}; Warriner NLL {f(wa, m, 'test', 'nll')}, "
+            f"ECE {f(wa, m, 'test', 'ece')}, AUROC {f(wa, m, 'auroc_abs', digits=2)}"
+        )
+
+    return [
+        "## What the tables say",
+        "",
+        f"- **The current default (last layer) is the MAP model again**: {row(ll)} against "
+        f"MAP's NLL {f(ml, 'MAP', 'test', 'nll')} and {f(wa, 'MAP', 'test', 'nll')}. On "
+        "Warriner, where the 384-d MLP overfits (MAP accuracy 0.57, oracle 0.70), the head's "
+        "posterior cannot undo the overconfidence of the body; its OOD AUROC is "
+        "0.5-0.6: tanh features are bounded, and the uncertainty about the body's weights "
+        "(e.g. those reading the never-seen genre indicators) is not in a head-only posterior.",
+        f"- **Every whole-network posterior beats laplace-torch 0.3's configuration on "
+        f"calibration**, on both datasets ({lt}: {row(lt)}).",
+        f"- **Whole-network kron with the exact-GGN evidence is the best single marglik "
+        f"configuration**: {row(ke)}. Its OOD AUROC is the highest of the marglik rows and "
+        f"at least laplace-torch's on both datasets; its NLL is within 0.006 of the "
+        f"best-calibrated marglik row (diag, exact evidence: {row(de)}), which separates "
+        "OOD movies worse. Cost: the fit and prior took "
+        f"{f(ml, ke, 't_fit', digits=1)} s and {f(wa, ke, 't_fit', digits=1)} s (about 3x a "
+        "30-epoch MAP training at 4,000 pairs; the float64 eigendecomposition of the "
+        "4,000 x 4,000 pair kernel dominates) against 0.05-0.12 s for the kron evidence.",
+        f"- **Why kron with its own evidence is less calibrated than diag here: the prior is "
+        f"too strong.** Its marglik prior is {f(ml, kd, 'prior', digits=1)} (MovieLens) and "
+        f"{f(wa, kd, 'prior', digits=1)} (Warriner) against {f(ml, ke, 'prior', digits=1)} "
+        f"and {f(wa, ke, 'prior', digits=1)} for the exact evidence (block-diagonal "
+        "posteriors drop the covariance between layers and overestimate the prior, "
+        "docs/prior.md); with the exact evidence kron's NLL and ECE drop to diag's level or "
+        "below and its AUROC rises. Temperature 2 (twice the posterior covariance) helps "
+        "for the same reason but is a hand-set knob. A per-layer prior "
+        "(`prior_structure='layerwise'`) is no better, for kron or diag, on either "
+        "dataset: NLL equal or up to 0.006 worse, ECE within 0.006, AUROC equal or "
+        "0.01-0.02 lower.",
+        f"- **Validation pairs beat every evidence**: the gridsearch row ({row(gs)}) is the "
+        f"best on all three on Warriner and on AUROC on MovieLens (NLL tied, ECE 0.006 "
+        f"behind diag with exact evidence), with priors far weaker "
+        f"than any marglik ({f(wa, gs, 'prior', digits=3)} on Warriner, where the MAP is "
+        "far from a posterior mode that a Gaussian prior explains).",
+        "- **Absolute std or std relative to training items: the same ranking for a "
+        "whole-network posterior** (AUROC identical to 0.01 in every all-weights row): the "
+        "offset pairs cannot identify is the output bias and the directions the items share, "
+        "which add nearly the same variance to every item. It matters for the last layer "
+        "(MovieLens 0.60 -> 0.64) and the ensemble (members disagree on the offset), and for "
+        "prompt-conditioned models where each prompt has its own offset (docs/gotchas.md). "
+        "With the reference summarised once (one gradient of the reference's mean reward, "
+        "`v = S g`; then per query `post(x)` plus one Jacobian-vector product) the relative "
+        "std matched `relative_reward` to 1e-13 and cost 5-17x the forward pass (mostly "
+        "5-9x), about what `relative_reward` costs on this MLP (4-13x); the summary makes the "
+        "per-query cost independent of the number of reference items.",
+        f"- **Learning the prior during training (online marglik) is not a default**: on "
+        f"MovieLens it gave the best MAP model and posterior ({row(mt)}), on Warriner the "
+        "learned prior kept rising (20 -> 56-120 by epoch 30) while the 384-d model still "
+        "overfitted, and the posterior was worse than the post-hoc exact-evidence one "
+        f"(NLL {f(wa, mt, 'test', 'nll')} vs {f(wa, ke, 'test', 'nll')}). laplace-torch's own "
+        "`marglik_training` does not run with `likelihood='reward_modeling'`.",
+        "- **Warriner adjectives are not OOD in MiniLM space**: no method separates them "
+        "from unseen nouns and verbs (AUROC 0.47-0.61); the ensemble is at chance. "
+        "OOD-pair calibration still follows the in-distribution ranking.",
+        "- The ensemble costs 4x more training, is better calibrated than MAP but has a "
+        "higher ECE than every whole-network posterior, and its std separates OOD items no "
+        "better than the last-layer posterior.",
+        "",
+    ]
+
+
+def _marker(method: str) -> str:
+    if "last_layer" in method:
+        return "v"
+    if "diag" in method:
+        return "s"
+    if "laplace-torch" in method:
+        return "P"
+    if "ensemble" in method:
+        return "*"
+    return "o"
 
 
 def plot(doc: dict[str, Any]) -> None:
@@ -784,30 +893,33 @@ def plot(doc: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     names = list(doc["results"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 5.4))
+    every = list(dict.fromkeys(k for runs in doc["results"].values() for run in runs for k in run))
+    cmap = plt.get_cmap("tab20")
+    color = {m: cmap(c % 20) for c, m in enumerate(every)}
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 5.6))
     for ax, name in zip(np.atleast_1d(axes), names, strict=True):
         runs = doc["results"][name]
         methods = list(dict.fromkeys(k for run in runs for k in run))
-        cmap = plt.get_cmap("tab20")
-        for c, meth in enumerate(methods):
+        for meth in methods:
             rs = [run[meth] for run in runs if meth in run]
             nll = _mean([r["test"]["nll"] for r in rs])
-            for key, marker, fill in (("auroc_abs", "o", True), ("auroc_rel", "D", False)):
-                au = _mean([r.get(key) for r in rs])
-                if au != au:
-                    continue
-                ax.plot(
-                    au, nll, marker=marker, ms=8, ls="none", color=cmap(c % 20),
-                    mfc=cmap(c % 20) if fill else "none",
-                    label=meth if key == "auroc_abs" else None,
-                )  # fmt: skip
+            col, mk = color[meth], _marker(meth)
             if "auroc_abs" not in rs[0]:
-                ax.axhline(nll, color=cmap(c % 20), ls=":", lw=1, label=meth)
+                ax.axhline(nll, color=col, ls=":", lw=1.2, label=meth)
+                continue
+            for key, fill in (("auroc_abs", True), ("auroc_rel", False)):
+                au = _mean([r.get(key) for r in rs])
+                if au == au:
+                    ax.plot(
+                        au, nll, marker=mk, ms=9, ls="none", color=col,
+                        mfc=col if fill else "none", label=meth if fill else None,
+                    )  # fmt: skip
         ax.axvline(0.5, color="0.7", lw=0.8)
+        ax.set_yscale("log")
         ax.set_xlabel("OOD AUROC of the reward std (filled: absolute, hollow: relative)")
-        ax.set_ylabel("test-pair NLL (lower is better)")
+        ax.set_ylabel("test-pair NLL (log scale, lower is better)")
         ax.set_title(f"{name} (mean of {len(runs)} seeds)")
-        ax.legend(fontsize=6.5, loc="best")
+        ax.legend(fontsize=6.5, loc="upper left", ncol=1)
     fig.tight_layout()
     fig.savefig(PNG_PATH, dpi=120)
     plt.close(fig)
