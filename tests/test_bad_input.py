@@ -63,7 +63,13 @@ def test_huge_inputs_raise_instead_of_exiting(pairs):
         btl.fit_reward_posterior(model, _loader((x * 1e20).float(), y), subset_of_weights="all")
     # last layer: every pair saturates, the curvature is zero and the fit legitimately gives
     # the prior; queries at such inputs overflow float32 and say so instead of returning inf
-    post = btl.fit_reward_posterior(model, _loader((x * 1e20).float(), y))
+    with pytest.raises(ValueError, match="the exact GGN is zero .* set prior_precision"):
+        btl.fit_reward_posterior(
+            model, _loader((x * 1e20).float(), y), subset_of_weights="last_layer"
+        )
+    post = btl.fit_reward_posterior(
+        model, _loader((x * 1e20).float(), y), subset_of_weights="last_layer", prior_precision=1.0
+    )
     with pytest.raises(RuntimeError, match="variances overflowed torch.float32"):
         post(torch.randn(3, D_IN) * 1e20)
 
@@ -319,11 +325,11 @@ class _ConvHead(nn.Module):
 def test_last_layer_problems_are_named(pair_loader):
     conv = btl.PairwiseRewardModel(_ConvHead().double()).eval()
     with pytest.raises(ValueError, match=r"'net.conv', is a Conv1d; .*nn.Linear reward head"):
-        btl.fit_reward_posterior(conv, pair_loader)
+        btl.fit_reward_posterior(conv, pair_loader, subset_of_weights="last_layer")
     frozen = _model()
     frozen.net[4].requires_grad_(False)
     with pytest.raises(ValueError, match=r"'net.4', is frozen.*requires_grad_\(True\)"):
-        btl.fit_reward_posterior(frozen, pair_loader)
+        btl.fit_reward_posterior(frozen, pair_loader, subset_of_weights="last_layer")
     with pytest.raises(ValueError, match=r"`last_layer_name`='net.9' is not a module"):
         btl.fit_reward_posterior(_model(), pair_loader, last_layer_name="net.9")
     nothing = _model().requires_grad_(False)

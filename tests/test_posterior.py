@@ -14,8 +14,10 @@ import bt_laplace as btl
 from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 
 
-def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
-    post = btl.fit_reward_posterior(reward_model, pair_loader)
+def test_last_layer_kron_with_marglik(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="last_layer", evidence="posterior"
+    )
     assert isinstance(post, btl.RewardPosterior)
     assert isinstance(post.laplace, PairKronLLLaplace)
     assert isinstance(post.laplace.backend, BradleyTerryGGN)
@@ -27,6 +29,35 @@ def test_defaults_are_last_layer_kron_with_marglik(reward_model, pair_loader):
         post.laplace.prior_precision = prior * factor
         assert post.log_marginal_likelihood() < lml
     post.laplace.prior_precision = prior
+
+
+def test_default_is_all_weights_kron_with_the_exact_evidence_for_an_mlp(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader)
+    assert isinstance(post.laplace, PairKronLaplace)
+    exact = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", evidence="exact"
+    )
+    assert torch.equal(post.prior_precision, exact.prior_precision)
+
+
+def test_default_takes_the_last_layer_when_not_every_weight_is_linear(pair_loader):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D_IN, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 1))
+    post = btl.fit_reward_posterior(btl.PairwiseRewardModel(net.double()).eval(), pair_loader)
+    assert isinstance(post.laplace, PairKronLLLaplace)
+    net[1].requires_grad_(False)  # frozen: every trainable weight is linear again
+    post = btl.fit_reward_posterior(btl.PairwiseRewardModel(net.double()).eval(), pair_loader)
+    assert isinstance(post.laplace, PairKronLaplace)
+
+
+def test_default_prior_is_the_grid_search_when_validation_pairs_are_given(
+    reward_model, pair_loader
+):
+    auto = btl.fit_reward_posterior(reward_model, pair_loader, val_loader=pair_loader)
+    grid = btl.fit_reward_posterior(
+        reward_model, pair_loader, prior_precision="gridsearch", val_loader=pair_loader
+    )
+    assert torch.equal(auto.prior_precision, grid.prior_precision)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +181,11 @@ def test_fit_errors_name_the_argument(reward_model, pair_loader):
 def test_val_loader_with_marglik_warns(reward_model, pair_loader):
     with pytest.warns(btl.BTLaplaceWarning, match="`val_loader` is only used"):
         btl.fit_reward_posterior(
-            reward_model, pair_loader, hessian_structure="diag", val_loader=pair_loader
+            reward_model,
+            pair_loader,
+            hessian_structure="diag",
+            prior_precision="marglik",
+            val_loader=pair_loader,
         )
 
 
@@ -259,7 +294,7 @@ def test_training_mode_with_dropout_warns_and_switches_to_eval(pair_loader):
 @pytest.mark.parametrize(
     "kwargs, bars",
     [
-        ({"prior_precision": "marglik"}, ["Optimizing marglik"]),
+        ({"prior_precision": "marglik", "evidence": "posterior"}, ["Optimizing marglik"]),
         ({"prior_precision": "marglik", "evidence": "exact"}, ["Exact evidence"]),
         ({"prior_precision": "gridsearch", "grid_size": 5}, ["Grid search"]),
     ],

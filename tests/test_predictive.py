@@ -166,7 +166,9 @@ def test_preference_probability_matches_joint_monte_carlo(
 
 
 def test_posterior_parameters_for_last_layer_are_the_head(reward_model, pair_loader):
-    post = btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag")
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="last_layer", hessian_structure="diag"
+    )
     params = posterior_parameters(post.laplace)
     assert [tuple(p.shape) for p in params] == [(1, 7), (1,)]
 

@@ -57,10 +57,16 @@ __all__ = [
     "FULL_MEMORY_LIMIT",
 ]
 
-SUBSETS = ("all", "last_layer")
+SUBSETS = ("auto", "all", "last_layer")
 HESSIAN_STRUCTURES = tuple(STRUCTURES)
-PRIOR_METHODS = ("marglik", "gridsearch")
-EVIDENCES = ("posterior", "exact")
+PRIOR_METHODS = ("auto", "marglik", "gridsearch")
+EVIDENCES = ("auto", "posterior", "exact")
+#: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters
+AUTO_ALL_WEIGHTS_LIMIT = 1_000_000
+#: ``evidence="auto"`` takes the exact evidence up to this many floating-point operations
+#: (about 5 s on 2 cores): up to ~4,600 pairs for an all-weights MLP, ~600,000 pairs for a
+#: 385-parameter last layer
+AUTO_EXACT_EVIDENCE_FLOPS = 1e11
 LINK_APPROXIMATIONS = ("probit", "mc")
 #: optimizer settings each way of setting the prior takes, by (method, evidence)
 PRIOR_SETTINGS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -115,6 +121,12 @@ class FitOptions:
     prior_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def pair_backend(self) -> bool:
+        """Whether the curvature comes from bt_laplace's exact pair backend."""
+        backend = self.laplace_kwargs.get("backend", BradleyTerryGGN)
+        return isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
+
+    @property
     def dict_key_y(self) -> str:
         """Label key of dict batches (laplace-torch's ``dict_key_y``)."""
         return str(self.laplace_kwargs.get("dict_key_y", "labels"))
@@ -143,6 +155,8 @@ class FitOptions:
         value: float | None = None
         if isinstance(prior_precision, str):
             method = check_choice("prior_precision", prior_precision, PRIOR_METHODS)
+            if method == "auto":
+                method = "marglik" if val_loader is None else "gridsearch"
             if method == "gridsearch" and val_loader is None:
                 raise ValueError(
                     "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of "
@@ -160,6 +174,8 @@ class FitOptions:
         else:
             method, value = "fixed", float(prior_precision)
         evidence = check_choice("evidence", evidence, EVIDENCES)
+        if evidence == "auto" and method != "marglik":
+            evidence = "posterior"  # the evidence is only used by marglik
         if evidence == "exact" and method != "marglik":
             raise ValueError(
                 f"`evidence='exact'` chooses the evidence that prior_precision='marglik' "
@@ -177,8 +193,16 @@ class FitOptions:
         if "likelihood" in laplace_kwargs:
             raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
         prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
-        _check_prior_kwargs(method, evidence, prior_kwargs)
-        _check_prior_structure(subset, structure, prior_kwargs.get("prior_structure", "scalar"))
+        if evidence == "auto" and any(
+            k != "prior_structure" or v != "scalar" for k, v in prior_kwargs.items()
+        ):
+            evidence = "posterior"  # optimizer settings or a vector prior: laplace-torch's way
+        _check_prior_kwargs(method, "posterior" if evidence == "auto" else evidence, prior_kwargs)
+        if subset == "auto" and "last_layer_name" in laplace_kwargs:
+            subset = "last_layer"
+        if subset != "auto":
+            prior_structure = prior_kwargs.get("prior_structure", "scalar")
+            _check_prior_structure(subset, structure, prior_structure)
         laplace_kwargs.setdefault("backend", BradleyTerryGGN)
         return cls(subset, structure, method, value, evidence, link, laplace_kwargs, prior_kwargs)
 
@@ -244,11 +268,34 @@ class FitOptions:
         fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
         check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
         options = self
-        if self.subset_of_weights == "last_layer":
-            options = self._check_last_layer(model, first_x)
-        if self.hessian_structure == "full":
+        if self.subset_of_weights == "auto":
+            options = replace(self, subset_of_weights=_auto_subset(model, first_x, self))
+            prior_structure = self.prior_kwargs.get("prior_structure", "scalar")
+            _check_prior_structure(
+                options.subset_of_weights, self.hessian_structure, prior_structure
+            )
+        if options.subset_of_weights == "last_layer":
+            options = options._check_last_layer(model, first_x)
+        if options.hessian_structure == "full":
             options._check_full_memory(model, first_x)
         return options
+
+    def resolve_evidence(self, laplace: Any) -> str:
+        """``evidence="auto"`` once the fit has counted the pairs: ``"exact"`` when its
+        estimated cost is at most :data:`AUTO_EXACT_EVIDENCE_FLOPS`, else ``"posterior"``."""
+        if self.evidence != "auto":
+            return self.evidence
+        if not self.pair_backend:  # another backend: laplace-torch's procedure, as it does
+            return "posterior"
+        n, p = int(laplace.n_data), int(laplace.n_params)
+        if p <= n:  # P x P GGN from N rows, then its eigendecomposition
+            flops = n * p * p + p**3
+        else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
+            from bt_laplace._layer_io import posterior_parameters
+
+            widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+            flops = n * n * widths + n**3
+        return "exact" if flops <= AUTO_EXACT_EVIDENCE_FLOPS else "posterior"
 
     def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
         given = self.laplace_kwargs.get("last_layer_name")
@@ -290,9 +337,7 @@ class FitOptions:
     # ------------------------------------------------------------------ build
     def build_laplace(self, model: nn.Module) -> Any:
         """The unfitted laplace-torch posterior for these options."""
-        backend = self.laplace_kwargs["backend"]
-        pair_backend = isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
-        cls = self.structure.laplace_class(self.subset_of_weights, pair_backend)
+        cls = self.structure.laplace_class(self.subset_of_weights, self.pair_backend)
         if cls is None:
             return Laplace(
                 model,
@@ -302,6 +347,28 @@ class FitOptions:
                 **self.laplace_kwargs,
             )
         return cls(model, "reward_modeling", **self.laplace_kwargs)
+
+
+def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
+    """``subset_of_weights="auto"``: all weights when every trainable parameter sits in an
+    ``nn.Linear`` on the fast path (one call per forward) and there are at most
+    :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
+    :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
+    posterior is the one that improves calibration and tells unfamiliar items apart
+    (docs/real_data.md); a last layer on learned features barely moves the MAP model."""
+    from bt_laplace._layer_io import LayerIORecorder
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (
+        options.hessian_structure == "full" and n * n * params[0].element_size() > FULL_MEMORY_LIMIT
+    )
+    if too_big or not options.pair_backend:
+        return "last_layer"
+    recorder = LayerIORecorder(model, params)
+    x = first_x[:1] if isinstance(first_x, torch.Tensor) else first_x
+    fits = recorder.try_run(lambda: model(x)) is not None
+    return "all" if fits else "last_layer"
 
 
 def _first_inputs(loader: Iterable[Any]) -> Any:
