@@ -194,12 +194,13 @@ class BradleyTerryGGN(CurvatureInterface):
         """Forget stored pair factors (called at the start of a fit)."""
         self._kron_store = PairKronFactors(self.layer_io, self.kron_iterations)
 
-    def finish_kron(self) -> Kron:
-        """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout."""
+    def finish_kron(self, reduce: Any = None) -> Kron:
+        """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout
+        (``reduce``: sums over processes, see :class:`PairKronFactors`)."""
         stored, self._kron_store = self._kron_store, None
         if stored is None:
             raise RuntimeError("no pairs were stored; call kron() on the batches first.")
-        return stored.finish()
+        return stored.finish(reduce)
 
 
 class _ZeroKron(Kron):

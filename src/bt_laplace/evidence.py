@@ -35,6 +35,7 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
+from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import is_sequence, pair_split
 from bt_laplace.curvature import BradleyTerryGGN
 
@@ -88,6 +89,7 @@ def exact_ggn_eigenvalues(
     *,
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
     progress_bar: bool = False,
+    processes: Processes | None = None,
 ) -> torch.Tensor:
     """Eigenvalues of the exact tempered Bradley-Terry GGN ``H / T`` over the posterior parameters.
 
@@ -102,13 +104,16 @@ def exact_ggn_eigenvalues(
         train_loader: The pairs the posterior was fit on.
         memory_limit: Largest dense matrix to build, in bytes.
         progress_bar: Show a tqdm bar over the batches.
+        processes: The process group the pairs are split over (their sums are summed, their
+            layer I/O gathered), or None for one process.
 
     Raises:
         ValueError: If the ``min(N, P)``-square matrix exceeds ``memory_limit``, or if the
             pair kernel is needed for a model outside the fast path and the ``N x P``
             Jacobian would exceed it.
     """
-    n_pairs = len(train_loader.dataset)  # type: ignore[attr-defined]
+    processes = processes or Processes(enabled=False)
+    n_pairs = int(laplace.n_data)  # over every process
     n_params = int(laplace.n_params)
     fix = (
         "use evidence='posterior' (the fitted structure's own evidence), fewer pairs, or "
@@ -126,11 +131,13 @@ def exact_ggn_eigenvalues(
             _, h = backend.full(_to(x, device), y.to(device))
             ggn += h.to(torch.float64)
             seen += len(y)
-        _check_count(seen, n_pairs)
-        mat = ggn
+        _check_count(int(processes.sum_number(seen)), n_pairs)
+        mat = processes.sum(ggn)
     else:  # the N x N pair kernel
         _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
-        mat = _pair_kernel(backend, batches, laplace, n_pairs, n_params, memory_limit, fix)
+        mat = _pair_kernel(
+            backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
+        )
     eigs = torch.linalg.eigvalsh(mat.cpu())
     return (eigs * float(laplace._H_factor)).clamp_min(0.0)
 
@@ -143,8 +150,10 @@ def _pair_kernel(
     n_params: int,
     memory_limit: int,
     fix: str,
+    processes: Processes,
 ) -> torch.Tensor:
-    """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64, from taps or per-pair Jacobians."""
+    """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64, from layer I/O or per-pair
+    Jacobians (of the pairs of every process, gathered in rank order)."""
     device = laplace._device
     acts: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
     grads: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
@@ -173,9 +182,9 @@ def _pair_kernel(
         for i in range(len(backend.layer_io.layers)):
             acts[i].append(result.acts[i].to(torch.float64))
             grads[i].append(result.grads[i].to(torch.float64) * per_item)
-    _check_count(seen, n_pairs)
-    if rows:
-        phi = torch.cat(rows)
+    _check_count(int(processes.sum_number(seen)), n_pairs)
+    if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
+        phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
     kernel = torch.zeros(n_pairs, n_pairs, dtype=torch.float64, device=device)
     step = max(1, _KERNEL_BLOCK // n_pairs)
@@ -183,8 +192,8 @@ def _pair_kernel(
     for slot in backend.layer_io.slots:
         layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
     for layer, kinds in layer_kinds.items():
-        g0, g1 = pair_split(torch.cat(grads[layer]))
-        a0, a1 = pair_split(torch.cat(acts[layer]))
+        g0, g1 = pair_split(processes.gather_rows(torch.cat(grads[layer])))
+        a0, a1 = pair_split(processes.gather_rows(torch.cat(acts[layer])))
         for start in range(0, n_pairs, step):
             r = slice(start, start + step)
             if "weight" in kinds:  # (g_i . g_j')(a_i . a_j') summed with signs over i, j in {0,1}
@@ -203,9 +212,9 @@ def _pair_kernel(
 def _check_count(seen: int, n_pairs: int) -> None:
     if seen != n_pairs:
         raise ValueError(
-            f"`train_loader` yielded {seen} pairs but its dataset has {n_pairs}; the exact "
-            "evidence needs every training pair once (drop_last=False, no sampler that "
-            "repeats or skips)."
+            f"`train_loader` yielded {seen} pairs but its dataset has {n_pairs} (the pairs the "
+            "posterior was fitted on); the exact evidence needs every training pair once "
+            "(drop_last=False, no sampler that repeats or skips)."
         )
 
 

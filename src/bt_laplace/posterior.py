@@ -34,6 +34,7 @@ from bt_laplace._checks import (
     check_tensor,
     progress,
 )
+from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import LayerIO
 from bt_laplace._loader import CheckedPairLoader
 from bt_laplace.bradley_terry import (
@@ -424,14 +425,18 @@ class RewardPosterior:
 
     def validation_nll(self, loader: Iterable[Any], *, link_approx: str = "probit") -> float:
         """Mean negative log likelihood of the labels of a loader of pairs ``(x, y)``."""
+        total, count = self._nll_sum(loader, link_approx)
+        if count == 0:
+            raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
+        return total / count
+
+    def _nll_sum(self, loader: Iterable[Any], link_approx: str) -> tuple[float, int]:
         total, count = 0.0, 0
         for x, y in loader:
             p = self.preference_probability(x, link_approx=link_approx)
             total += float(bradley_terry_nll(p, y.to(p.device))) * len(y)
             count += len(y)
-        if count == 0:
-            raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
-        return total / count
+        return total, count
 
 
 def fit_reward_posterior(
@@ -446,6 +451,7 @@ def fit_reward_posterior(
     link_approx: str = "probit",
     progress_bar: bool = False,
     batch_size: int = 4096,
+    distributed: bool = True,
     **laplace_kwargs: Any,
 ) -> RewardPosterior:
     """Fit a Laplace posterior to a trained Bradley-Terry reward model.
@@ -484,6 +490,12 @@ def fit_reward_posterior(
         link_approx: Pair probability used to score the grid search.
         progress_bar: Show tqdm progress bars over the fit and the prior optimization.
         batch_size: Items per forward pass at prediction time.
+        distributed: When a ``torch.distributed`` default process group is initialized
+            (torchrun, ``accelerate launch``, DDP), each rank passes its own shard of the
+            pairs and the curvature, loss, pair count, exact evidence and grid-search NLL are
+            summed across ranks, so every rank ends with the posterior of all the pairs
+            (the Kronecker factors sum inside each alternating step). ``False``: each rank
+            fits its own data.
         **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
             (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
             (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are
@@ -519,19 +531,35 @@ def fit_reward_posterior(
         laplace_kwargs=laplace_kwargs,
     )
     options = options.check_model(model, train_loader)
+    processes = Processes(distributed)
+    if processes.active and not options.pair_backend:
+        raise NotImplementedError(
+            "fitting across processes sums bt_laplace's pair curvature; with another "
+            "`backend` each rank would fit its own shard. Use the default backend, or pass "
+            "distributed=False to fit each rank on its own data."
+        )
     loader = CheckedPairLoader(train_loader, "train_loader", options.dict_key_y)
     la = options.build_laplace(model)
-    _fit(la, loader, progress_bar=progress_bar)
+    _fit(la, loader, options, processes, progress_bar=progress_bar)
     posterior = RewardPosterior(la, model, batch_size=batch_size)
     posterior.item_shape = loader.item_shape
     val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
-    _set_prior(posterior, options, loader, val, progress_bar=progress_bar)
+    _set_prior(posterior, options, loader, val, processes=processes, progress_bar=progress_bar)
     return posterior
 
 
-def _fit(la: Any, loader: CheckedPairLoader, *, progress_bar: bool) -> None:
-    """laplace-torch's ``fit`` on checked batches; the pair count is what passed, and a
-    failure that laplace-torch turns into ``exit()`` becomes an error."""
+def _fit(
+    la: Any,
+    loader: CheckedPairLoader,
+    options: FitOptions,
+    processes: Processes,
+    *,
+    progress_bar: bool,
+) -> None:
+    """laplace-torch's ``fit`` on checked batches; the pair count is what passed (on every
+    rank, summed), and a failure that laplace-torch turns into ``exit()`` becomes an error."""
+    if processes.active:  # kron sums inside its alternating steps
+        la._sum_across_processes = processes.sum
     try:
         la.fit(loader, progress_bar=progress_bar)
     except SystemExit:
@@ -541,7 +569,10 @@ def _fit(la: Any, loader: CheckedPairLoader, *, progress_bar: bool) -> None:
             "Check the model's weights and the inputs for NaN, infinite or huge values, and fit "
             "in float32 or float64."
         ) from None
-    la.n_data = loader.n_pairs
+    la.n_data = int(processes.sum_number(loader.n_pairs))
+    if processes.active:
+        options.structure.sum_across_processes(la, processes.sum)
+        la.loss = processes.sum(torch.as_tensor(la.loss, dtype=torch.float64)).to(la._dtype)
 
 
 def _set_prior(
@@ -550,6 +581,7 @@ def _set_prior(
     train_loader: CheckedPairLoader,
     val_loader: CheckedPairLoader | None,
     *,
+    processes: Processes,
     progress_bar: bool,
 ) -> None:
     """Set the prior precision of a fitted posterior as ``options`` say."""
@@ -558,7 +590,9 @@ def _set_prior(
         assert options.prior_value is not None
         la.prior_precision = options.prior_value
     elif options.prior_method == "marglik" and options.resolve_evidence(la) == "exact":
-        eigenvalues = exact_ggn_eigenvalues(la, train_loader, progress_bar=progress_bar)
+        eigenvalues = exact_ggn_eigenvalues(
+            la, train_loader, progress_bar=progress_bar, processes=processes
+        )
         theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
         la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
     elif options.prior_method == "marglik":
@@ -571,6 +605,7 @@ def _set_prior(
         _gridsearch(
             posterior,
             val_loader,
+            processes=processes,
             link_approx=options.link_approx,
             progress_bar=progress_bar,
             **options.prior_kwargs,
@@ -581,6 +616,7 @@ def _gridsearch(
     posterior: RewardPosterior,
     val_loader: Iterable[Any],
     *,
+    processes: Processes,
     link_approx: str,
     progress_bar: bool,
     log_prior_prec_min: float = -4,
@@ -611,7 +647,8 @@ def _gridsearch(
 
     def score() -> float:
         if cached is None:
-            return posterior.validation_nll(val_loader, link_approx=link)
+            total, count = posterior._nll_sum(val_loader, link)
+            return processes.sum_number(total) / processes.sum_number(count)
         total, count = 0.0, 0
         for (r0, r1), y in cached:
             mean_diff, var_diff = predictive.difference_moments_from(r0, r1)
@@ -622,7 +659,7 @@ def _gridsearch(
                 p = mc_preference_probability(mean_diff, var_diff, generator=g)
             total += float(bradley_terry_nll(p, y.to(p.device))) * len(y)
             count += len(y)
-        return total / count
+        return processes.sum_number(total) / processes.sum_number(count)
 
     grid = torch.logspace(
         log_prior_prec_min, log_prior_prec_max, grid_size, base=log_prior_prec_base

@@ -33,6 +33,7 @@ implements, for layer I/O:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -120,6 +121,12 @@ class PosteriorStructure(ABC):
     def curvature_eigenvalues(laplace: Any) -> list[torch.Tensor] | None:
         """Eigenvalues of the tempered curvature ``H / T``, one tensor per parameter tensor,
         or None when they do not separate that way."""
+
+    @staticmethod
+    def sum_across_processes(laplace: Any, sum_: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the fitted curvature, a sum over each process's pairs, by its sum over
+        processes (``sum_`` all-reduces a tensor)."""
+        laplace.H = sum_(laplace.H)
 
     @staticmethod
     @abstractmethod

@@ -26,6 +26,7 @@ Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -79,6 +80,11 @@ class KronStructure(EigenbasisStructure):
         return groups
 
     @staticmethod
+    def sum_across_processes(laplace: Any, sum_: Reduce) -> None:
+        """Nothing left to sum: the factors were summed over processes while they were
+        found (each alternating step sums over all pairs)."""
+
+    @staticmethod
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
         kfacs = laplace.H_facs.kfacs
         return {f"H_facs.{i}.{j}": f for i, fs in enumerate(kfacs) for j, f in enumerate(fs)}
@@ -129,18 +135,20 @@ class PairKronFactors:
         """Keep the layer I/O of a batch of ``2B`` items and its pair weights ``(B,)``."""
         self.batches.append((result, weight))
 
-    def finish(self) -> Kron:
+    def finish(self, reduce: Reduce | None = None) -> Kron:
         """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout: per
         weight the nearest Kronecker product ``[G (out, out), A (in, in)]``, per bias its exact
-        dense block ``[(out, out)]``."""
+        dense block ``[(out, out)]``. ``reduce`` sums a tensor over processes (each sum over
+        pairs passes through it, so every rank gets the factors of all ranks' pairs)."""
+        reduce = reduce or _identity
         weights = [w for _, w in self.batches]
         kfacs: list[Any] = []
         for slot in self.recorder.slots:
             g = [pair_split(r.grads[slot.layer]) for r, _ in self.batches]
             if slot.kind == "bias":
                 d = [bias_jacobian(g1) - bias_jacobian(g0) for g0, g1 in g]
-                block = sum((di * w[:, None]).T @ di for di, w in zip(d, weights, strict=True))
-                kfacs.append([block])
+                blocks = [(di * w[:, None]).T @ di for di, w in zip(d, weights, strict=True)]
+                kfacs.append([reduce(torch.stack(blocks).sum(0))])
                 continue
             a = [pair_split(r.acts[slot.layer]) for r, _ in self.batches]
             g_fac, a_fac = nearest_kronecker_factors(
@@ -150,12 +158,19 @@ class PairKronFactors:
                 [x[1] for x in a],
                 weights,
                 iterations=self.iterations,
+                reduce=reduce,
             )
             kfacs.append([g_fac, a_fac])
         return Kron(kfacs)
 
 
 Chunks = list[torch.Tensor]
+#: sums a tensor over processes (the identity in one process)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _pair_step(
@@ -196,6 +211,7 @@ def nearest_kronecker_factors(
     weight: torch.Tensor | Chunks,
     *,
     iterations: int = 2,
+    reduce: Reduce | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest Kronecker product ``G (out, out) x A (in, in)`` to a pair GGN block.
 
@@ -226,6 +242,8 @@ def nearest_kronecker_factors(
         weight: Pair weights ``p (1 - p)`` ``(B,)`` (or chunks).
         iterations: Alternating half-steps from ``A = I``, output factor first; each costs
             one pass over the stored factors. 1 keeps ``A = I`` (a poor factor); use 2 or more.
+        reduce: Sums each half-step's sum over pairs across processes (pairs split over
+            ranks); None for one process.
 
     Returns:
         ``(G, A)`` with ``G x A`` the nearest Kronecker product to ``H`` in Frobenius norm.
@@ -238,6 +256,7 @@ def nearest_kronecker_factors(
         >>> torch.allclose(torch.kron(G, A), ((a1 - a0) * w[:, None]).T @ (a1 - a0))
         True
     """
+    reduce = reduce or _identity
     g0, g1, a0, a1, weight = (_chunks(t) for t in (g0, g1, a0, a1, weight))
     n_out, n_in = g0[0].shape[-1], a0[0].shape[-1]
     if n_out == 1 or n_in == 1:  # the block is a Kronecker product: exact
@@ -246,7 +265,7 @@ def nearest_kronecker_factors(
             for g0_, g1_, a0_, a1_ in zip(g0, g1, a0, a1, strict=True)
         ]
         block = torch.stack([(d * w[:, None]).T @ d for d, w in zip(diffs, weight, strict=True)])
-        block = block.sum(0)
+        block = reduce(block.sum(0))
         one = torch.ones(1, 1, dtype=block.dtype, device=block.device)
         return (one, block) if n_out == 1 else (block, one)
     # start: A = I. The first half-step gives the output factor optimal for it, which already
@@ -262,14 +281,14 @@ def nearest_kronecker_factors(
                 break
             a_fac = a_fac / a_fac.norm()
             if step == 0:  # A = I / sqrt(in): no products with A
-                g_fac = _pair_step(None, a0, a1, g0, g1, weight) / n_in**0.5
+                g_fac = reduce(_pair_step(None, a0, a1, g0, g1, weight)) / n_in**0.5
             else:
-                g_fac = _pair_step(a_fac, a0, a1, g0, g1, weight)
+                g_fac = reduce(_pair_step(a_fac, a0, a1, g0, g1, weight))
         else:
             if g_fac.norm() == 0:
                 break
             g_fac = g_fac / g_fac.norm()
-            a_fac = _pair_step(g_fac, g0, g1, a0, a1, weight)
+            a_fac = reduce(_pair_step(g_fac, g0, g1, a0, a1, weight))
     return g_fac, a_fac
 
 
@@ -292,7 +311,8 @@ class _PairKronFit:
         if getattr(self, "_backend", None) is not None:  # last layer: built during fit
             self.backend.reset_kron()
         super().fit(train_loader, override=True, progress_bar=progress_bar)  # type: ignore[misc]
-        self.H_facs = self.backend.finish_kron()
+        # bt_laplace's fit sets _sum_across_processes when the pairs are split over ranks
+        self.H_facs = self.backend.finish_kron(reduce=getattr(self, "_sum_across_processes", None))
         self.H = self.H_facs.decompose(damping=self.damping)
 
 
