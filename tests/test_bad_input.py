@@ -335,3 +335,31 @@ def test_last_layer_problems_are_named(pair_loader):
     nothing = _model().requires_grad_(False)
     with pytest.raises(ValueError, match="every parameter of `model` is frozen"):
         btl.fit_reward_posterior(nothing, pair_loader, subset_of_weights="all")
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_samples_are_drawn_in_bounded_chunks(reward_model, pair_loader, monkeypatch, hessian):
+    """At most SAMPLE_CHUNK parameter draws are held at once; the joint samples still have
+    the posterior's moments and repeat with the same generator."""
+    from bt_laplace.structures import base
+
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure=hessian
+    )
+    monkeypatch.setattr(base, "SAMPLE_CHUNK", 500 * post.laplace.n_params)
+    drawn = []
+    sample = post.laplace.sample
+
+    def spy(n, generator=None):
+        drawn.append(n)
+        return sample(n, generator=generator)
+
+    monkeypatch.setattr(post.laplace, "sample", spy)
+    q = torch.randn(4, D_IN, dtype=torch.float64)
+    s = post.sample(q, 4000, generator=torch.Generator().manual_seed(1))
+    assert max(drawn) == 500 and sum(drawn) == 4000 and s.shape == (4000, 4)
+    mean, var = post(q)  # 5 Monte Carlo standard errors
+    torch.testing.assert_close(s.mean(0), mean, rtol=0, atol=5 * float(var.max().sqrt()) / 63)
+    torch.testing.assert_close(s.var(0), var, rtol=5 * (2 / 4000) ** 0.5, atol=0)
+    again = post.sample(q, 4000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s, again)

@@ -296,3 +296,31 @@ def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
     )
     want = ((jac @ sigma) * jac).sum(1)
     torch.testing.assert_close(post(items).variance, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_kron_recomputing_the_pair_factors_equals_keeping_them(reward_model, pair_loader, subset):
+    """Past kron_store_limit the fit keeps nothing per pair and recomputes the factors with
+    one more pass per half-step: the same sums in the same order, so the same factors."""
+    kept = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights=subset, prior_precision=1.0
+    )
+    recomputed = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        prior_precision=1.0,
+        backend_kwargs={"kron_store_limit": 0, "kron_iterations": 4},
+    )
+    four = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights=subset,
+        prior_precision=1.0,
+        backend_kwargs={"kron_iterations": 4},
+    )
+    for a, b in zip(four.laplace.H_facs.kfacs, recomputed.laplace.H_facs.kfacs, strict=True):
+        for fa, fb in zip(a, b, strict=True):
+            torch.testing.assert_close(fa, fb, rtol=1e-12, atol=0)
+    if subset == "all":  # hidden layers are not Kronecker products: more half-steps move them
+        assert not torch.equal(kept.laplace.H_facs.kfacs[0][1], four.laplace.H_facs.kfacs[0][1])

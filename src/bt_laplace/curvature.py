@@ -61,6 +61,10 @@ class BradleyTerryGGN(CurvatureInterface):
         kron_iterations: Alternating half-steps of the nearest Kronecker product from
             ``A = I``. Two are within 0.01-0.25% of the nearest-Kronecker floor on the
             accuracy MLPs (docs/accuracy.md). Set it through ``backend_kwargs``.
+        kron_store_limit: Bytes of per-pair factors the ``kron`` fit keeps (default 1 GiB,
+            about 90,000 pairs for all weights of a 32-256-256-1 MLP); past it, each
+            alternating half-step recomputes them with one more pass over the pairs, so
+            memory does not grow with the pairs. Set it through ``backend_kwargs``.
 
     Example:
         >>> import torch
@@ -88,6 +92,7 @@ class BradleyTerryGGN(CurvatureInterface):
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
         kron_iterations: int = 2,
+        kron_store_limit: int | None = None,
     ) -> None:
         if subnetwork_indices is not None:
             raise NotImplementedError(
@@ -96,6 +101,7 @@ class BradleyTerryGGN(CurvatureInterface):
             )
         super().__init__(model, likelihood, last_layer, None, dict_key_x, dict_key_y)
         self.kron_iterations = kron_iterations
+        self.kron_store_limit = kron_store_limit
         self._layer_io: LayerIORecorder | None = None
         self._kron_store: PairKronFactors | None = None
         self._zero_kron: Kron | None = None
@@ -192,15 +198,18 @@ class BradleyTerryGGN(CurvatureInterface):
 
     def reset_kron(self) -> None:
         """Forget stored pair factors (called at the start of a fit)."""
-        self._kron_store = PairKronFactors(self.layer_io, self.kron_iterations)
+        self._kron_store = PairKronFactors(
+            self.layer_io, self.kron_iterations, store_limit=self.kron_store_limit
+        )
 
-    def finish_kron(self, reduce: Any = None) -> Kron:
-        """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout
-        (``reduce``: sums over processes, see :class:`PairKronFactors`)."""
+    def finish_kron(self, reduce: Any = None, batches: Any = None) -> Kron:
+        """Kronecker factors over all pairs, in laplace-torch's ``Kron`` layout (``reduce``
+        sums over processes, ``batches`` recomputes the pair factors when there were too many
+        to keep; see :class:`PairKronFactors`)."""
         stored, self._kron_store = self._kron_store, None
         if stored is None:
             raise RuntimeError("no pairs were stored; call kron() on the batches first.")
-        return stored.finish(reduce)
+        return stored.finish(reduce, batches)
 
 
 class _ZeroKron(Kron):

@@ -49,7 +49,10 @@ from bt_laplace._layer_io import (
     posterior_parameters,
 )
 
-__all__ = ["DenseJacobians", "Jacobians", "PosteriorStructure"]
+__all__ = ["DenseJacobians", "Jacobians", "PosteriorStructure", "SAMPLE_CHUNK"]
+
+#: numbers of parameter draws ``(S, P)`` held at once while sampling (S is drawn in chunks)
+SAMPLE_CHUNK = 2**24
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,17 @@ class PosteriorStructure(ABC):
     ) -> torch.Tensor:
         """Joint samples ``(S, N)`` of the linearized rewards ``r(x) + J(x) (theta - theta*)``."""
         la = self.laplace
-        delta = la.sample(n_samples, generator=generator) - la.mean  # (S, P)
+        step = max(1, SAMPLE_CHUNK // max(1, int(la.n_params)))  # draws of theta at a time
+        return torch.cat(
+            [
+                self._linearized(result, la.sample(k, generator=generator) - la.mean)
+                for k in [min(step, n_samples - s) for s in range(0, n_samples, step)]
+            ]
+        )
+
+    def _linearized(self, result: Jacobians, delta: torch.Tensor) -> torch.Tensor:
+        """``r(x) + J(x) delta`` ``(S, N)`` for parameter offsets ``delta`` ``(S, P)``."""
+        n_samples = delta.shape[0]
         if isinstance(result, DenseJacobians):
             return result.output.reshape(1, -1) + delta @ result.jac.T
         out = result.output.expand(n_samples, -1).clone()

@@ -26,7 +26,7 @@ Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any, ClassVar
 
 import torch
@@ -116,52 +116,174 @@ class _ZeroKron(Kron):
         return other
 
 
+#: bytes of per-pair factors a fit keeps before it switches to recomputing them
+KRON_STORE_LIMIT = 2**30
+
+
 class PairKronFactors:
-    """Per-batch activations, output gradients and pair weights kept for the whole-data ``kron``
-    (the factors are sums over pairs, so the batches are never concatenated), and the
-    Kronecker factors they give.
+    """The whole-data ``kron`` curvature, fed batch by batch.
+
+    Keeps each batch's activations, output gradients and pair weights (``2 (in + out)``
+    numbers per pair and layer; the batches are never concatenated) up to
+    :data:`KRON_STORE_LIMIT` bytes. Past that it keeps nothing and :meth:`finish` recomputes
+    them with one more forward and backward pass over the pairs per alternating half-step,
+    so memory stays independent of the number of pairs.
 
     Args:
         recorder: The layer I/O recorder over the posterior's parameters.
         iterations: Alternating half-steps of :func:`nearest_kronecker_factors`.
+        store_limit: Bytes of factors to keep before recomputing instead.
     """
 
-    def __init__(self, recorder: LayerIORecorder, iterations: int) -> None:
+    def __init__(
+        self, recorder: LayerIORecorder, iterations: int, store_limit: int | None = None
+    ) -> None:
         self.recorder = recorder
         self.iterations = iterations
+        self.store_limit = KRON_STORE_LIMIT if store_limit is None else store_limit
         self.batches: list[tuple[LayerIO, torch.Tensor]] = []
+        self.stored_bytes = 0
+        self.recompute = False
 
     def add(self, result: LayerIO, weight: torch.Tensor) -> None:
         """Keep the layer I/O of a batch of ``2B`` items and its pair weights ``(B,)``."""
+        if self.recompute:
+            return
+        self.stored_bytes += sum(t.numel() * t.element_size() for t in result.acts + result.grads)
+        if self.stored_bytes > self.store_limit:
+            self.batches, self.recompute = [], True
+            return
         self.batches.append((result, weight))
 
-    def finish(self, reduce: Reduce | None = None) -> Kron:
-        """Kronecker factors over all stored pairs, in laplace-torch's ``Kron`` layout: per
-        weight the nearest Kronecker product ``[G (out, out), A (in, in)]``, per bias its exact
-        dense block ``[(out, out)]``. ``reduce`` sums a tensor over processes (each sum over
-        pairs passes through it, so every rank gets the factors of all ranks' pairs)."""
+    def finish(
+        self,
+        reduce: Reduce | None = None,
+        batches: Callable[[], Iterable[tuple[LayerIO, torch.Tensor]]] | None = None,
+    ) -> Kron:
+        """Kronecker factors over all pairs, in laplace-torch's ``Kron`` layout: per weight
+        the nearest Kronecker product ``[G (out, out), A (in, in)]``, per bias its exact dense
+        block ``[(out, out)]``.
+
+        Args:
+            reduce: Sums a tensor over processes (each sum over pairs passes through it, so
+                every rank gets the factors of all ranks' pairs).
+            batches: Recomputes ``(layer I/O, pair weights)`` batch by batch, one pass per
+                call; needed when the factors were not kept (:attr:`recompute`).
+        """
         reduce = reduce or _identity
-        weights = [w for _, w in self.batches]
+        if self.recompute:
+            if batches is None:
+                raise RuntimeError("the pair factors were not kept; pass `batches`.")
+            source = batches
+        else:
+            source = lambda: self.batches  # noqa: E731
+        slots = self.recorder.slots
+        layers = {s.layer for s in slots if s.kind == "weight"}
+        first, _ = next(iter(source()))
+        fits = {
+            i: _AlternatingKron(first.grads[i].shape[-1], first.acts[i].shape[-1], first.acts[i])
+            for i in layers
+        }
+        bias = {s.layer: None for s in slots if s.kind == "bias"}
+        bias_blocks: dict[int, torch.Tensor] = {}
+        passes = max([f.passes(self.iterations) for f in fits.values()] + [1])
+        for k in range(passes):
+            active = [i for i, f in fits.items() if f.begin(k, self.iterations)]
+            for result, w in source():
+                for i in active:
+                    g0, g1 = pair_split(result.grads[i])
+                    a0, a1 = pair_split(result.acts[i])
+                    fits[i].add(g0, g1, a0, a1, w)
+                if k == 0:
+                    for i in bias:
+                        g0, g1 = pair_split(result.grads[i])
+                        d = bias_jacobian(g1) - bias_jacobian(g0)
+                        block = (d * w[:, None]).T @ d
+                        bias_blocks[i] = bias_blocks[i] + block if i in bias_blocks else block
+            for i in active:
+                fits[i].end(reduce)
         kfacs: list[Any] = []
-        for slot in self.recorder.slots:
-            g = [pair_split(r.grads[slot.layer]) for r, _ in self.batches]
+        for slot in slots:
             if slot.kind == "bias":
-                d = [bias_jacobian(g1) - bias_jacobian(g0) for g0, g1 in g]
-                blocks = [(di * w[:, None]).T @ di for di, w in zip(d, weights, strict=True)]
-                kfacs.append([reduce(torch.stack(blocks).sum(0))])
-                continue
-            a = [pair_split(r.acts[slot.layer]) for r, _ in self.batches]
-            g_fac, a_fac = nearest_kronecker_factors(
-                [x[0] for x in g],
-                [x[1] for x in g],
-                [x[0] for x in a],
-                [x[1] for x in a],
-                weights,
-                iterations=self.iterations,
-                reduce=reduce,
-            )
-            kfacs.append([g_fac, a_fac])
+                kfacs.append([reduce(bias_blocks[slot.layer])])
+            else:
+                kfacs.append(list(fits[slot.layer].factors()))
         return Kron(kfacs)
+
+
+class _AlternatingKron:
+    """The alternating least squares of one weight's nearest Kronecker product, fed the
+    per-pair factors batch by batch: one :meth:`begin` / :meth:`add`... / :meth:`end` round
+    per half-step (a single round, exact, when ``out == 1`` or ``in == 1``)."""
+
+    def __init__(self, n_out: int, n_in: int, like: torch.Tensor) -> None:
+        self.n_out, self.n_in = n_out, n_in
+        self.exact = n_out == 1 or n_in == 1
+        opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        self.a_fac = torch.eye(n_in, **opts) / n_in**0.5
+        self.g_fac = torch.zeros(n_out, n_out, **opts)
+        self.total: torch.Tensor | None = None
+        self.f: torch.Tensor | None = None
+        self.stopped = False
+
+    def passes(self, iterations: int) -> int:
+        return 1 if self.exact else max(iterations, 1)
+
+    def begin(self, step: int, iterations: int) -> bool:
+        """Prepare half-step ``step``; False when this weight has no such step."""
+        if self.stopped or step >= self.passes(iterations):
+            return False
+        self.step, self.total = step, None
+        if self.exact:
+            return True
+        # each half-step makes one factor optimal for the other (unit norm): the projection
+        # of H onto the Kronecker products with that factor
+        fac = self.a_fac if step % 2 == 0 else self.g_fac
+        if fac.norm() == 0:
+            self.stopped = True
+            return False
+        fac = fac / fac.norm()
+        if step % 2 == 0:
+            self.a_fac = fac
+            self.f = None if step == 0 else fac  # step 0: A = I / sqrt(in), no products
+        else:
+            self.g_fac = self.f = fac
+        return True
+
+    def add(
+        self,
+        g0: torch.Tensor,
+        g1: torch.Tensor,
+        a0: torch.Tensor,
+        a1: torch.Tensor,
+        w: torch.Tensor,
+    ) -> None:
+        if self.exact:  # the block is a Kronecker product: sum it
+            d = (weight_jacobian(g1, a1) - weight_jacobian(g0, a0)).flatten(1)
+            part = (d * w[:, None]).T @ d
+        elif self.step % 2 == 0:
+            part = _pair_step(self.f, [a0], [a1], [g0], [g1], [w])
+        else:
+            part = _pair_step(self.f, [g0], [g1], [a0], [a1], [w])
+        self.total = part if self.total is None else self.total + part
+
+    def end(self, reduce: Reduce) -> None:
+        assert self.total is not None
+        total = reduce(self.total)
+        if self.exact:
+            self.block = total
+        elif self.step == 0:
+            self.g_fac = total / self.n_in**0.5
+        elif self.step % 2 == 0:
+            self.g_fac = total
+        else:
+            self.a_fac = total
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.exact:
+            one = torch.ones(1, 1, dtype=self.block.dtype, device=self.block.device)
+            return (one, self.block) if self.n_out == 1 else (self.block, one)
+        return self.g_fac, self.a_fac
 
 
 Chunks = list[torch.Tensor]
@@ -258,44 +380,21 @@ def nearest_kronecker_factors(
     """
     reduce = reduce or _identity
     g0, g1, a0, a1, weight = (_chunks(t) for t in (g0, g1, a0, a1, weight))
-    n_out, n_in = g0[0].shape[-1], a0[0].shape[-1]
-    if n_out == 1 or n_in == 1:  # the block is a Kronecker product: exact
-        diffs = [
-            (weight_jacobian(g1_, a1_) - weight_jacobian(g0_, a0_)).flatten(1)
-            for g0_, g1_, a0_, a1_ in zip(g0, g1, a0, a1, strict=True)
-        ]
-        block = torch.stack([(d * w[:, None]).T @ d for d, w in zip(diffs, weight, strict=True)])
-        block = reduce(block.sum(0))
-        one = torch.ones(1, 1, dtype=block.dtype, device=block.device)
-        return (one, block) if n_out == 1 else (block, one)
-    # start: A = I. The first half-step gives the output factor optimal for it, which already
-    # carries the pair structure (g1 g1^T, g0 g0^T and the cross terms, weighted by a1.a1,
-    # a0.a0, a1.a0); the second gives the input factor optimal for that, and so on
-    a_fac = torch.eye(n_in, dtype=g0[0].dtype, device=g0[0].device) / n_in**0.5
-    g_fac = torch.zeros(n_out, n_out, dtype=a_fac.dtype, device=a_fac.device)
-    # alternating least squares: each half-step makes one factor optimal for the other (unit
-    # norm), so the result is the projection of H onto the Kronecker products with that factor
-    for step in range(max(iterations, 1)):
-        if step % 2 == 0:
-            if a_fac.norm() == 0:
-                break
-            a_fac = a_fac / a_fac.norm()
-            if step == 0:  # A = I / sqrt(in): no products with A
-                g_fac = reduce(_pair_step(None, a0, a1, g0, g1, weight)) / n_in**0.5
-            else:
-                g_fac = reduce(_pair_step(a_fac, a0, a1, g0, g1, weight))
-        else:
-            if g_fac.norm() == 0:
-                break
-            g_fac = g_fac / g_fac.norm()
-            a_fac = reduce(_pair_step(g_fac, g0, g1, a0, a1, weight))
-    return g_fac, a_fac
+    fit = _AlternatingKron(g0[0].shape[-1], a0[0].shape[-1], a0[0])
+    for step in range(fit.passes(iterations)):
+        if not fit.begin(step, iterations):
+            break
+        for chunk in zip(g0, g1, a0, a1, weight, strict=True):
+            fit.add(*chunk)
+        fit.end(reduce)
+    return fit.factors()
 
 
 class _PairKronFit:
     """Extends laplace-torch's Kron ``fit``: one pass stores pair factors, then ``finish_kron``."""
 
     backend: Any
+    _device: Any
     H: Any
     H_facs: Any
     damping: bool
@@ -311,8 +410,20 @@ class _PairKronFit:
         if getattr(self, "_backend", None) is not None:  # last layer: built during fit
             self.backend.reset_kron()
         super().fit(train_loader, override=True, progress_bar=progress_bar)  # type: ignore[misc]
+        backend = self.backend
+
+        def batches() -> Iterator[tuple[LayerIO, torch.Tensor]]:  # one more pass, recomputed
+            for data in train_loader:
+                if isinstance(data, MutableMapping):
+                    x, y = data, data[backend.dict_key_y]
+                else:
+                    x, y = data[0].to(self._device), data[1]
+                _, w, result, _ = backend._pair_pass(x, y.to(self._device), kron=True)
+                yield result, w
+
         # bt_laplace's fit sets _sum_across_processes when the pairs are split over ranks
-        self.H_facs = self.backend.finish_kron(reduce=getattr(self, "_sum_across_processes", None))
+        reduce = getattr(self, "_sum_across_processes", None)
+        self.H_facs = backend.finish_kron(reduce=reduce, batches=batches)
         self.H = self.H_facs.decompose(damping=self.damping)
 
 
