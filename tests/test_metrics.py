@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bt_laplace as btl
-from bt_laplace.metrics import reliability_bins
+from bt_laplace.metrics import ood_auroc, reliability_bins
 
 
 def test_pair_metrics_by_hand():
@@ -72,3 +72,46 @@ def test_plots_draw_and_name_the_extra_when_matplotlib_is_missing(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match=r"pip install 'bt-laplace\[plot\]'"):
         plot_reward_band(t, t, t)
+
+
+def brute_force_auroc(std_in: torch.Tensor, std_out: torch.Tensor) -> float:
+    """Every (out, in) pair counted: 1 if the OOD std is larger, 1/2 if equal."""
+    wins = 0.0
+    for s_out in std_out.tolist():
+        for s_in in std_in.tolist():
+            wins += 1.0 if s_out > s_in else 0.5 if s_out == s_in else 0.0
+    return wins / (len(std_in) * len(std_out))
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "rounded-with-ties"])
+def test_ood_auroc_equals_pairwise_count(ties):
+    g = torch.Generator().manual_seed(3)
+    std_in = torch.rand(57, generator=g, dtype=torch.float64)
+    std_out = torch.rand(41, generator=g, dtype=torch.float64) + 0.3
+    if ties:  # a coarse grid: many equal values within and across the two sets
+        std_in, std_out = (std_in * 5).round() / 5, (std_out * 5).round() / 5
+    assert ood_auroc(std_in, std_out) == pytest.approx(
+        brute_force_auroc(std_in, std_out), abs=1e-15
+    )
+
+
+def test_ood_auroc_extremes():
+    low, high = torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4, 0.5])
+    assert ood_auroc(low, high) == 1.0
+    assert ood_auroc(high, low) == 0.0
+    assert ood_auroc(low, low) == 0.5  # all ties
+
+
+@pytest.mark.parametrize(
+    "std_in,std_out,error,match",
+    [
+        ([0.1, 0.2], torch.tensor([0.3]), TypeError, "`std_in` must be a torch.Tensor, got list"),
+        (torch.tensor([0.1]), torch.zeros(2, 2), ValueError, r"`std_out`.*1-D.*\(2, 2\)"),
+        (torch.tensor([]), torch.tensor([0.3]), ValueError, r"`std_in` must be a non-empty"),
+        (torch.tensor([0.1, float("nan")]), torch.tensor([0.3]), ValueError, "finite"),
+    ],
+    ids=["list", "2-d", "empty", "nan"],
+)
+def test_ood_auroc_bad_inputs(std_in, std_out, error, match):
+    with pytest.raises(error, match=match):
+        ood_auroc(std_in, std_out)

@@ -2,8 +2,9 @@
 
 Shape legend: ``B`` pairs.
 
-All metrics take ``prob`` ``(B,)``, the predicted probability that item 1 of each pair is
-preferred, and ``label`` ``(B,)``, the index (0 or 1) of the preferred item.
+The pair metrics take ``prob`` ``(B,)``, the predicted probability that item 1 of each pair is
+preferred, and ``label`` ``(B,)``, the index (0 or 1) of the preferred item. :func:`ood_auroc`
+takes the reward standard deviations of in-distribution and out-of-distribution items.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import torch
 from bt_laplace._checks import check_positive_int, check_tensor
 from bt_laplace.bradley_terry import bradley_terry_nll
 
-__all__ = ["PairMetrics", "pair_metrics", "expected_calibration_error", "reliability_bins"]
+__all__ = [
+    "PairMetrics",
+    "pair_metrics",
+    "expected_calibration_error",
+    "reliability_bins",
+    "ood_auroc",
+]
 
 
 class PairMetrics(NamedTuple):
@@ -100,3 +107,43 @@ def pair_metrics(prob: torch.Tensor, label: torch.Tensor, *, n_bins: int = 15) -
         brier=float((prob - target).square().mean()),
         ece=expected_calibration_error(prob, target.long(), n_bins=n_bins),
     )
+
+
+def _check_scores(name: str, value: torch.Tensor) -> torch.Tensor:
+    value = check_tensor(name, value)
+    if value.ndim != 1 or value.numel() == 0:
+        raise ValueError(
+            f"`{name}` must be a non-empty 1-D tensor (one std per item), got shape "
+            f"{tuple(value.shape)}; pass post(x).variance.sqrt() of the items."
+        )
+    if value.is_complex() or not bool(torch.isfinite(value.double()).all()):
+        raise ValueError(f"`{name}` must hold finite real numbers; drop NaN or inf entries.")
+    return value.detach().double().cpu()
+
+
+def ood_auroc(std_in: torch.Tensor, std_out: torch.Tensor) -> float:
+    """Area under the ROC curve of the reward std separating out-of-distribution items.
+
+    OOD items are the positives, scored by their std (larger means more likely OOD):
+    ``AUROC = P(s_out > s_in) + P(s_out = s_in) / 2`` over all pairs of an OOD and an
+    in-distribution item (ties count half), the Mann-Whitney statistic divided by
+    ``N_in N_out``. 1 separates perfectly, 0.5 is chance. Computed by binary search in
+    ``O((N_in + N_out) log N_in)``.
+
+    Args:
+        std_in: Stds of in-distribution items ``(N_in,)``.
+        std_out: Stds of out-of-distribution items ``(N_out,)``.
+
+    Returns:
+        The AUROC in ``[0, 1]``.
+
+    Example:
+        >>> ood_auroc(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.25, 0.5]))
+        0.8333333333333334
+    """
+    std_in, std_out = _check_scores("std_in", std_in), _check_scores("std_out", std_out)
+    ranked = torch.sort(std_in).values
+    below = torch.searchsorted(ranked, std_out, right=False).double()
+    at_most = torch.searchsorted(ranked, std_out, right=True).double()
+    wins = below.sum() + 0.5 * (at_most - below).sum()
+    return float(wins / (std_in.numel() * std_out.numel()))
