@@ -188,7 +188,11 @@ def test_peft_model_scores_like_its_merged_network(kind: str) -> None:
     tokenizer, net = _family(kind)
     targets = ["c_attn"] if kind == "gpt2" else ["q_proj", "v_proj"]
     config = peft.LoraConfig(
-        task_type="SEQ_CLS", r=2, target_modules=targets, init_lora_weights=False
+        task_type="SEQ_CLS",
+        r=2,
+        target_modules=targets,
+        init_lora_weights=False,
+        fan_in_fan_out=kind == "gpt2",  # GPT-2 stores Conv1D weights transposed
     )
     lora = peft.get_peft_model(net, config).double().eval()
     model = PairwiseRewardModel(lora)

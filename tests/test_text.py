@@ -336,3 +336,120 @@ def test_bad_batches_and_tokenizers() -> None:
         collate({"chosen": "yes", "rejected": "no"})
     with pytest.raises(TypeError, match="`tokenizer` must be a Hugging Face tokenizer"):
         TextPairCollator(str.split)
+
+
+# ---------------------------------------------------------------------- a real RewardTrainer
+TRAIN_ROWS = [
+    {"chosen": c, "rejected": r, "margin": m}
+    for c, r, m in [
+        ("the cat sat on the mat", "no", 0.0),
+        ("yes very good", "bad", 0.5),
+        ("the sky is blue", "the sky is green", 0.0),
+        ("i like it", "what", 1.0),
+        ("hello world", "dog", 0.0),
+        ("a good answer", "a bad answer", 0.5),
+        ("blue", "red red red", 0.0),
+    ]
+]
+
+
+@pytest.fixture(scope="module")
+def reward_trainer(tmp_path_factory):
+    """TRL's RewardTrainer with its defaults (bf16 autocast on CPU, gradient checkpointing),
+    3 steps on a tiny GPT-2 and 7 text pairs with margins."""
+    from conftest import tiny_reward_net
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = word_tokenizer("gpt2")  # no pad token: TRL pads with eos and sets pad_token_id
+    net = tiny_reward_net("gpt2", tokenizer)
+    net.config.pad_token_id = None
+    args = RewardConfig(
+        str(tmp_path_factory.mktemp("trl")), use_cpu=True, max_steps=3,
+        per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], save_strategy="no",
+        seed=0,
+    )  # fmt: skip
+    dataset = datasets.Dataset.from_list(TRAIN_ROWS)
+    trainer = RewardTrainer(model=net, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return trainer, dataset
+
+
+@pytest.mark.slow
+def test_reward_trainer_model_to_last_layer_posterior(reward_trainer) -> None:
+    import bt_laplace as btl
+
+    trainer, dataset = reward_trainer
+    net, tokenizer = trainer.model, trainer.processing_class
+    with pytest.raises(ValueError, match=r"mixed-precision wrapper.*unwrap=True"):
+        btl.PairwiseRewardModel(net)
+    model = btl.PairwiseRewardModel(net, unwrap=True).eval()
+    loader = text_preference_dataloader(dataset, tokenizer, batch_size=3)
+    # the posterior sees the token ids the trainer trained on ...
+    collate = loader.collate_fn
+    for row, trained in zip(dataset, trainer.train_dataset, strict=True):
+        assert collate.encode(row) == (trained["rejected_ids"], trained["chosen_ids"])
+    # ... and scores them as the network does on TRL's own batches (chosen first, then rejected)
+    trl_rows = [trainer.train_dataset[i] for i in range(len(dataset))]
+    trl_inputs = trainer.data_collator([{k: r[k] for k in ("chosen_ids", "rejected_ids")}
+                                        for r in trl_rows])  # fmt: skip
+    batch, labels = collate(list(dataset))
+    with torch.no_grad():
+        theirs = net(**trl_inputs, use_cache=False).logits.squeeze(1)
+        ours = model(batch)
+    torch.testing.assert_close(torch.cat([ours[:, 1], ours[:, 0]]), theirs)
+    assert batch["margin"].tolist() == [r["margin"] for r in TRAIN_ROWS]
+
+    # glue until the fit takes (dict, labels) batches: laplace-torch's dict convention
+    pairs = [{**x, "labels": y} for x, y in loader]
+    post = btl.fit_reward_posterior(
+        model, pairs, subset_of_weights="last_layer", hessian_structure="diag", prior_precision=1.0
+    )
+    # exact last-layer curvature: sum_pairs p (1 - p) (phi_1 - phi_0)^2, phi the pooled feature
+    weight = net.score.weight
+    grads, probs = [], []
+    for b in range(labels.shape[0]):
+        logits = model({k: v[b : b + 1] for k, v in batch.items()})
+        (grad,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], weight)
+        grads.append(grad.reshape(-1))
+        probs.append(torch.sigmoid(logits[0, 1] - logits[0, 0]).detach())
+    p, d_phi = torch.stack(probs), torch.stack(grads)
+    exact = ((p * (1 - p))[:, None] * d_phi**2).sum(0)
+    torch.testing.assert_close(post.laplace.H, exact, rtol=1e-4, atol=1e-6)
+    assert post.laplace.n_data == len(dataset)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="bt_laplace/_loader.py check_pair_batch refuses (dict, labels) batches: 'x must be "
+    "a tensor of pairs' (and laplace-torch's fit calls X.to(device) on a tuple's x)",
+)
+def test_reward_trainer_model_fits_from_the_collator_loader_directly(reward_trainer) -> None:
+    import bt_laplace as btl
+
+    trainer, dataset = reward_trainer
+    model = btl.PairwiseRewardModel(trainer.model, unwrap=True).eval()
+    loader = text_preference_dataloader(dataset, trainer.processing_class, batch_size=3)
+    btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer", prior_precision=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="bt_laplace/posterior.py RewardPosterior._items/_pairs call check_tensor: token "
+    "dicts are refused with 'convert it with torch.as_tensor'",
+)
+def test_posterior_answers_token_dicts(reward_trainer) -> None:
+    import bt_laplace as btl
+
+    trainer, dataset = reward_trainer
+    model = btl.PairwiseRewardModel(trainer.model, unwrap=True).eval()
+    loader = text_preference_dataloader(dataset, trainer.processing_class, batch_size=3)
+    pairs = [{**x, "labels": y} for x, y in loader]
+    post = btl.fit_reward_posterior(
+        model, pairs, subset_of_weights="last_layer", prior_precision=1.0
+    )
+    batch, _ = next(iter(loader))
+    post({"input_ids": batch["input_ids"][:, 1], "attention_mask": batch["attention_mask"][:, 1]})
