@@ -306,3 +306,13 @@ def test_trainer_leftovers_are_refused_or_unwrapped() -> None:
         torch.testing.assert_close(model(batch), expected, rtol=0, atol=0)
     with pytest.raises(TypeError, match="`unwrap` must be a bool"):
         PairwiseRewardModel(net, unwrap="yes")  # type: ignore[arg-type]
+
+
+def test_score_takes_items_only() -> None:
+    tokenizer, net = _family("llama")
+    batch = _padded(tokenizer, "right")
+    model = PairwiseRewardModel(net)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(batch), model(batch).squeeze(1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`score` takes items.*call the model itself for pairs"):
+        model.score({k: v.unsqueeze(0) for k, v in batch.items()})

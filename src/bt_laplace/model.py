@@ -176,18 +176,24 @@ class PairwiseRewardModel(nn.Module):
                     "`score` takes items: a token dict of (N, L), got input_ids "
                     f"{tuple(tokens['input_ids'].shape)}; call the model itself for pairs."
                 )
-            n = tokens["input_ids"].shape[0]
-            out: Any = self.net(**self._network_inputs(tokens))
-        else:
-            if self.hugging_face:
-                raise TypeError(
-                    f"`x` is a {tuple(items.shape)} tensor, but a Hugging Face network needs "
-                    "the attention mask, or it reads the pads as text; pass a dict "
-                    "{'input_ids': ..., 'attention_mask': ...} (the tokenizer's output, or "
-                    "bt_laplace.TextPairCollator's batches)."
-                )
-            n = items.shape[0]
-            out = self.net(items)
+            return self._score_tokens(tokens)
+        if self.hugging_face:
+            raise TypeError(
+                f"`x` is a {tuple(items.shape)} tensor, but a Hugging Face network needs "
+                "the attention mask, or it reads the pads as text; pass a dict "
+                "{'input_ids': ..., 'attention_mask': ...} (the tokenizer's output, or "
+                "bt_laplace.TextPairCollator's batches)."
+            )
+        return self._rewards(self.net(items), items.shape[0])
+
+    def _score_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rewards ``(N,)`` of checked token items ``(N, L)``."""
+        out = self.net(**self._network_inputs(tokens))
+        return self._rewards(out, tokens["input_ids"].shape[0])
+
+    @staticmethod
+    def _rewards(out: Any, n: int) -> torch.Tensor:
+        """The network's output as rewards ``(N,)``."""
         if not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
             out = out.logits
         if not isinstance(out, torch.Tensor):
@@ -220,8 +226,8 @@ class PairwiseRewardModel(nn.Module):
             if tokens["input_ids"].ndim == 3:
                 b = tokens["input_ids"].shape[0]
                 flat = {k: v.flatten(0, 1) for k, v in tokens.items()}
-                return self.score(flat).reshape(b, 2)
-            return self.score(tokens).unsqueeze(1)
+                return self._score_tokens(flat).reshape(b, 2)
+            return self._score_tokens(tokens).unsqueeze(1)
         if self.is_pair_batch(x):
             b = x.shape[0]
             return self.score(x.reshape(2 * b, *x.shape[2:])).reshape(b, 2)
