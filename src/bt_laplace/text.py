@@ -1,0 +1,444 @@
+"""Text in, pairs out: TRL-format preference rows as token batches of pairs.
+
+Shape legend: ``B`` pairs in a batch, ``2`` the two items of a pair (index 0 the rejected
+text, index 1 the chosen one), ``L`` sequence length (the longest item of the batch, rounded up
+to ``pad_to_multiple_of``).
+
+Rows come in the formats TRL names (https://huggingface.co/docs/trl/dataset_formats):
+
+========================  ==============================================================
+format                    columns
+========================  ==============================================================
+implicit prompt           ``chosen``, ``rejected``: strings (the prompt is inside each)
+explicit prompt           ``prompt``, ``chosen``, ``rejected``: strings
+conversational            the same columns holding lists of ``{"role", "content"}``
+                          messages (optional ``tools``, ``chat_template_kwargs``)
+tokenized                 ``chosen_ids``, ``rejected_ids`` (TRL 1.x), or the legacy
+                          ``chosen_input_ids``/``rejected_input_ids`` or
+                          ``input_ids_chosen``/``input_ids_rejected``: lists of token ids
+========================  ==============================================================
+
+and any of them may carry a ``margin`` column. Text is prepared as TRL 1.16's
+``RewardTrainer`` prepares it, so the posterior sees what the model was trained on: the eos
+token appended to ``chosen`` and ``rejected`` unless they end with it (text rows only), the
+prompt prepended (string or message list concatenation), conversations rendered and tokenized
+by the tokenizer's chat template, plain text by the tokenizer with its special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from bt_laplace._checks import check_positive_int
+from bt_laplace.data import _Batch, _PairSource
+
+__all__ = ["TextPairCollator", "text_preference_dataloader"]
+
+#: pairs of token-id columns, (chosen, rejected), in the order they are looked for
+ID_COLUMNS = (
+    ("chosen_ids", "rejected_ids"),
+    ("chosen_input_ids", "rejected_input_ids"),
+    ("input_ids_chosen", "input_ids_rejected"),
+)
+TRUNCATION = ("error", "left", "right")
+_FORMATS = (
+    "TRL's preference formats: 'chosen' and 'rejected' (text or messages, with an optional "
+    "'prompt'), or token ids in 'chosen_ids' and 'rejected_ids'"
+)
+
+
+def _is_messages(value: Any) -> bool:
+    """TRL's test for a conversational value: a list whose first element is a dict with "role"."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and isinstance(value[0], Mapping)
+        and ("role" in value[0])
+    )
+
+
+class TextPairCollator:
+    """``collate_fn`` turning TRL-format preference rows into a token batch of pairs.
+
+    Each batch is ``(batch, labels)`` with ``batch = {"input_ids": (B, 2, L), "attention_mask":
+    (B, 2, L)}`` (long), plus ``"margin"`` ``(B,)`` float when the rows have a ``margin``
+    column, and ``labels`` ``(B,)`` long. As in :class:`~bt_laplace.PairCollator` with
+    ``chosen=``/``rejected=``, item 0 of each pair is the rejected text and item 1 the chosen
+    one, so every label is 1 (the index of the preferred item) and a margin ``m`` asks for
+    ``r(x_1) - r(x_0) > m`` as in TRL's loss ``-log sigmoid(r_chosen - r_rejected - m)``.
+
+    Items are padded to the longest of the batch with the tokenizer's pad token (its eos token
+    if it has none, as TRL does), on ``padding_side``. Rows longer than ``max_length`` tokens
+    are never dropped silently: ``truncation="error"`` refuses them (TRL's ``RewardTrainer``
+    filters them out of its training set: :meth:`fits` does the same test for
+    ``dataset.filter``), ``"left"``/``"right"`` cut tokens from that side.
+
+    Args:
+        tokenizer: The tokenizer the model was trained with (for a ``RewardTrainer``,
+            ``trainer.processing_class``, which has the eos and pad tokens the trainer set).
+        max_length: Longest item in tokens, or None for no limit. Keyword-only, like the rest.
+        truncation: What to do with a longer item: ``"error"`` (default) refuses it, ``"left"``
+            keeps its last ``max_length`` tokens (the end of the answer and the eos, which a
+            decoder reward model pools), ``"right"`` its first (the ``[CLS]`` an encoder
+            pools). Token ids are cut after the tokenizer and chat template, special tokens
+            included.
+        pad_to_multiple_of: Round ``L`` up to a multiple of this.
+        padding_side: ``"right"`` or ``"left"``; None takes ``tokenizer.padding_side``. The
+            rewards of :class:`~bt_laplace.PairwiseRewardModel` do not depend on it.
+        append_eos: Append the eos token to text answers that do not end with it, as TRL does.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
+        >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
+        ...                               eos_token="</s>")
+        >>> batch, labels = TextPairCollator(tok)([{"chosen": "the cat sat", "rejected": "cat"}])
+        >>> batch["input_ids"]  # (1, 2, 4): rejected, chosen; eos appended, right-padded
+        tensor([[[3, 1, 0, 0],
+                 [2, 3, 4, 1]]])
+        >>> batch["attention_mask"], labels
+        (tensor([[[1, 1, 0, 0],
+                 [1, 1, 1, 1]]]), tensor([1]))
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        truncation: str = "error",
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        append_eos: bool = True,
+    ) -> None:
+        if not callable(tokenizer) or not hasattr(tokenizer, "pad_token_id"):
+            raise TypeError(
+                "`tokenizer` must be a Hugging Face tokenizer (transformers."
+                f"PreTrainedTokenizerBase), got {type(tokenizer).__name__}."
+            )
+        self.tokenizer = tokenizer
+        self.max_length = (
+            None if max_length is None else check_positive_int("max_length", max_length)
+        )
+        if truncation not in TRUNCATION:
+            raise ValueError(f"`truncation` must be one of {TRUNCATION}, got {truncation!r}.")
+        self.truncation = truncation
+        self.pad_to_multiple_of = (
+            None
+            if pad_to_multiple_of is None
+            else check_positive_int("pad_to_multiple_of", pad_to_multiple_of)
+        )
+        side = tokenizer.padding_side if padding_side is None else padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"`padding_side` must be 'left' or 'right', got {side!r}.")
+        self.padding_side = side
+        if not isinstance(append_eos, bool):
+            raise TypeError(f"`append_eos` must be a bool, got {type(append_eos).__name__}.")
+        self.append_eos = append_eos
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+        self.pad_token_id: int | None = pad if pad is not None else tokenizer.eos_token_id
+
+    def __repr__(self) -> str:
+        return (
+            f"TextPairCollator({type(self.tokenizer).__name__}, max_length={self.max_length}, "
+            f"truncation={self.truncation!r}, padding_side={self.padding_side!r})"
+        )
+
+    # ------------------------------------------------------------------ rows -> ids
+    def encode(self, row: Mapping[str, Any], where: str = "the row") -> tuple[list[int], list[int]]:
+        """Token ids ``(rejected, chosen)`` of one row, prepared as TRL's ``RewardTrainer``
+        does, before ``max_length`` applies.
+
+        Raises:
+            ValueError, TypeError: For a row that fits no TRL format, naming the column.
+        """
+        if not isinstance(row, Mapping):
+            raise TypeError(
+                f"{where} is a {type(row).__name__}, expected a mapping (dict) with {_FORMATS}."
+            )
+        for chosen, rejected in ID_COLUMNS:
+            if chosen in row or rejected in row:
+                return (
+                    self._ids(row, rejected, where),
+                    self._ids(row, chosen, where),
+                )
+        for col in ("chosen", "rejected"):
+            if col not in row:
+                raise ValueError(
+                    f"Column {col!r} is missing from {where}, which has columns {list(row)}; "
+                    f"expected {_FORMATS}. Rename the columns (dataset.rename_column)."
+                )
+        if any(_is_messages(row.get(c)) for c in ("prompt", "chosen", "rejected")):
+            return self._encode_messages(row, where)
+        return self._encode_text(row, where)
+
+    def fits(self, row: Mapping[str, Any]) -> bool:
+        """True if both items of ``row`` have at most ``max_length`` tokens: the test TRL's
+        ``RewardTrainer`` filters its training set with, for ``dataset.filter(collator.fits)``."""
+        if self.max_length is None:
+            return True
+        return max(len(ids) for ids in self.encode(row)) <= self.max_length
+
+    def _ids(self, row: Mapping[str, Any], col: str, where: str) -> list[int]:
+        if col not in row:
+            raise ValueError(
+                f"Column {col!r} is missing from {where}, which has columns {list(row)}; token "
+                "ids come in pairs of columns: chosen_ids and rejected_ids."
+            )
+        value = row[col]
+        if isinstance(value, torch.Tensor) or hasattr(value, "tolist"):
+            value = value.tolist()
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        ):
+            raise TypeError(
+                f"Column {col!r} of {where} must be a non-empty list of token ids (ints >= 0), "
+                f"got {str(value)[:60]!r}."
+            )
+        return list(value)
+
+    def _text(self, row: Mapping[str, Any], col: str, where: str) -> str:
+        value = row[col]
+        if not isinstance(value, str):
+            raise TypeError(
+                f"Column {col!r} of {where} is {type(value).__name__} {str(value)[:60]!r}; in a "
+                "text row prompt, chosen and rejected are all strings (or all lists of "
+                "{'role', 'content'} messages)."
+            )
+        return value
+
+    def _encode_text(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
+        texts = [self._text(row, col, where) for col in ("rejected", "chosen")]
+        if self.append_eos:
+            eos = self.tokenizer.eos_token
+            if eos is None:
+                raise ValueError(
+                    f"The tokenizer has no eos_token, which TRL's RewardTrainer appends to each "
+                    f"answer (it fails on {where} too); set tokenizer.eos_token (as "
+                    "RewardConfig(eos_token=...) does), or pass append_eos=False if the model "
+                    "was trained without it."
+                )
+            texts = [t if t.endswith(eos) else t + eos for t in texts]
+        if "prompt" in row:
+            prompt = self._text(row, "prompt", where)
+            texts = [prompt + t for t in texts]
+        ids = self.tokenizer(texts)["input_ids"]
+        return list(ids[0]), list(ids[1])
+
+    def _messages(self, row: Mapping[str, Any], col: str, where: str) -> list[Any]:
+        value = row[col]
+        if not isinstance(value, list) or not value:
+            raise TypeError(
+                f"Column {col!r} of {where} is {type(value).__name__} {str(value)[:60]!r}, but "
+                "another column holds messages; in a conversational row prompt, chosen and "
+                "rejected are all non-empty lists of {'role', 'content'} messages."
+            )
+        for i, message in enumerate(value):
+            if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
+                raise TypeError(
+                    f"Message {i} of column {col!r} of {where} is {str(message)[:60]!r}; each "
+                    "message is a dict with 'role' and 'content'."
+                )
+        return value
+
+    def _encode_messages(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"{where} holds messages, but the tokenizer has no chat template to render "
+                "them; set tokenizer.chat_template (RewardConfig(chat_template_path=...) does "
+                "this in TRL), or give the texts as strings."
+            )
+        prompt = self._messages(row, "prompt", where) if "prompt" in row else []
+        tools = row.get("tools")
+        kwargs = {"tools": json.loads(tools) if isinstance(tools, str) else tools}
+        kwargs.update(row.get("chat_template_kwargs") or {})
+        out = []
+        for col in ("rejected", "chosen"):
+            messages = prompt + self._messages(row, col, where)
+            encoded = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, **kwargs
+            )
+            out.append(list(encoded["input_ids"]))
+        return out[0], out[1]
+
+    # ------------------------------------------------------------------ batch
+    def __call__(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Collate ``batch``: a list of rows, or a mapping of columns (``dataset[:8]``).
+
+        Returns:
+            ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)[, "margin": (B,)]},
+            labels (B,))``, labels all 1 (item 1 is the chosen text).
+        """
+        rows, indices = (batch.data, batch.indices) if isinstance(batch, _Batch) else (batch, None)
+
+        def where(i: int) -> str:
+            return (
+                f"row {i} of the batch" if indices is None else f"row {indices[i]} of the dataset"
+            )
+
+        if isinstance(rows, Mapping):
+            lengths = {len(v) if isinstance(v, Sequence) else None for v in rows.values()}
+            if len(lengths) != 1 or None in lengths:
+                raise TypeError(
+                    "A mapping is read as a batch of columns holding one value per row, but its "
+                    "values are not lists of one length; to collate a single row, pass [row]."
+                )
+            n = lengths.pop() or 0
+            rows = [{k: v[i] for k, v in rows.items()} for i in range(n)]
+        if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+            raise TypeError(
+                "TextPairCollator expects a list of row mappings or a mapping of columns, got "
+                f"{type(rows).__name__}; wrap a single row in a list: collate([row])."
+            )
+        if len(rows) == 0:
+            raise ValueError("Cannot collate an empty batch (0 rows); pass at least one row.")
+        if self.pad_token_id is None:
+            raise ValueError(
+                "The tokenizer has neither a pad token nor an eos token to pad with; set "
+                "tokenizer.pad_token (TRL's RewardTrainer uses RewardConfig.pad_token, else eos)."
+            )
+        items = [self._fit(self.encode(row, where(i)), where(i)) for i, row in enumerate(rows)]
+        out = self._pad(items)
+        margin = self._margin(rows, where)
+        if margin is not None:
+            out["margin"] = margin
+        return out, torch.ones(len(rows), dtype=torch.long)
+
+    def _fit(self, pair: tuple[list[int], list[int]], where: str) -> tuple[list[int], list[int]]:
+        """Apply ``max_length`` to both items of a pair."""
+        limit = self.max_length
+        if limit is None or max(len(ids) for ids in pair) <= limit:
+            return pair
+        if self.truncation == "error":
+            item = 0 if len(pair[0]) > limit else 1
+            raise ValueError(
+                f"The {('rejected', 'chosen')[item]} text of {where} has {len(pair[item])} "
+                f"tokens, more than max_length={limit}; raise max_length, pass "
+                "truncation='left' or 'right' to cut it, or drop such rows first as TRL's "
+                "RewardTrainer does: dataset.filter(collator.fits)."
+            )
+        if self.truncation == "left":
+            return pair[0][-limit:], pair[1][-limit:]
+        return pair[0][:limit], pair[1][:limit]
+
+    def _pad(self, items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        length = max(len(ids) for pair in items for ids in pair)
+        if self.pad_to_multiple_of is not None:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        assert self.pad_token_id is not None
+        ids = torch.full((len(items), 2, length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), 2, length), dtype=torch.long)
+        for i, pair in enumerate(items):
+            for j, item in enumerate(pair):
+                span = (
+                    slice(0, len(item)) if self.padding_side == "right" else slice(-len(item), None)
+                )
+                ids[i, j, span] = torch.tensor(item, dtype=torch.long)
+                mask[i, j, span] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @staticmethod
+    def _margin(rows: Sequence[Mapping[str, Any]], where: Any) -> torch.Tensor | None:
+        has = ["margin" in row for row in rows]
+        if not any(has):
+            return None
+        if not all(has):
+            i = has.index(False)
+            raise ValueError(
+                f"Column 'margin' is missing from {where(i)} but present in other rows; give "
+                "every row a margin (0.0 for none) or drop the column."
+            )
+        values = []
+        for i, row in enumerate(rows):
+            v = row["margin"]
+            v = v.item() if hasattr(v, "item") else v
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(
+                    f"Column 'margin' of {where(i)} is {v!r}; a margin is a finite number (the "
+                    "reward gap TRL's loss asks of chosen over rejected)."
+                )
+            values.append(float(v))
+        return torch.tensor(values, dtype=torch.float32)
+
+
+def text_preference_dataloader(
+    dataset: Any,
+    tokenizer: Any,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    *,
+    max_length: int | None = None,
+    truncation: str = "error",
+    pad_to_multiple_of: int | None = None,
+    padding_side: str | None = None,
+    append_eos: bool = True,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader of token batches of pairs from a TRL-format preference dataset.
+
+    The first row is collated up front, so a malformed dataset fails here, not mid-fit.
+
+    Args:
+        dataset: A ``datasets.Dataset`` or a list of row mappings in one of TRL's preference
+            formats (see :class:`TextPairCollator`).
+        tokenizer: The tokenizer the model was trained with.
+        batch_size: Number of pairs ``B`` per batch.
+        shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
+        max_length, truncation, pad_to_multiple_of, padding_side, append_eos: As in
+            :class:`TextPairCollator`.
+        generator: Random generator for shuffling.
+        num_workers: DataLoader worker processes.
+        drop_last: Drop the last incomplete batch.
+
+    Returns:
+        A DataLoader yielding ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)
+        [, "margin": (B,)]}, labels (B,))``; errors name rows by their index in ``dataset``.
+    """
+    collate = TextPairCollator(
+        tokenizer,
+        max_length=max_length,
+        truncation=truncation,
+        pad_to_multiple_of=pad_to_multiple_of,
+        padding_side=padding_side,
+        append_eos=append_eos,
+    )
+    batch_size = check_positive_int("batch_size", batch_size)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"`shuffle` must be a bool, got {type(shuffle).__name__}.")
+    import datasets as hf
+
+    if isinstance(dataset, (hf.DatasetDict, hf.IterableDatasetDict)):
+        raise TypeError(f"`dataset` is a {type(dataset).__name__}; pick a split: dataset['train'].")
+    if not isinstance(dataset, (hf.Dataset, list, tuple)):
+        raise TypeError(
+            "`dataset` must be a datasets.Dataset or a list of row mappings, got "
+            f"{type(dataset).__name__}."
+        )
+    if len(dataset) == 0:
+        raise ValueError("`dataset` is empty (0 rows); pass at least one pair.")
+    source = _PairSource(dataset)
+    collate(source.__getitems__([0]))
+    return DataLoader(
+        source,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=generator,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )
