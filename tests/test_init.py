@@ -23,10 +23,14 @@ def test_top_level_holds_what_a_user_calls():
         "PairwiseRewardModel",
         "RewardPosterior",
         "RewardPrediction",
+        "TextPairCollator",
+        "best_of_n",
         "fit_reward_posterior",
         "load_reward_posterior",
         "pair_metrics",
         "preference_dataloader",
+        "rank_pairs_for_labeling",
+        "text_preference_dataloader",
     ]
     assert all(hasattr(btl, n) for n in btl.__all__)
     with pytest.raises(AttributeError, match="no attribute 'LayerIO'"):

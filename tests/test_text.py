@@ -419,28 +419,22 @@ def test_reward_trainer_model_to_last_layer_posterior(reward_trainer) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bt_laplace/_loader.py check_pair_batch refuses (dict, labels) batches: 'x must be "
-    "a tensor of pairs' (and laplace-torch's fit calls X.to(device) on a tuple's x)",
-)
 def test_reward_trainer_model_fits_from_the_collator_loader_directly(reward_trainer) -> None:
     import bt_laplace as btl
 
     trainer, dataset = reward_trainer
     model = btl.PairwiseRewardModel(trainer.model, unwrap=True).eval()
     loader = text_preference_dataloader(dataset, trainer.processing_class, batch_size=3)
-    btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer", prior_precision=1.0)
+    kw = {"subset_of_weights": "last_layer", "hessian_structure": "diag", "prior_precision": 1.0}
+    post = btl.fit_reward_posterior(model, loader, **kw)
+    glued = btl.fit_reward_posterior(  # the same pairs as one dict per batch (the old glue)
+        model, [{**x, "labels": y} for x, y in loader], **kw
+    )
+    assert post.laplace.n_data == len(dataset)
+    torch.testing.assert_close(post.laplace.H, glued.laplace.H, rtol=1e-12, atol=0)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bt_laplace/posterior.py RewardPosterior._items/_pairs call check_tensor: token "
-    "dicts are refused with 'convert it with torch.as_tensor'",
-)
 def test_posterior_answers_token_dicts(reward_trainer) -> None:
     import bt_laplace as btl
 
@@ -452,4 +446,15 @@ def test_posterior_answers_token_dicts(reward_trainer) -> None:
         model, pairs, subset_of_weights="last_layer", prior_precision=1.0
     )
     batch, _ = next(iter(loader))
-    post({"input_ids": batch["input_ids"][:, 1], "attention_mask": batch["attention_mask"][:, 1]})
+    chosen = {
+        "input_ids": batch["input_ids"][:, 1],
+        "attention_mask": batch["attention_mask"][:, 1],
+    }
+    mean, variance = post(chosen)
+    with torch.no_grad():  # the mean is the model's reward of each text
+        torch.testing.assert_close(mean, model(chosen).reshape(-1))
+    assert variance.shape == mean.shape and bool((variance > 0).all())
+    pairs_p = post.preference_probability(batch)
+    assert pairs_p.shape == (batch["input_ids"].shape[0],)
+    rel = post.relative_reward(chosen)
+    assert rel.mean.shape == mean.shape

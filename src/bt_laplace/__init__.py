@@ -12,6 +12,8 @@ from bt_laplace.io import load_reward_posterior
 from bt_laplace.metrics import pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
+from bt_laplace.rlhf import best_of_n, rank_pairs_for_labeling
+from bt_laplace.text import TextPairCollator, text_preference_dataloader
 
 __version__ = "0.1.0"
 
@@ -20,11 +22,16 @@ __all__ = [
     "PairwiseRewardModel",
     "PairCollator",
     "preference_dataloader",
+    "TextPairCollator",
+    "text_preference_dataloader",
     # posterior
     "fit_reward_posterior",
     "RewardPosterior",
     "RewardPrediction",
     "load_reward_posterior",
+    # acting on the uncertainty (more in bt_laplace.rlhf)
+    "best_of_n",
+    "rank_pairs_for_labeling",
     # metrics of pair probabilities
     "pair_metrics",
     # warnings

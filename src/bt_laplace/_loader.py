@@ -58,7 +58,15 @@ def check_pair_batch(batch: Any, index: int, name: str, dict_key_y: str = "label
             f"got {value!r} at row {int(bad.nonzero()[0])}; ties and soft labels are not "
             "Bradley-Terry labels."
         )
-    if x is not None:
+    if isinstance(x, Mapping):  # token dict (TextPairCollator): input_ids (B, 2, L)
+        ids = x.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 3 or ids.shape[:2] != (len(y), 2):
+            raise ValueError(
+                f"{where}: a token dict x needs input_ids of shape (B, 2, L) with B = {len(y)} "
+                f"labels, got {None if ids is None else tuple(getattr(ids, 'shape', ()))}; "
+                "build the loader with bt_laplace.text_preference_dataloader."
+            )
+    elif x is not None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{where}: x must be a tensor of pairs (B, 2, *item), got {type(x).__name__}."
@@ -102,6 +110,9 @@ class CheckedPairLoader:
         for i, batch in enumerate(self.loader):
             self.n_pairs += check_pair_batch(batch, i, self.name, self.dict_key_y)
             x = None if isinstance(batch, Mapping) else batch[0]
+            if isinstance(x, Mapping):  # (tokens, labels): one dict, as laplace-torch takes it
+                batch = {**x, self.dict_key_y: batch[1]}
+                x = None
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 shape = tuple(x.shape[2:])
                 if self.item_shape is None:

@@ -379,6 +379,8 @@ def _first_inputs(loader: Iterable[Any]) -> Any:
         raise ValueError("`train_loader` yielded no pairs; pass a non-empty loader.") from None
     if isinstance(batch, Mapping):
         return batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Mapping):
+        return batch[0]  # (token dict, labels)
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(
             f"`train_loader` must yield (x, y) pairs of tensors, got {type(batch).__name__}; "

@@ -17,7 +17,7 @@ import functools
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -84,8 +84,32 @@ def _finite(variance: torch.Tensor) -> torch.Tensor:
     return variance
 
 
-def _batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    return x.split(batch_size) if x.shape[0] > batch_size else (x,)
+def _n_rows(x: Any) -> int:
+    """Items or pairs in ``x``: a tensor or a token dict."""
+    return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])
+
+
+def _batches(x: Any, batch_size: int) -> list[Any]:
+    """``x`` (a tensor or a token dict) in batches of at most ``batch_size`` rows."""
+    if _n_rows(x) <= batch_size:
+        return [x]
+    if isinstance(x, Mapping):
+        return [
+            {k: v[i : i + batch_size] for k, v in x.items()}
+            for i in range(0, _n_rows(x), batch_size)
+        ]
+    return list(x.split(batch_size))
+
+
+def _token_dict(x: Mapping[str, Any], name: str, device: torch.device) -> dict[str, Any]:
+    """A token dict (``BatchEncoding`` too) of tensors, on ``device``, usable by autograd."""
+    bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(
+            f"`{name}` is a token dict, but {bad} are not tensors; tokenize with "
+            "return_tensors='pt' (or use bt_laplace.TextPairCollator)."
+        )
+    return {k: _usable(v).to(device) for k, v in x.items()}
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -213,7 +237,15 @@ class RewardPosterior:
                 f"shape {self.item_shape}; pass items like the training ones."
             )
 
-    def _items(self, x: Any, name: str = "x", *, check_shape: bool = True) -> torch.Tensor:
+    def _items(self, x: Any, name: str = "x", *, check_shape: bool = True) -> Any:
+        if isinstance(x, Mapping):  # token dict: input_ids (B, L)
+            x = _token_dict(x, name, self.laplace._device)
+            if self.model.is_pair_batch(x):
+                raise ValueError(
+                    f"`{name}` must be items, input_ids (B, L), got pairs "
+                    f"{tuple(x['input_ids'].shape)}; use preference_probability for pairs."
+                )
+            return x
         x = _usable(check_tensor(name, x))
         self._check_dtype(x)
         _check_finite_inputs(x, name)
@@ -226,7 +258,14 @@ class RewardPosterior:
             self._check_item_shape(tuple(x.shape[1:]), name, x)
         return x.to(self.laplace._device)
 
-    def _pairs(self, x: Any) -> torch.Tensor:
+    def _pairs(self, x: Any) -> Any:
+        if isinstance(x, Mapping):  # token dict: input_ids (B, 2, L)
+            x = _token_dict(x, "x", self.laplace._device)
+            if not self.model.is_pair_batch(x):
+                raise ValueError(
+                    f"`x` must be pairs, input_ids (B, 2, L), got {tuple(x['input_ids'].shape)}."
+                )
+            return x
         x = _usable(check_tensor("x", x))
         self._check_dtype(x)
         _check_finite_inputs(x, "x")
@@ -344,17 +383,22 @@ class RewardPosterior:
             mean reward) and ``variance`` ``(B,)``.
         """
         x = self._items(x)
-        ref: torch.Tensor | None = None
+        ref: Any = None
         if isinstance(reference, str):
             check_choice("reference", reference, ("group",))
         else:
             ref = self._items(reference, "reference", check_shape=False)
-            if ref.shape[0] == 0:
+            if _n_rows(ref) == 0:
                 raise ValueError(
                     "`reference` has no items; pass at least one reference item, or "
                     "reference='group'."
                 )
-            if ref.shape[1:] != x.shape[1:]:
+            if isinstance(ref, Mapping) != isinstance(x, Mapping):
+                raise TypeError(
+                    "`reference` and `x` must both be tensors or both token dicts, got "
+                    f"{type(reference).__name__} and {type(x).__name__}."
+                )
+            if not isinstance(x, Mapping) and ref.shape[1:] != x.shape[1:]:
                 raise ValueError(
                     f"`reference` items have shape {tuple(ref.shape[1:])} but `x` items have "
                     f"{tuple(x.shape[1:])}; pass reference items of the same shape."
@@ -405,9 +449,9 @@ class RewardPosterior:
         """
         x = self._items(x)
         n_samples = check_positive_int("n_samples", n_samples)
-        if x.shape[0] > self.batch_size:
+        if _n_rows(x) > self.batch_size:
             raise ValueError(
-                f"`x` has {x.shape[0]} items but joint samples are drawn in one pass of at "
+                f"`x` has {_n_rows(x)} items but joint samples are drawn in one pass of at "
                 f"most batch_size={self.batch_size}; pass fewer items or raise `batch_size`."
             )
         self.laplace.model.eval()
