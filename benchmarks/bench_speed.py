@@ -382,27 +382,15 @@ def bench_fit_one_raw(
     return out
 
 
-def run_benchmark(args: argparse.Namespace) -> None:
-    cfg = QUICK if args.quick else FULL
-    cap = args.cap if args.cap is not None else cfg["cap"]
-    device = torch.device(args.device)
-    clock = Clock(device)
-    t_start = time.perf_counter()
-    env = environment(torch.get_num_threads(), args.device)
-    res: dict[str, Any] = {"cfg": cfg, "cap": cap}
-
-    n_max = max([cfg["n_main"], *cfg["pairs_grid"]])
-    x_all, y_all = make_data(n_max, device, seed=0)
-    x_tr, y_tr = x_all[: cfg["n_main"]], y_all[: cfg["n_main"]]
-    x_items = torch.randn(4096, D, generator=torch.Generator().manual_seed(1)).to(device)
-    x_pairs = torch.randn(2048, 2, D, generator=torch.Generator().manual_seed(2)).to(device)
-
-    # ------------------------------------------------------------------ MAP training + ensemble
+def measure_map(
+    cfg: dict[str, Any], x_tr: torch.Tensor, y_tr: torch.Tensor, clock: Clock
+) -> tuple[nn.Module, dict[str, Any]]:
+    """MAP training and a deep ensemble; returns the first member and the times."""
     log(
         f"MAP training: {cfg['n_main']:,} pairs, {cfg['epochs']} epochs, "
         f"{cfg['ensemble']} ensemble members"
     )
-    _, warm_times = train_map(BENCH_HIDDEN, x_tr[:1024], y_tr[:1024], 1, clock, seed=99)  # warm-up
+    train_map(BENCH_HIDDEN, x_tr[:1024], y_tr[:1024], 1, clock, seed=99)  # warm-up
     members, member_times = [], []
     for m in range(cfg["ensemble"]):
         model_m, times = train_map(BENCH_HIDDEN, x_tr, y_tr, cfg["epochs"], clock, seed=m)
@@ -413,20 +401,31 @@ def run_benchmark(args: argparse.Namespace) -> None:
     epoch_t = statistics.median([t for ts in member_times for t in ts])
     map_t = sum(member_times[0])
     ens_t = sum(sum(ts) for ts in member_times)
-    res["map"] = dict(epoch=epoch_t, train=map_t, ensemble=ens_t, params=n_params(model))
+    out = dict(epoch=epoch_t, train=map_t, ensemble=ens_t, params=n_params(model))
     with torch.no_grad():
         acc = (model(x_tr).argmax(1) == y_tr).float().mean().item()
-    res["map"]["train_acc"] = acc
+    out["train_acc"] = acc
     log(
         f"  one epoch {fmt_s(epoch_t)}, training {fmt_s(map_t)}, ensemble {fmt_s(ens_t)}, "
         f"train acc {acc:.3f}"
     )
+    return model, out
 
-    # ------------------------------------------------------------------ fits
+
+def measure_fits(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> tuple[dict, dict, dict, dict]:
+    """Fit and marglik times of bt_laplace and raw laplace-torch on the main training set;
+    returns the times and the fitted posteriors, ``(bt_fit, raw_fit, posts, raw_las)``."""
     loader = subset_loader(x_tr, y_tr, cfg["n_main"])
     warm = subset_loader(x_tr, y_tr, BATCH)
     posts: dict[tuple[str, str], Any] = {}
-    res["bt_fit"] = {}
+    bt_fit: dict[tuple[str, str], Any] = {}
     for subset, structure in CONFIGS:
         r = bench_fit_one_bt(
             model,
@@ -440,13 +439,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
             marglik=True,
         )
         posts[(subset, structure)] = r.pop("post")
-        res["bt_fit"][(subset, structure)] = r
+        bt_fit[(subset, structure)] = r
         log(
             f"  bt_laplace {subset}/{structure}: fit {fmt_s(r['fit'])} "
             f"({fmt_x(r['fit'] / r['epoch'])} epoch), marglik {fmt_s(r['marglik'])}"
         )
 
-    res["raw_fit"] = {}
+    raw_fit: dict[tuple[str, str, str], Any] = {}
     raw_las: dict[tuple[str, str, str], Any] = {}
     for subset, structure, backend in RAW_VARIANTS:
         ref = reference_epoch(model, pair_loader(x_tr, y_tr, shuffle=True), clock)
@@ -461,23 +460,35 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 raw_las[(subset, structure, backend)] = la
             except Exception as exc:  # noqa: BLE001
                 r["marglik_error"] = short_error(exc)
-        res["raw_fit"][(subset, structure, backend)] = r
+        raw_fit[(subset, structure, backend)] = r
         log(
             f"  laplace-torch {subset}/{structure} [{r.get('backend')}]: "
             f"{fmt_s(r['fit']) if 'fit' in r else r.get('skipped') or r.get('error')}"
         )
+    return bt_fit, raw_fit, posts, raw_las
 
-    # ------------------------------------------------------------------ prediction
+
+def measure_prediction(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    posts: dict,
+    raw_las: dict,
+    x_items: torch.Tensor,
+    x_pairs: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> tuple[dict, dict]:
+    """The MAP forward and every posterior's queries per batch size: ``(fwd, pred)``."""
     log("prediction")
-    res["pred"] = {}
-    res["fwd"] = {}
+    pred: dict[tuple[Any, ...], Any] = {}
+    fwd_t: dict[int, float] = {}
 
     def fwd(xb: torch.Tensor) -> None:
         with torch.no_grad():
             model(xb)
 
     for b in cfg["pred_batches"]:
-        res["fwd"][b] = clock.median(lambda xb=x_items[:b]: fwd(xb))
+        fwd_t[b] = clock.median(lambda xb=x_items[:b]: fwd(xb))
     for (subset, structure), post in posts.items():
         for b in cfg["pred_batches"]:
             xb = x_items[:b]
@@ -491,13 +502,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     lambda pb=pb, post=post: post.preference_probability(pb),
                 )
                 entry["pref"], entry["post_pref"] = t_pref, t_post
-            res["pred"][("bt", subset, structure, b)] = entry
+            pred[("bt", subset, structure, b)] = entry
         log(
             f"  bt_laplace {subset}/{structure}: "
             + ", ".join(
                 f"b={b} {fmt_x(e['post'] / e['fwd'])}"
                 for b in cfg["pred_batches"]
-                if (e := res["pred"][("bt", subset, structure, b)])
+                if (e := pred[("bt", subset, structure, b)])
             )
         )
     for key, la in raw_las.items():
@@ -509,7 +520,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
             if rate_est is not None and rate_est * b * b > cap:
                 entry["skipped"] = f"skipped (est. {fmt_s(rate_est * b * b)} > cap)"
                 entry["est"] = rate_est * b * b
-                res["pred"][("raw", subset, structure, backend, b)] = entry
+                pred[("raw", subset, structure, backend, b)] = entry
                 continue
             try:
                 if b > 64:
@@ -521,25 +532,31 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     rate_est = t / (b * b)
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = short_error(exc)
-                res["pred"][("raw", subset, structure, backend, b)] = entry
+                pred[("raw", subset, structure, backend, b)] = entry
                 break
-            res["pred"][("raw", subset, structure, backend, b)] = entry
+            pred[("raw", subset, structure, backend, b)] = entry
         log(f"  laplace-torch {subset}/{structure} [{backend}] done")
+    return fwd_t, pred
 
-    # ------------------------------------------------------------------ memory (subprocesses)
-    log("peak memory of prediction (one subprocess per point)")
-    res["mem"] = run_memory(args, cfg, model, x_tr, y_tr)
 
-    # ------------------------------------------------------------------ scaling with pairs
+def measure_pair_scaling(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> dict:
+    """Fit time against the number of training pairs."""
     log("scaling with the number of pairs")
-    res["scale_pairs"] = {}
+    out: dict[tuple[Any, ...], Any] = {}
     warm = subset_loader(x_all, y_all, BATCH)
     rates: dict[tuple[str, str, str], float] = {}
     for n in cfg["pairs_grid"]:
         ld = subset_loader(x_all, y_all, n)
         for subset, structure in CONFIGS:
             r = bench_fit_one_bt(model, ld, warm, subset, structure, clock, 1)
-            res["scale_pairs"][("bt", subset, structure, n)] = r["fit"]
+            out[("bt", subset, structure, n)] = r["fit"]
             del r
         for subset, structure, backend in cfg["raw_scaling"]:
             key = (subset, structure, backend)
@@ -558,16 +575,26 @@ def run_benchmark(args: argparse.Namespace) -> None:
             if "rate" in r:
                 rates[key] = r["rate"]
             r.pop("la", None)
-            res["scale_pairs"][("raw", subset, structure, backend, n)] = r
+            out[("raw", subset, structure, backend, n)] = r
         gc.collect()
         log(
             f"  {n:,} pairs: "
-            + ", ".join(f"{s}/{h} {fmt_s(res['scale_pairs'][('bt', s, h, n)])}" for s, h in CONFIGS)
+            + ", ".join(f"{s}/{h} {fmt_s(out[('bt', s, h, n)])}" for s, h in CONFIGS)
         )
+    return out
 
-    # ------------------------------------------------------------------ scaling with width
+
+def measure_width_scaling(
+    cfg: dict[str, Any],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> dict:
+    """Fit time against the hidden width (a MAP model per width)."""
+    loader = subset_loader(x_tr, y_tr, cfg["n_main"])
     log("scaling with the hidden width")
-    res["scale_params"] = {}
+    out: dict[int, Any] = {}
     for h in cfg["hidden_grid"]:
         m_h, times = train_map(h, x_tr, y_tr, cfg["hidden_epochs"], clock, seed=0)
         row: dict[Any, Any] = {"params": n_params(m_h), "epoch": statistics.median(times)}
@@ -591,8 +618,35 @@ def run_benchmark(args: argparse.Namespace) -> None:
             )
             r.pop("la", None)
             row[("raw", subset, structure, backend)] = r
-        res["scale_params"][h] = row
+        out[h] = row
         log(f"  hidden {h} ({row['params']:,} params): epoch {fmt_s(row['epoch'])}")
+    return out
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    cfg = QUICK if args.quick else FULL
+    cap = args.cap if args.cap is not None else cfg["cap"]
+    device = torch.device(args.device)
+    clock = Clock(device)
+    t_start = time.perf_counter()
+    env = environment(torch.get_num_threads(), args.device)
+    res: dict[str, Any] = {"cfg": cfg, "cap": cap}
+
+    n_max = max([cfg["n_main"], *cfg["pairs_grid"]])
+    x_all, y_all = make_data(n_max, device, seed=0)
+    x_tr, y_tr = x_all[: cfg["n_main"]], y_all[: cfg["n_main"]]
+    x_items = torch.randn(4096, D, generator=torch.Generator().manual_seed(1)).to(device)
+    x_pairs = torch.randn(2048, 2, D, generator=torch.Generator().manual_seed(2)).to(device)
+
+    model, res["map"] = measure_map(cfg, x_tr, y_tr, clock)
+    res["bt_fit"], res["raw_fit"], posts, raw_las = measure_fits(cfg, model, x_tr, y_tr, clock, cap)
+    res["fwd"], res["pred"] = measure_prediction(
+        cfg, model, posts, raw_las, x_items, x_pairs, clock, cap
+    )
+    log("peak memory of prediction (one subprocess per point)")
+    res["mem"] = run_memory(args, cfg, model, x_tr, y_tr)
+    res["scale_pairs"] = measure_pair_scaling(cfg, model, x_all, y_all, clock, cap)
+    res["scale_params"] = measure_width_scaling(cfg, x_tr, y_tr, clock, cap)
 
     res["elapsed"] = time.perf_counter() - t_start
     log(f"done in {res['elapsed']:.0f} s")

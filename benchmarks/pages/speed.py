@@ -109,43 +109,30 @@ def render(res: dict[str, Any], page: Path) -> str:
     add("| goal | configuration | measured | goal | status |")
     add("| --- | --- | --- | --- | --- |")
     big = max(cfg["pred_batches"])
-    for subset, structure in configs:
-        limit = 15.0 if (subset, structure) == ("all", "kron") else 5.0
-        p = res["pred"][("bt", subset, structure, big)]
-        add(
-            goal_row(
-                f"post(x) / forward, batch {big}",
-                f"{subset}/{structure}",
-                p["post"] / p["fwd"],
-                limit,
-            )
-        )
-    for subset, structure in configs:
-        p = res["pred"][("bt", subset, structure, big)]
-        add(
-            goal_row(
-                f"preference_probability / post(x), {big} items",
-                f"{subset}/{structure}",
-                p["pref"] / p["post_pref"],
-                2.0,
-            )
-        )
-    for subset, structure in configs:
-        f = res["bt_fit"][(subset, structure)]
-        add(goal_row("fit / one MAP epoch", f"{subset}/{structure}", f["fit"] / f["epoch"], 5.0))
-    for subset, structure in configs:
-        f = res["bt_fit"][(subset, structure)]
-        add(goal_row("marglik / fit", f"{subset}/{structure}", f["marglik"] / f["fit"], 1.0))
-    for subset, structure in configs:
-        f = res["bt_fit"][(subset, structure)]
-        add(
-            goal_row(
-                f"total (MAP + fit + marglik) / MAP training ({cfg['epochs']} epochs)",
-                f"{subset}/{structure}",
-                total_ratio(cfg, f),
-                1.5,
-            )
-        )
+    pred = {c: res["pred"][("bt", *c, big)] for c in configs}
+    fit = {c: res["bt_fit"][c] for c in configs}
+    goals = [  # (goal, measured ratio, limit) per configuration
+        (
+            f"post(x) / forward, batch {big}",
+            lambda c: pred[c]["post"] / pred[c]["fwd"],
+            lambda c: 15.0 if c == ("all", "kron") else 5.0,
+        ),
+        (
+            f"preference_probability / post(x), {big} items",
+            lambda c: pred[c]["pref"] / pred[c]["post_pref"],
+            lambda c: 2.0,
+        ),
+        ("fit / one MAP epoch", lambda c: fit[c]["fit"] / fit[c]["epoch"], lambda c: 5.0),
+        ("marglik / fit", lambda c: fit[c]["marglik"] / fit[c]["fit"], lambda c: 1.0),
+        (
+            f"total (MAP + fit + marglik) / MAP training ({cfg['epochs']} epochs)",
+            lambda c: total_ratio(cfg, fit[c]),
+            lambda c: 1.5,
+        ),
+    ]
+    for goal, value, limit in goals:
+        for c in configs:
+            add(goal_row(goal, "/".join(c), value(c), limit(c)))
     add("")
     add(
         "Ratios pair each measurement with its reference taken alternately in the same loop "
