@@ -4,7 +4,8 @@ Run from the repository root::
 
     python benchmarks/bench_best_of_n.py [--pairs 2000] [--prompts 300] [--seeds 3]
 
-Writes ``docs/best_of_n.md`` and ``docs/best_of_n.png``. A Goodhart setting: the true reward
+Saves ``docs/data/best_of_n.json`` and writes ``docs/best_of_n.md`` and ``docs/best_of_n.png``
+from it (``benchmarks/report.py``). A Goodhart setting: the true reward
 ``r*(x) = a . x - 0.15 ||x||^2`` rewards a direction up to a point; the reward model (an
 8-64-64-1 ReLU MLP, ``--act tanh`` for tanh) learns it from Bradley-Terry pairs of items
 ``x ~ N(0, I)``, where the quadratic term is mild. At selection time each prompt's ``n``
@@ -20,27 +21,20 @@ over prompts and seeds, for each ``n``.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import warnings
 
+import report
 import torch
+from _common import DOCS, OUT_HELP, environment, page_name, save
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    bradley_terry_epoch,
-    command_line,
-    environment_lines,
-    md_table,
-)
-
-import bt_laplace as btl  # noqa: E402
+from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.posterior import fit_reward_posterior
+from bt_laplace.testing import mlp, train_map
 
 warnings.filterwarnings("ignore")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 8
 NS = (1, 4, 16, 64, 256)
 K = (1.0, 2.0)
@@ -60,16 +54,10 @@ def make_pairs(n: int, a: torch.Tensor, g: torch.Generator) -> tuple[torch.Tenso
 
 def train(
     x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int, act: str
-) -> btl.PairwiseRewardModel:
+) -> PairwiseRewardModel:
     torch.manual_seed(seed)
-    a = ACTIVATIONS[act]
-    net = nn.Sequential(nn.Linear(D, 64), a(), nn.Linear(64, 64), a(), nn.Linear(64, 1))
-    model = btl.PairwiseRewardModel(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
-    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    for _ in range(epochs):
-        bradley_terry_epoch(model, loader, opt)
-    return model.eval()
+    model = PairwiseRewardModel(mlp(D, 64, ACTIVATIONS[act]))
+    return train_map(model, x, y, epochs=epochs, weight_decay=1e-3)
 
 
 def run_seed(
@@ -87,7 +75,7 @@ def run_seed(
     posts = {}
     for subset in ("all", "last_layer"):
         t0 = time.perf_counter()
-        posts[subset] = btl.fit_reward_posterior(
+        posts[subset] = fit_reward_posterior(
             model, loader, subset_of_weights=subset, hessian_structure="kron"
         )
         costs[f"bt {subset}/kron"] = costs["MAP"] + time.perf_counter() - t0
@@ -141,70 +129,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--spread", type=float, default=3.0, help="std of the candidates")
     parser.add_argument("--act", choices=sorted(ACTIVATIONS), default="relu")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "best_of_n.md"))
+    parser.add_argument("--out", default=str(DOCS / "best_of_n.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    env = environment(torch.get_num_threads())
     t_start = time.perf_counter()
     runs = [
         run_seed(s, args.pairs, args.prompts, args.epochs, args.spread, args.act)
         for s in range(args.seeds)
     ]
-    names = list(runs[0][0])
-    mean_curve = {
-        n: [sum(r[0][n][i] for r in runs) / len(runs) for i in range(len(NS))] for n in names
+    results = {
+        "environment": env,
+        "elapsed": time.perf_counter() - t_start,
+        "args": {
+            k: getattr(args, k) for k in ("pairs", "prompts", "seeds", "epochs", "spread", "act")
+        },
+        "d": D,
+        "ns": list(NS),
+        "runs": [{"picked": picked, "costs": costs} for picked, costs in runs],
     }
-    rows = [[n, *(f"{v:+.3f}" for v in mean_curve[n])] for n in names]
-    cost_rows = [[c, f"{sum(r[1][c] for r in runs) / len(runs):.2f}"] for c in runs[0][1]]
-    png = os.path.splitext(args.out)[0] + ".png"
-    plot(mean_curve, png)
-    text = "\n".join(
-        [
-            "# Best-of-n against a known true reward",
-            "",
-            *environment_lines(command_line(), torch.get_num_threads()),
-            f"- Total run time: {time.perf_counter() - t_start:.0f} s",
-            "",
-            f"True reward `r*(x) = a . x - 0.15 ||x||^2` (`||a|| = 1.5`, `x` in R^{D}); reward "
-            f"model 8-64-64-1 {args.act} MLP, MAP by AdamW ({args.epochs} epochs) on "
-            f"{args.pairs} Bradley-Terry pairs of `x ~ N(0, I)`; candidates "
-            f"`x ~ N(0, {args.spread:g}^2 I)`, "
-            f"{args.prompts} prompts x {args.seeds} seeds. Posteriors: `fit_reward_posterior` "
-            "defaults but the subset (kron, marglik prior). Each cell: the true reward of the "
-            "candidate the method picks, averaged over prompts and seeds (higher is better).",
-            "",
-            md_table(["method", *(f"n = {n}" for n in NS)], rows),
-            "",
-            "Fit cost per seed (seconds, MAP training included):",
-            "",
-            md_table(["method", "s"], cost_rows),
-            "",
-            f"![best-of-n curves]({os.path.basename(png)})",
-            "",
-        ]
-    )
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
-
-
-def plot(curves: dict[str, list[float]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, vals in curves.items():
-        style = "--" if "oracle" in name else ("-" if name.startswith("bt") else ":")
-        ax.plot(NS, vals, style, marker="o", ms=3, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("n candidates")
-    ax.set_ylabel("true reward of the pick")
-    ax.set_title("Best-of-n: picking by MAP vs penalized rewards")
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(page_name(args.out), "best_of_n", results)
+    report.write(page_name(args.out))
 
 
 if __name__ == "__main__":

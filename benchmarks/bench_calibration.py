@@ -4,7 +4,8 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_calibration.py [--quick]
 
-Writes ``docs/calibration.md`` and the reliability diagram ``docs/calibration.png``.
+Saves ``docs/data/calibration.json`` and writes ``docs/calibration.md`` and the reliability
+diagram ``docs/calibration.png`` from it (``benchmarks/report.py``).
 
 Data: scikit-learn's bundled diabetes regression data (442 patients, 10 features; shipped
 with scikit-learn, nothing is downloaded). Rows are split into train/val/test *before* pairs
@@ -16,33 +17,25 @@ Bradley-Terry noise on the standardized target: ``y ~ Bernoulli(sigmoid(BETA (z_
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import warnings
 
-import numpy as np
+import report
 import torch
+from _common import DOCS, OUT_HELP, environment, page_name, save
+from laplace import Laplace
 from sklearn.datasets import load_diabetes
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    bradley_terry_epoch,
-    command_line,
-    environment_lines,
-    md_table,
-)
-from laplace import Laplace  # noqa: E402
-
-import bt_laplace as btl  # noqa: E402
+from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.posterior import fit_reward_posterior
+from bt_laplace.testing import bradley_terry_epoch, mlp
 
 warnings.filterwarnings("ignore")
 THREADS = 2
 torch.set_num_threads(THREADS)
 torch.set_default_dtype(torch.float64)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BETA = 3.0  # Bradley-Terry sharpness on the standardized target
 HIDDEN = 32
@@ -86,10 +79,7 @@ def train_map(x, y, x_val, y_val, seed: int):
     """AdamW for up to EPOCHS epochs; keeps the epoch with the best validation NLL."""
     torch.manual_seed(seed + 100)
     d = x.shape[-1]
-    net = nn.Sequential(
-        nn.Linear(d, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 1)
-    )
-    model = btl.PairwiseRewardModel(net)
+    model = PairwiseRewardModel(mlp(d, HIDDEN))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     loader = DataLoader(
         TensorDataset(x, y),
@@ -185,7 +175,7 @@ def run_methods(model, train_loader, x_test, quick: bool):
     ]
     for subset, structure, evidence in bt_specs:
         t = time.perf_counter()
-        post = btl.fit_reward_posterior(
+        post = fit_reward_posterior(
             model,
             train_loader,
             subset_of_weights=subset,
@@ -207,8 +197,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, no laplace-torch diag")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--out", default=str(DOCS / "calibration.md"), help=OUT_HELP)
     args = ap.parse_args()
     n_seeds = args.seeds or (2 if args.quick else 5)
+    env = environment(THREADS)
     t0 = time.perf_counter()
     table: dict[str, list[dict[str, float]]] = {}
     priors: dict[str, list[float]] = {}
@@ -236,108 +228,29 @@ def main() -> None:
             ),
             flush=True,
         )
-    total = time.perf_counter() - t0
 
-    def ms(vals: list[float], digits: int = 4) -> str:
-        a = np.array(vals)
-        if np.all(np.isnan(a)):
-            return "-"
-        return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0:.{digits}f}"
-
-    rows = []
-    for name, ms_list in table.items():
-        rows.append(
-            [name]
-            + [ms([m[k] for m in ms_list]) for k in ("acc", "nll", "brier", "ece")]
-            + [ms(priors[name], 3), ms(secs[name], 2)]
-        )
-    header = [
-        "method",
-        "accuracy (higher better)",
-        "NLL (lower)",
-        "Brier (lower)",
-        f"ECE, {N_BINS} bins (lower)",
-        "prior precision (marglik)",
-        "fit + predict s",
-    ]
-    print(md_table(header, rows))
-
-    png = os.path.join(ROOT, "docs", "calibration.png")
-    plot(curves, png)
-    parts = [
-        "# Calibration on held-out pairs: MAP vs laplace-torch vs bt_laplace",
-        "",
-        *environment_lines(command_line(), THREADS),
-        f"- Total run time: {total:.0f} s" + (" (quick mode)" if args.quick else ""),
-        "",
-        "## Setup",
-        "",
-        "- Data: `sklearn.datasets.load_diabetes()` (442 patients, 10 features, target = disease "
-        "progression after one year; bundled with scikit-learn, no download). Features and "
-        "target standardized with train-row statistics.",
-        f"- Rows split per seed into train/val/test = {sizes['train']}/{sizes['val']}/"
-        f"{sizes['test']} patients *before* pairing: test pairs involve only unseen patients.",
-        f"- Pairs: {N_TRAIN} train, {N_VAL} validation, {N_TEST} test (random distinct rows "
-        "of each split; validation pairs only pick the MAP training epoch, every prior "
-        "precision is set by marglik on the train pairs). Label "
-        f"`y ~ Bernoulli(sigmoid({BETA:g} (z_j - z_i)))`, `z` the standardized target: item 1 "
-        "preferred when its target is larger, with Bradley-Terry noise.",
-        f"- Model: MLP `10 -> {HIDDEN} -> {HIDDEN} -> 1` (tanh), float64, MAP by AdamW (lr 3e-3, "
-        f"weight decay 1e-4, batch 64, up to {EPOCHS} epochs, early-stopped at the epoch of best "
-        f"validation NLL: epochs chosen per seed {epochs}). The same MAP model per seed for "
-        "all methods.",
-        "- Posteriors: scalar prior precision by marglik (laplace-torch's Adam procedure: its "
-        "`optimize_prior_precision` for laplace-torch, `fit_reward_posterior`'s eigenvalue "
-        "version for bt_laplace; rows marked evidence='exact' maximize the exact-GGN "
-        "evidence instead, the same prior for every structure). laplace-torch "
-        "probabilities are its own `la(x, fitting=True, link_approx='probit')[:, 1]` with its "
-        "default backend (CurvlinopsGGN); bt_laplace's are `post.preference_probability(x)` "
-        "(probit on the reward difference, with the covariance). laplace-torch last-layer "
-        "cannot predict on pairs (see docs/accuracy.md), so it is not in the table.",
-        "- ECE: top-label confidence `max(p, 1-p)` vs accuracy, 15 equal-width bins on [0, 1]. "
-        "*oracle*: the true label probability `sigmoid(BETA dz)`, the floor for NLL and Brier "
-        "(its ECE is sampling noise only).",
-        f"- Mean ± std over {n_seeds} seeds (seed changes the split, the pairs, the labels and "
-        "the MAP initialization).",
-        "",
-        "## Results (held-out test pairs)",
-        "",
-        md_table(header, rows),
-        "",
-        f"Reliability diagram (seed 0, bins with >= 10 pairs): `docs/{os.path.basename(png)}`.",
-        "",
-        f"![reliability diagram]({os.path.basename(png)})",
-        "",
-    ]
-    out = os.path.join(ROOT, "docs", "calibration.md")
-    with open(out, "w") as f:
-        f.write("\n".join(parts))
-    print(f"wrote {out} and {png} ({total:.0f}s)")
-
-
-def plot(curves, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.2, 5.6))
-    ax.plot([0.5, 1], [0.5, 1], color="0.6", ls=":", label="perfect calibration")
-    styles = {"MAP": ("k", "o"), "oracle": ("0.5", "x")}
-    for name, (xs, ys, _) in curves.items():
-        key = name.split(" ")[0]
-        color, marker = styles.get(key, (None, "s" if "laplace-torch" in name else "^"))
-        ls = "--" if "laplace-torch" in name else "-"
-        ax.plot(xs, ys, marker=marker, ls=ls, color=color, label=name, ms=4)
-    ax.set_xlabel("confidence max(p, 1 - p)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0.5, 1.0)
-    ax.set_ylim(0.3, 1.02)
-    ax.set_title("Diabetes preference pairs, held-out patients (seed 0)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    results = {
+        "environment": env,
+        "elapsed": time.perf_counter() - t0,
+        "quick": args.quick,
+        "seeds": n_seeds,
+        "setup": {
+            "beta": BETA,
+            "hidden": HIDDEN,
+            "epochs": EPOCHS,
+            "pairs": {"train": N_TRAIN, "val": N_VAL, "test": N_TEST},
+            "bins": N_BINS,
+            "patients": sizes,
+        },
+        "epochs_chosen": epochs,
+        "metrics": table,
+        "prior": priors,
+        "seconds": secs,
+        "reliability_seed0": curves,
+    }
+    name = page_name(args.out)
+    save(name, "calibration", results)
+    report.write(name)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Usage (from the repository root, with the project's own dependencies and matplot
     python benchmarks/bench_speed.py --quick             # reduced grid, ~2-3 min on 2 CPU cores
     python benchmarks/bench_speed.py --device cuda       # same on a CUDA GPU (see run_gpu.sh)
 
-It writes a markdown report (``--out``, default ``docs/benchmarks.md``) and a plot
-(``--plot``, default ``docs/benchmark_scaling.png``).
+It saves its measurements to ``docs/data/<page>.json`` and writes from them
+(``benchmarks/report.py``) a markdown report (``--out``, default ``docs/benchmarks.md``) and a
+plot (``--plot``, default ``docs/benchmark_scaling.png``, beside the report).
 
 What is measured, all on the benchmark MLP (D=64 -> 256 -> 256 -> 1, tanh; 82,689 parameters)
 trained with MAP (AdamW, batch 256) on synthetic pairs labelled by a random teacher MLP with
@@ -39,13 +40,9 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
-import datetime
 import gc
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -71,8 +68,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
-import bt_laplace as btl  # noqa: E402
+import report  # noqa: E402
+from _common import OUT_HELP, environment, fmt_b, fmt_s, fmt_x, page_name, save  # noqa: E402
+
+from bt_laplace.model import PairwiseRewardModel  # noqa: E402
+from bt_laplace.posterior import fit_reward_posterior  # noqa: E402
 from bt_laplace.prior import optimize_marglik  # noqa: E402
+from bt_laplace.testing import bradley_terry_epoch, mlp  # noqa: E402
 
 warnings.filterwarnings("ignore")  # laplace-torch's link_approx notices etc.
 
@@ -190,12 +192,6 @@ class Clock:
         return statistics.median(ta), statistics.median(tb)
 
 
-def mlp(hidden: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(D, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-    )
-
-
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -230,19 +226,16 @@ def make_data(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor
 
 def train_map(
     hidden: int, x: torch.Tensor, y: torch.Tensor, epochs: int, clock: Clock, seed: int
-) -> tuple[btl.PairwiseRewardModel, list[float]]:
+) -> tuple[PairwiseRewardModel, list[float]]:
     """MAP training with AdamW, batch 256; returns the model and the time of each epoch."""
     torch.manual_seed(seed)
-    model = btl.PairwiseRewardModel(mlp(hidden)).to(x.device)
+    model = PairwiseRewardModel(mlp(D, hidden)).to(x.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     loader = pair_loader(x, y, shuffle=True, seed=seed)
 
     def epoch() -> None:
         model.train()
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(model, loader, opt)
 
     times = [clock.once(epoch)[0] for _ in range(epochs)]
     model.eval()
@@ -276,7 +269,7 @@ def raw_backend_name(la: Any) -> str:
 
 
 def fit_bt(model: nn.Module, loader: DataLoader, subset: str, structure: str) -> Any:
-    return btl.fit_reward_posterior(
+    return fit_reward_posterior(
         model, loader, subset_of_weights=subset, hessian_structure=structure, prior_precision=1.0
     )
 
@@ -298,34 +291,6 @@ def subset_loader(x: torch.Tensor, y: torch.Tensor, n: int) -> DataLoader:
     return pair_loader(x[:n], y[:n], shuffle=False)
 
 
-def fmt_s(t: float | None) -> str:
-    if t is None or (isinstance(t, float) and math.isnan(t)):
-        return "-"
-    if t >= 100:
-        return f"{t:.0f} s"
-    if t >= 1:
-        return f"{t:.2f} s"
-    if t >= 1e-3:
-        return f"{t * 1e3:.2f} ms"
-    return f"{t * 1e6:.0f} us"
-
-
-def fmt_x(r: float | None) -> str:
-    if r is None or (isinstance(r, float) and math.isnan(r)):
-        return "-"
-    if r >= 100:
-        return f"{r:,.0f}x"
-    if r >= 10:
-        return f"{r:.1f}x"
-    return f"{r:.2f}x"
-
-
-def fmt_b(b: float | None) -> str:
-    if b is None:
-        return "-"
-    return f"{b / 2**20:,.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -337,10 +302,7 @@ def reference_epoch(model: nn.Module, loader: DataLoader, clock: Clock) -> float
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
 
     def epoch() -> None:
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(net(xb), yb).backward()
-            opt.step()
+        bradley_terry_epoch(net, loader, opt)
 
     return clock.once(epoch)[0]
 
@@ -420,27 +382,15 @@ def bench_fit_one_raw(
     return out
 
 
-def run_benchmark(args: argparse.Namespace) -> None:
-    cfg = QUICK if args.quick else FULL
-    cap = args.cap if args.cap is not None else cfg["cap"]
-    device = torch.device(args.device)
-    clock = Clock(device)
-    t_start = time.perf_counter()
-    res: dict[str, Any] = {"cfg": cfg, "cap": cap}
-    load_before = os.getloadavg()
-
-    n_max = max([cfg["n_main"], *cfg["pairs_grid"]])
-    x_all, y_all = make_data(n_max, device, seed=0)
-    x_tr, y_tr = x_all[: cfg["n_main"]], y_all[: cfg["n_main"]]
-    x_items = torch.randn(4096, D, generator=torch.Generator().manual_seed(1)).to(device)
-    x_pairs = torch.randn(2048, 2, D, generator=torch.Generator().manual_seed(2)).to(device)
-
-    # ------------------------------------------------------------------ MAP training + ensemble
+def measure_map(
+    cfg: dict[str, Any], x_tr: torch.Tensor, y_tr: torch.Tensor, clock: Clock
+) -> tuple[nn.Module, dict[str, Any]]:
+    """MAP training and a deep ensemble; returns the first member and the times."""
     log(
         f"MAP training: {cfg['n_main']:,} pairs, {cfg['epochs']} epochs, "
         f"{cfg['ensemble']} ensemble members"
     )
-    _, warm_times = train_map(BENCH_HIDDEN, x_tr[:1024], y_tr[:1024], 1, clock, seed=99)  # warm-up
+    train_map(BENCH_HIDDEN, x_tr[:1024], y_tr[:1024], 1, clock, seed=99)  # warm-up
     members, member_times = [], []
     for m in range(cfg["ensemble"]):
         model_m, times = train_map(BENCH_HIDDEN, x_tr, y_tr, cfg["epochs"], clock, seed=m)
@@ -451,20 +401,31 @@ def run_benchmark(args: argparse.Namespace) -> None:
     epoch_t = statistics.median([t for ts in member_times for t in ts])
     map_t = sum(member_times[0])
     ens_t = sum(sum(ts) for ts in member_times)
-    res["map"] = dict(epoch=epoch_t, train=map_t, ensemble=ens_t, params=n_params(model))
+    out = dict(epoch=epoch_t, train=map_t, ensemble=ens_t, params=n_params(model))
     with torch.no_grad():
         acc = (model(x_tr).argmax(1) == y_tr).float().mean().item()
-    res["map"]["train_acc"] = acc
+    out["train_acc"] = acc
     log(
         f"  one epoch {fmt_s(epoch_t)}, training {fmt_s(map_t)}, ensemble {fmt_s(ens_t)}, "
         f"train acc {acc:.3f}"
     )
+    return model, out
 
-    # ------------------------------------------------------------------ fits
+
+def measure_fits(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> tuple[dict, dict, dict, dict]:
+    """Fit and marglik times of bt_laplace and raw laplace-torch on the main training set;
+    returns the times and the fitted posteriors, ``(bt_fit, raw_fit, posts, raw_las)``."""
     loader = subset_loader(x_tr, y_tr, cfg["n_main"])
     warm = subset_loader(x_tr, y_tr, BATCH)
     posts: dict[tuple[str, str], Any] = {}
-    res["bt_fit"] = {}
+    bt_fit: dict[tuple[str, str], Any] = {}
     for subset, structure in CONFIGS:
         r = bench_fit_one_bt(
             model,
@@ -478,13 +439,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
             marglik=True,
         )
         posts[(subset, structure)] = r.pop("post")
-        res["bt_fit"][(subset, structure)] = r
+        bt_fit[(subset, structure)] = r
         log(
             f"  bt_laplace {subset}/{structure}: fit {fmt_s(r['fit'])} "
             f"({fmt_x(r['fit'] / r['epoch'])} epoch), marglik {fmt_s(r['marglik'])}"
         )
 
-    res["raw_fit"] = {}
+    raw_fit: dict[tuple[str, str, str], Any] = {}
     raw_las: dict[tuple[str, str, str], Any] = {}
     for subset, structure, backend in RAW_VARIANTS:
         ref = reference_epoch(model, pair_loader(x_tr, y_tr, shuffle=True), clock)
@@ -499,23 +460,35 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 raw_las[(subset, structure, backend)] = la
             except Exception as exc:  # noqa: BLE001
                 r["marglik_error"] = short_error(exc)
-        res["raw_fit"][(subset, structure, backend)] = r
+        raw_fit[(subset, structure, backend)] = r
         log(
             f"  laplace-torch {subset}/{structure} [{r.get('backend')}]: "
             f"{fmt_s(r['fit']) if 'fit' in r else r.get('skipped') or r.get('error')}"
         )
+    return bt_fit, raw_fit, posts, raw_las
 
-    # ------------------------------------------------------------------ prediction
+
+def measure_prediction(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    posts: dict,
+    raw_las: dict,
+    x_items: torch.Tensor,
+    x_pairs: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> tuple[dict, dict]:
+    """The MAP forward and every posterior's queries per batch size: ``(fwd, pred)``."""
     log("prediction")
-    res["pred"] = {}
-    res["fwd"] = {}
+    pred: dict[tuple[Any, ...], Any] = {}
+    fwd_t: dict[int, float] = {}
 
     def fwd(xb: torch.Tensor) -> None:
         with torch.no_grad():
             model(xb)
 
     for b in cfg["pred_batches"]:
-        res["fwd"][b] = clock.median(lambda xb=x_items[:b]: fwd(xb))
+        fwd_t[b] = clock.median(lambda xb=x_items[:b]: fwd(xb))
     for (subset, structure), post in posts.items():
         for b in cfg["pred_batches"]:
             xb = x_items[:b]
@@ -529,13 +502,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     lambda pb=pb, post=post: post.preference_probability(pb),
                 )
                 entry["pref"], entry["post_pref"] = t_pref, t_post
-            res["pred"][("bt", subset, structure, b)] = entry
+            pred[("bt", subset, structure, b)] = entry
         log(
             f"  bt_laplace {subset}/{structure}: "
             + ", ".join(
                 f"b={b} {fmt_x(e['post'] / e['fwd'])}"
                 for b in cfg["pred_batches"]
-                if (e := res["pred"][("bt", subset, structure, b)])
+                if (e := pred[("bt", subset, structure, b)])
             )
         )
     for key, la in raw_las.items():
@@ -547,7 +520,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
             if rate_est is not None and rate_est * b * b > cap:
                 entry["skipped"] = f"skipped (est. {fmt_s(rate_est * b * b)} > cap)"
                 entry["est"] = rate_est * b * b
-                res["pred"][("raw", subset, structure, backend, b)] = entry
+                pred[("raw", subset, structure, backend, b)] = entry
                 continue
             try:
                 if b > 64:
@@ -559,25 +532,31 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     rate_est = t / (b * b)
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = short_error(exc)
-                res["pred"][("raw", subset, structure, backend, b)] = entry
+                pred[("raw", subset, structure, backend, b)] = entry
                 break
-            res["pred"][("raw", subset, structure, backend, b)] = entry
+            pred[("raw", subset, structure, backend, b)] = entry
         log(f"  laplace-torch {subset}/{structure} [{backend}] done")
+    return fwd_t, pred
 
-    # ------------------------------------------------------------------ memory (subprocesses)
-    log("peak memory of prediction (one subprocess per point)")
-    res["mem"] = run_memory(args, cfg, model, x_tr, y_tr)
 
-    # ------------------------------------------------------------------ scaling with pairs
+def measure_pair_scaling(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> dict:
+    """Fit time against the number of training pairs."""
     log("scaling with the number of pairs")
-    res["scale_pairs"] = {}
+    out: dict[tuple[Any, ...], Any] = {}
     warm = subset_loader(x_all, y_all, BATCH)
     rates: dict[tuple[str, str, str], float] = {}
     for n in cfg["pairs_grid"]:
         ld = subset_loader(x_all, y_all, n)
         for subset, structure in CONFIGS:
             r = bench_fit_one_bt(model, ld, warm, subset, structure, clock, 1)
-            res["scale_pairs"][("bt", subset, structure, n)] = r["fit"]
+            out[("bt", subset, structure, n)] = r["fit"]
             del r
         for subset, structure, backend in cfg["raw_scaling"]:
             key = (subset, structure, backend)
@@ -596,16 +575,26 @@ def run_benchmark(args: argparse.Namespace) -> None:
             if "rate" in r:
                 rates[key] = r["rate"]
             r.pop("la", None)
-            res["scale_pairs"][("raw", subset, structure, backend, n)] = r
+            out[("raw", subset, structure, backend, n)] = r
         gc.collect()
         log(
             f"  {n:,} pairs: "
-            + ", ".join(f"{s}/{h} {fmt_s(res['scale_pairs'][('bt', s, h, n)])}" for s, h in CONFIGS)
+            + ", ".join(f"{s}/{h} {fmt_s(out[('bt', s, h, n)])}" for s, h in CONFIGS)
         )
+    return out
 
-    # ------------------------------------------------------------------ scaling with width
+
+def measure_width_scaling(
+    cfg: dict[str, Any],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    clock: Clock,
+    cap: float,
+) -> dict:
+    """Fit time against the hidden width (a MAP model per width)."""
+    loader = subset_loader(x_tr, y_tr, cfg["n_main"])
     log("scaling with the hidden width")
-    res["scale_params"] = {}
+    out: dict[int, Any] = {}
     for h in cfg["hidden_grid"]:
         m_h, times = train_map(h, x_tr, y_tr, cfg["hidden_epochs"], clock, seed=0)
         row: dict[Any, Any] = {"params": n_params(m_h), "epoch": statistics.median(times)}
@@ -629,14 +618,42 @@ def run_benchmark(args: argparse.Namespace) -> None:
             )
             r.pop("la", None)
             row[("raw", subset, structure, backend)] = r
-        res["scale_params"][h] = row
+        out[h] = row
         log(f"  hidden {h} ({row['params']:,} params): epoch {fmt_s(row['epoch'])}")
+    return out
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    cfg = QUICK if args.quick else FULL
+    cap = args.cap if args.cap is not None else cfg["cap"]
+    device = torch.device(args.device)
+    clock = Clock(device)
+    t_start = time.perf_counter()
+    env = environment(torch.get_num_threads(), args.device)
+    res: dict[str, Any] = {"cfg": cfg, "cap": cap}
+
+    n_max = max([cfg["n_main"], *cfg["pairs_grid"]])
+    x_all, y_all = make_data(n_max, device, seed=0)
+    x_tr, y_tr = x_all[: cfg["n_main"]], y_all[: cfg["n_main"]]
+    x_items = torch.randn(4096, D, generator=torch.Generator().manual_seed(1)).to(device)
+    x_pairs = torch.randn(2048, 2, D, generator=torch.Generator().manual_seed(2)).to(device)
+
+    model, res["map"] = measure_map(cfg, x_tr, y_tr, clock)
+    res["bt_fit"], res["raw_fit"], posts, raw_las = measure_fits(cfg, model, x_tr, y_tr, clock, cap)
+    res["fwd"], res["pred"] = measure_prediction(
+        cfg, model, posts, raw_las, x_items, x_pairs, clock, cap
+    )
+    log("peak memory of prediction (one subprocess per point)")
+    res["mem"] = run_memory(args, cfg, model, x_tr, y_tr)
+    res["scale_pairs"] = measure_pair_scaling(cfg, model, x_all, y_all, clock, cap)
+    res["scale_params"] = measure_width_scaling(cfg, x_tr, y_tr, clock, cap)
 
     res["elapsed"] = time.perf_counter() - t_start
-    res["load"] = (load_before, os.getloadavg())
     log(f"done in {res['elapsed']:.0f} s")
-    write_plot(args, cfg, res)
-    write_report(args, cfg, res)
+    res.update(environment=env, threads=args.threads, plot=Path(args.plot).name)
+    res["setup"] = {"d": D, "batch": BATCH, "hidden": BENCH_HIDDEN, "configs": CONFIGS}
+    save(page_name(args.out), "speed", res)
+    report.write(page_name(args.out))
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -708,15 +725,11 @@ def run_memory(
                 f"  {kind} {subset}/{structure} [{backend}]: "
                 + ", ".join(
                     f"{n}: {fmt_b(v.get('peak'))}"
-                    for n in mem_columns(cfg)
+                    for n in (cfg["mem_items"] if kind == "bt" else cfg["mem_items_raw"])
                     if (v := out.get((kind, subset, structure, backend, n))) is not None
                 )
             )
     return out
-
-
-def mem_columns(cfg: dict[str, Any]) -> list[int]:
-    return sorted(set(cfg["mem_items"]) | set(cfg["mem_items_raw"]))
 
 
 def _malloc_trim() -> None:
@@ -741,7 +754,7 @@ def mem_probe(args: argparse.Namespace) -> None:
     kind, subset, structure, backend, n = json.loads(args._probe_spec)
     device = torch.device(args.device)
     state = torch.load(args._mem_probe)
-    model = btl.PairwiseRewardModel(mlp(BENCH_HIDDEN))
+    model = PairwiseRewardModel(mlp(D, BENCH_HIDDEN))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     loader = pair_loader(state["x"].to(device), state["y"].to(device), shuffle=False)
@@ -785,496 +798,11 @@ def mem_probe(args: argparse.Namespace) -> None:
     print(json.dumps({"peak": peak, "time": time.perf_counter() - t0, "how": how}))
 
 
-# ---------------------------------------------------------------------------------- report
-def machine_info(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        la_version = version("laplace-torch")
-    except Exception:  # noqa: BLE001
-        la_version = "?"
-    info = {
-        "CPU": cpu,
-        "CPU cores (os.cpu_count)": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "laplace-torch": la_version,
-        "bt_laplace": btl.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
-    if device.type == "cuda":
-        info["GPU"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def goal_row(goal: str, what: str, value: float, limit: float) -> str:
-    ok = "met" if value <= limit else "**not met**"
-    return f"| {goal} | {what} | {fmt_x(value)} | <= {limit:g}x | {ok} |"
-
-
-def total_ratio(cfg: dict[str, Any], f: dict[str, Any]) -> float:
-    return 1.0 + (f["fit"] + f["marglik"]) / (cfg["epochs"] * f["epoch"])
-
-
-def write_report(args: argparse.Namespace, cfg: dict[str, Any], res: dict[str, Any]) -> None:
-    device = torch.device(args.device)
-    mp = res["map"]
-    epoch, train = mp["epoch"], mp["train"]
-    n_main = cfg["n_main"]
-    lines: list[str] = []
-    add = lines.append
-    cmd = "python " + " ".join(
-        shlex.quote(a) for a in [str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]]
-    )
-    add("# bt_laplace speed and memory benchmark")
-    add("")
-    add(
-        "Generated by `benchmarks/bench_speed.py` (issue 4). Numbers are medians of repeats on a "
-        "machine that may have been shared; read ratios, not absolute times."
-    )
-    add("")
-    add("## Machine and command")
-    add("")
-    add("| | |")
-    add("| --- | --- |")
-    for k, v in machine_info(device).items():
-        add(f"| {k} | {v} |")
-    lb, la_ = res["load"]
-    add(
-        f"| load average (1/5/15 min) before / after | {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f} / "
-        f"{la_[0]:.2f} {la_[1]:.2f} {la_[2]:.2f} |"
-    )
-    add(f"| run time | {res['elapsed']:.0f} s |")
-    add("")
-    add(f"Command: `{cmd}`")
-    add("")
-    add(
-        "GPU: `bash benchmarks/run_gpu.sh` (= `python benchmarks/bench_speed.py --quick "
-        "--device cuda --out docs/benchmarks_gpu.md --plot docs/benchmark_scaling_gpu.png`); "
-        "all timings then synchronize CUDA and memory is `torch.cuda.max_memory_allocated`. "
-        "The last GPU run is in [benchmarks_gpu.md](benchmarks_gpu.md) (if present)."
-    )
-    add("")
-    if args.threads:
-        add(
-            f"This run used `--threads {args.threads}`: on a small machine shared with other jobs, "
-            "torch's default threads get descheduled and single timings swing 10-100x; with one "
-            "thread and paired (alternating) measurements the ratios are steadier (still expect "
-            "~2x run-to-run spread on a loaded machine)."
-        )
-        add("")
-    add(
-        f"Setup: MLP {D} -> {BENCH_HIDDEN} -> {BENCH_HIDDEN} -> 1 (tanh), {mp['params']:,} "
-        f"parameters; {n_main:,} synthetic training pairs from a random teacher MLP, labels "
-        f"Bernoulli(sigmoid(r1 - r0)); MAP by AdamW (lr 1e-3, weight decay 1e-2), batch {BATCH}, "
-        f"{cfg['epochs']} epochs (train accuracy {mp['train_acc']:.3f}). Fits use batches of "
-        f"{BATCH} pairs and prior precision 1; marglik is timed separately: for bt_laplace "
-        "`bt_laplace.prior.optimize_marglik` (what `fit_reward_posterior` runs: laplace-torch's "
-        "100 Adam steps on precomputed curvature eigenvalues), for laplace-torch its own "
-        "`optimize_prior_precision(method='marglik')`. "
-        f"Raw laplace-torch runs are capped at {res['cap']:.0f} s (extrapolated from a probe fit "
-        "on 128 pairs)."
-    )
-    add("")
-
-    # goals
-    add("## Goals of the issue against measurements")
-    add("")
-    add("| goal | configuration | measured | goal | status |")
-    add("| --- | --- | --- | --- | --- |")
-    big = max(cfg["pred_batches"])
-    for subset, structure in CONFIGS:
-        limit = 15.0 if (subset, structure) == ("all", "kron") else 5.0
-        p = res["pred"][("bt", subset, structure, big)]
-        add(
-            goal_row(
-                f"post(x) / forward, batch {big}",
-                f"{subset}/{structure}",
-                p["post"] / p["fwd"],
-                limit,
-            )
-        )
-    for subset, structure in CONFIGS:
-        p = res["pred"][("bt", subset, structure, big)]
-        add(
-            goal_row(
-                f"preference_probability / post(x), {big} items",
-                f"{subset}/{structure}",
-                p["pref"] / p["post_pref"],
-                2.0,
-            )
-        )
-    for subset, structure in CONFIGS:
-        f = res["bt_fit"][(subset, structure)]
-        add(goal_row("fit / one MAP epoch", f"{subset}/{structure}", f["fit"] / f["epoch"], 5.0))
-    for subset, structure in CONFIGS:
-        f = res["bt_fit"][(subset, structure)]
-        add(goal_row("marglik / fit", f"{subset}/{structure}", f["marglik"] / f["fit"], 1.0))
-    for subset, structure in CONFIGS:
-        f = res["bt_fit"][(subset, structure)]
-        add(
-            goal_row(
-                f"total (MAP + fit + marglik) / MAP training ({cfg['epochs']} epochs)",
-                f"{subset}/{structure}",
-                total_ratio(cfg, f),
-                1.5,
-            )
-        )
-    add("")
-    add(
-        "Ratios pair each measurement with its reference taken alternately in the same loop "
-        "(forward and post(x), post(x) and preference_probability, a reference MAP epoch before "
-        f"each fit), so load from other processes affects both. Total = 1 + (fit + marglik) / "
-        f"({cfg['epochs']} x the paired reference epoch); a {cfg['ensemble']}-member deep "
-        f"ensemble costs {fmt_x(mp['ensemble'] / train)} MAP training (measured)."
-    )
-    add("")
-
-    # MAP
-    add("## MAP training and deep ensemble")
-    add("")
-    add("| what | time | / one epoch | / MAP training |")
-    add("| --- | --- | --- | --- |")
-    add(
-        f"| one epoch ({n_main:,} pairs, batch {BATCH}) | {fmt_s(epoch)} | 1x | "
-        f"{fmt_x(epoch / train)} |"
-    )
-    add(f"| MAP training ({cfg['epochs']} epochs) | {fmt_s(train)} | {fmt_x(train / epoch)} | 1x |")
-    add(
-        f"| deep ensemble ({cfg['ensemble']} members) | {fmt_s(mp['ensemble'])} | "
-        f"{fmt_x(mp['ensemble'] / epoch)} | {fmt_x(mp['ensemble'] / train)} |"
-    )
-    add("")
-
-    # fits
-    add(f"## Fit and prior optimization ({n_main:,} pairs)")
-    add("")
-    add(
-        "| library | configuration | backend | fit | fit / epoch | marglik | marglik / fit | "
-        "total / MAP training |"
-    )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for subset, structure in CONFIGS:
-        f = res["bt_fit"][(subset, structure)]
-        add(
-            f"| bt_laplace | {subset}/{structure} | BradleyTerryGGN | {fmt_s(f['fit'])} | "
-            f"{fmt_x(f['fit'] / f['epoch'])} (epoch {fmt_s(f['epoch'])}) | "
-            f"{fmt_s(f['marglik'])} | {fmt_x(f['marglik'] / f['fit'])} | "
-            f"{fmt_x(total_ratio(cfg, f))} |"
-        )
-    for (subset, structure, _), r in res["raw_fit"].items():
-        b = r.get("backend", "?")
-        if "fit" in r:
-            ml = r.get("marglik")
-            add(
-                f"| laplace-torch | {subset}/{structure} | {b} | {fmt_s(r['fit'])} | "
-                f"{fmt_x(r['fit'] / r['epoch'])} (epoch {fmt_s(r['epoch'])}) | "
-                f"{fmt_s(ml) if ml else r.get('marglik_error', '-')}"
-                f" | {fmt_x(ml / r['fit']) if ml else '-'} | "
-                f"{fmt_x(1 + (r['fit'] + ml) / (cfg['epochs'] * r['epoch'])) if ml else '-'} |"
-            )
-        else:
-            add(
-                f"| laplace-torch | {subset}/{structure} | {b} | "
-                f"{r.get('skipped') or r.get('error')} | "
-                f"{fmt_x(r['est'] / r['epoch']) + ' (est.)' if 'est' in r else '-'} | - | - | - |"
-            )
-    add("")
-    add(
-        "laplace-torch's `all/kron` treats the 2B items of B pairs as independent samples and "
-        "`last_layer` builds per-item, not per-pair, features, so their curvature is not the "
-        "Bradley-Terry GGN where they run (see accuracy.md); they are "
-        "timed for reference only."
-    )
-    add("")
-
-    # prediction
-    add("## Prediction")
-    add("")
-    add(
-        "Median time of one call on a batch of items; ratios to the plain MAP forward "
-        "`model(x)` under `torch.no_grad()` on the same batch. `preference_probability` is "
-        "called on pairs holding the same number of items (b/2 pairs)."
-    )
-    add("")
-    bs = cfg["pred_batches"]
-    add(
-        "| library | configuration | "
-        + " | ".join(f"post(x), b={b}" for b in bs)
-        + " | "
-        + " | ".join(f"pref. prob. / post(x), b={b}" for b in bs if b > 1)
-        + " |"
-    )
-    add(
-        "| --- | --- | "
-        + " | ".join("---" for b in bs)
-        + " | "
-        + " | ".join("---" for b in bs if b > 1)
-        + " |"
-    )
-    add(
-        "| MAP forward `model(x)` | - | "
-        + " | ".join(fmt_s(res["fwd"][b]) for b in bs)
-        + " | "
-        + " | ".join("-" for b in bs if b > 1)
-        + " |"
-    )
-    for subset, structure in CONFIGS:
-        cells, pcells = [], []
-        for b in bs:
-            p = res["pred"][("bt", subset, structure, b)]
-            cells.append(f"{fmt_s(p['post'])} ({fmt_x(p['post'] / p['fwd'])})")
-            if b > 1:
-                pcells.append(f"{fmt_x(p['pref'] / p['post_pref'])} ({fmt_s(p['pref'])})")
-        add(
-            f"| bt_laplace | {subset}/{structure} | "
-            + " | ".join(cells)
-            + " | "
-            + " | ".join(pcells)
-            + " |"
-        )
-    for (subset, structure, backend), r in res["raw_fit"].items():
-        if "fit" not in r:
-            continue
-        cells = []
-        for b in bs:
-            p = res["pred"].get(("raw", subset, structure, backend, b))
-            if p is None:
-                cells.append("-")
-            elif "post" in p:
-                cells.append(f"{fmt_s(p['post'])} ({fmt_x(p['post'] / res['fwd'][b])})")
-            elif "est" in p:
-                cells.append(f"skipped (est. {fmt_s(p['est'])}, {fmt_x(p['est'] / res['fwd'][b])})")
-            else:
-                cells.append(p.get("error", "-"))
-        add(
-            f"| laplace-torch `la(x)` | {subset}/{structure} [{r.get('backend')}] | "
-            + " | ".join(cells)
-            + " | "
-            + " | ".join("-" for b in bs if b > 1)
-            + " |"
-        )
-    add("")
-
-    # memory
-    add("## Peak memory of prediction")
-    add("")
-    how = next((v.get("how") for v in res["mem"].values() if "how" in v), "?")
-    add(
-        f"Extra memory during one prediction call over n items, measured in a fresh subprocess "
-        f"per point ({how}); the posterior is fitted on 1,000 pairs first. bt_laplace predicts "
-        "in one batch up to 4,096 items."
-    )
-    add("")
-    ns = mem_columns(cfg)
-    add(
-        "| library | configuration | "
-        + " | ".join(f"{n:,} items" for n in ns)
-        + " | slope per item (least squares) | largest / smallest (items ratio) |"
-    )
-    add("| --- | --- | " + " | ".join("---" for _ in ns) + " | --- | --- |")
-    jobs = [("bt", s, h, "bt") for s, h in cfg["mem_bt"]]
-    jobs += [("raw", s, h, b) for s, h, b in cfg["mem_raw"]]
-    for kind, subset, structure, backend in jobs:
-        cells, pts = [], []
-        for n in ns:
-            r = res["mem"].get((kind, subset, structure, backend, n), {})
-            if "peak" in r:
-                cells.append(f"{fmt_b(r['peak'])} ({fmt_s(r['time'])})")
-                pts.append((n, r["peak"]))
-            else:
-                cells.append(r.get("skipped") or r.get("error") or "-")
-        slope, ratio = "-", "-"
-        if len(pts) >= 2:
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            mx, my = statistics.fmean(xs), statistics.fmean(ys)
-            cov = sum((a - mx) * (c - my) for a, c in zip(xs, ys, strict=True))
-            b1 = cov / sum((a - mx) ** 2 for a in xs)
-            slope = f"{b1 / 1024:,.1f} KiB"
-            ratio = f"{ys[-1] / max(ys[0], 1):.1f}x ({xs[-1] / xs[0]:.1f}x)"
-        name = "bt_laplace" if kind == "bt" else f"laplace-torch [{backend}]"
-        add(f"| {name} | {subset}/{structure} | " + " | ".join(cells) + f" | {slope} | {ratio} |")
-    add("")
-    add(
-        "bt_laplace's memory is linear in the number of items (the peak grows in proportion to "
-        "n: it holds per-layer activations and output gradients, O(n * width)); laplace-torch's "
-        "`la(x)` forms per-item Jacobians and its peak grows with the square of n."
-    )
-    add("")
-
-    # scaling
-    add("## Scaling of the fit")
-    add("")
-    add("### With the number of training pairs (82,689 parameters)")
-    add("")
-    pg = cfg["pairs_grid"]
-    add("| library | configuration | " + " | ".join(f"{n:,} pairs" for n in pg) + " |")
-    add("| --- | --- | " + " | ".join("---" for _ in pg) + " |")
-    add(
-        "| MAP | one epoch (est., linear in pairs) | "
-        + " | ".join(fmt_s(epoch * n / n_main) for n in pg)
-        + " |"
-    )
-    for subset, structure in CONFIGS:
-        add(
-            f"| bt_laplace | {subset}/{structure} | "
-            + " | ".join(fmt_s(res["scale_pairs"][("bt", subset, structure, n)]) for n in pg)
-            + " |"
-        )
-    for subset, structure, backend in cfg["raw_scaling"]:
-        cells = []
-        name = backend
-        for n in pg:
-            r = res["scale_pairs"][("raw", subset, structure, backend, n)]
-            name = r.get("backend", backend)
-            cells.append(fmt_s(r["fit"]) if "fit" in r else (r.get("skipped") or r.get("error")))
-        add(f"| laplace-torch [{name}] | {subset}/{structure} | " + " | ".join(cells) + " |")
-    add("")
-    add(f"### With the hidden width ({n_main:,} pairs)")
-    add("")
-    hg = cfg["hidden_grid"]
-    sp = res["scale_params"]
-    add(
-        "| library | configuration | "
-        + " | ".join(f"h={h} ({sp[h]['params']:,} params)" for h in hg)
-        + " |"
-    )
-    add("| --- | --- | " + " | ".join("---" for _ in hg) + " |")
-    add("| MAP | one epoch | " + " | ".join(fmt_s(sp[h]["epoch"]) for h in hg) + " |")
-    for subset, structure in CONFIGS:
-        add(
-            f"| bt_laplace | {subset}/{structure} | "
-            + " | ".join(
-                f"{fmt_s(sp[h][(subset, structure)])} "
-                f"({fmt_x(sp[h][(subset, structure)] / sp[h][('epoch', subset, structure)])})"
-                for h in hg
-            )
-            + " |"
-        )
-    for subset, structure, backend in cfg["raw_scaling"]:
-        cells = []
-        name = backend
-        for h in hg:
-            r = sp[h][("raw", subset, structure, backend)]
-            name = r.get("backend", backend)
-            cells.append(
-                f"{fmt_s(r['fit'])} ({fmt_x(r['fit'] / sp[h]['epoch'])})"
-                if "fit" in r
-                else (r.get("skipped") or r.get("error"))
-            )
-        add(f"| laplace-torch [{name}] | {subset}/{structure} | " + " | ".join(cells) + " |")
-    add("")
-    add(
-        "(in brackets: fit / one MAP epoch of the same network; for bt_laplace the epoch is a "
-        "reference epoch timed just before the fit, for laplace-torch the MAP epoch above)"
-    )
-    add("")
-    add(f"![fit time scaling]({Path(args.plot).name})")
-    add("")
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    log(f"wrote {out}")
-
-
-def write_plot(args: argparse.Namespace, cfg: dict[str, Any], res: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib not installed: no plot")
-        return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    pg = cfg["pairs_grid"]
-    epoch = res["map"]["epoch"]
-    ax1.plot(pg, [epoch * n / cfg["n_main"] for n in pg], "k:", label="MAP: one epoch")
-    for subset, structure in CONFIGS:
-        ax1.plot(
-            pg,
-            [res["scale_pairs"][("bt", subset, structure, n)] for n in pg],
-            "o-",
-            label=f"bt_laplace {subset}/{structure}",
-        )
-    for subset, structure, backend in cfg["raw_scaling"]:
-        pts = [
-            (n, r["fit"])
-            for n in pg
-            if "fit" in (r := res["scale_pairs"][("raw", subset, structure, backend, n)])
-        ]
-        if pts:
-            ax1.plot(
-                *zip(*pts, strict=True),
-                "s--",
-                label=f"laplace-torch {subset}/{structure} [{backend}]",
-            )
-    ax1.set(
-        xscale="log",
-        yscale="log",
-        xlabel="training pairs",
-        ylabel="fit time (s)",
-        title=f"fit time vs pairs ({BENCH_PARAMS:,} params)",
-    )
-    ax1.legend(fontsize=7)
-    sp = res["scale_params"]
-    hg = cfg["hidden_grid"]
-    ps = [sp[h]["params"] for h in hg]
-    ax2.plot(ps, [sp[h]["epoch"] for h in hg], "k:", label="MAP: one epoch")
-    for subset, structure in CONFIGS:
-        ax2.plot(
-            ps,
-            [sp[h][(subset, structure)] for h in hg],
-            "o-",
-            label=f"bt_laplace {subset}/{structure}",
-        )
-    for subset, structure, backend in cfg["raw_scaling"]:
-        pts = [
-            (sp[h]["params"], r["fit"])
-            for h in hg
-            if "fit" in (r := sp[h][("raw", subset, structure, backend)])
-        ]
-        if pts:
-            ax2.plot(
-                *zip(*pts, strict=True),
-                "s--",
-                label=f"laplace-torch {subset}/{structure} [{backend}]",
-            )
-    ax2.set_xscale("log")
-    ax2.set_xticks(ps, [f"{p_:,}" for p_ in ps], minor=False)
-    ax2.set_xticks([], minor=True)
-    ax2.set(
-        yscale="log",
-        xlabel="parameters (hidden " + "/".join(map(str, hg)) + ")",
-        ylabel="fit time (s)",
-        title=f"fit time vs parameters ({cfg['n_main']:,} pairs)",
-    )
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(args.plot)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    log(f"wrote {out}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced grid (~2-3 min on 2 cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", default="docs/benchmarks.md", help="markdown report")
+    p.add_argument("--out", default="docs/benchmarks.md", help=OUT_HELP)
     p.add_argument(
         "--plot",
         default=None,

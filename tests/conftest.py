@@ -64,36 +64,6 @@ def fit_bt(model, loader, subset: str, structure: str, **kw):
     return la
 
 
-def flat_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.named_parameters()}
-
-
-def item_jacobian(model: PairwiseRewardModel, items: torch.Tensor) -> torch.Tensor:
-    """Brute-force per-item Jacobian ``(N, P)`` of the reward with torch.func.jacrev."""
-    params = flat_params(model)
-
-    def reward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, p, (x.unsqueeze(0),)).squeeze()
-
-    jac = torch.func.vmap(torch.func.jacrev(reward), in_dims=(None, 0))(params, items)
-    return torch.cat([jac[k].reshape(items.shape[0], -1) for k in params], dim=1)
-
-
-def exact_ggn(model: PairwiseRewardModel, x: torch.Tensor) -> torch.Tensor:
-    """Exact Bradley-Terry GGN ``sum_pairs p(1-p) (J1 - J0)^T (J1 - J0)`` ``(P, P)``."""
-    b = x.shape[0]
-    jac = item_jacobian(model, x.reshape(2 * b, *x.shape[2:])).reshape(b, 2, -1)
-    with torch.no_grad():
-        logits = model(x)
-    p = torch.sigmoid(logits[:, 1] - logits[:, 0])
-    d_jac = jac[:, 1] - jac[:, 0]
-    return (d_jac * (p * (1 - p))[:, None]).T @ d_jac
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 class SequenceNet(nn.Module):
     """Items are sequences (L, 3); the head runs per position, then positions are averaged."""
 

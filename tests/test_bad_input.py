@@ -10,12 +10,13 @@ import threading
 
 import pytest
 import torch
-from conftest import D_IN, exact_ggn, item_jacobian, make_net
+from conftest import D_IN, make_net
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace import bradley_terry
+from bt_laplace.testing import exact_ggn, item_jacobians
 
 
 def _loader(x, y, batch_size=16, shuffle=False):
@@ -215,7 +216,7 @@ def test_tied_weights_get_the_exact_curvature_and_variance(pairs, hessian):
     h = ggn if hessian == "full" else torch.diag(ggn.diagonal())
     sigma = torch.linalg.inv(h + 0.5 * torch.eye(h.shape[0], dtype=h.dtype))
     q = torch.randn(7, D_IN, dtype=torch.float64)
-    jac = item_jacobian(model, q)
+    jac = item_jacobians(model, q)
     torch.testing.assert_close(post(q).variance, ((jac @ sigma) * jac).sum(-1), rtol=1e-8, atol=0)
 
 

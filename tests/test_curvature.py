@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import exact_ggn, fit_bt, rel_err
+from conftest import fit_bt
 from laplace import Laplace
 from laplace.curvature import CurvlinopsGGN
 from torch import nn
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import bt_laplace as btl
 from bt_laplace import PairwiseRewardModel
 from bt_laplace.curvature import BradleyTerryGGN, nearest_kronecker_factors
+from bt_laplace.testing import exact_ggn, item_jacobians, nearest_kronecker_floor, rel_err
 
 
 def _blocks(model: nn.Module):
@@ -21,13 +22,6 @@ def _blocks(model: nn.Module):
     for name, p in model.named_parameters():
         yield name, p, off
         off += p.numel()
-
-
-def _nkp_floor(block: torch.Tensor, out: int, inp: int) -> float:
-    """Relative Frobenius error of the nearest Kronecker product (Van Loan-Pitsianis)."""
-    r = block.reshape(out, inp, out, inp).permute(0, 2, 1, 3).reshape(out * out, inp * inp)
-    s = torch.linalg.svdvals(r)
-    return float(s[1:].square().sum().sqrt() / s.norm())
 
 
 @pytest.mark.parametrize("structure", ["diag", "full"])
@@ -62,7 +56,7 @@ def test_kron_reaches_nearest_kronecker_floor_and_exact_last_layer(reward_model,
             assert rel_err(got, blk) < 1e-10
             continue
         out, inp = p.shape
-        floor = _nkp_floor(blk, out, inp)
+        floor = nearest_kronecker_floor(blk, out, inp)
         err = rel_err(got, blk)
         if out == 1:  # last layer of a single-output network: exact
             assert err < 1e-6
@@ -207,7 +201,7 @@ def test_sequence_kron_reaches_the_floor(sequence_model_and_pairs, iterations):
         elif p.ndim == 1 or p.shape[0] == 1:  # body bias dense, head (1 x 4) a Kronecker product
             assert rel_err(got, blk) < 1e-10
         else:
-            floor, err = _nkp_floor(blk, *p.shape), rel_err(got, blk)
+            floor, err = nearest_kronecker_floor(blk, *p.shape), rel_err(got, blk)
             assert floor > 1e-3, "the test needs a block that is not a Kronecker product"
             assert floor * (1 - 1e-6) <= err <= (1.25 if iterations == 2 else 1.001) * floor
 
@@ -257,7 +251,7 @@ def test_any_number_of_half_steps_is_a_projection_near_the_floor(reward_model, p
     d = (torch.einsum("bo,bi->boi", g1, a1) - torch.einsum("bo,bi->boi", g0, a0)).flatten(1)
     exact = (d * w[:, None]).T @ d
     gf, af = nearest_kronecker_factors(g0, g1, a0, a1, w, iterations=iterations)
-    assert rel_err(torch.kron(gf, af), exact) <= 1.25 * _nkp_floor(exact, 7, 7)
+    assert rel_err(torch.kron(gf, af), exact) <= 1.25 * nearest_kronecker_floor(exact, 7, 7)
 
 
 class SeqFirstNet(nn.Module):
@@ -275,8 +269,6 @@ class SeqFirstNet(nn.Module):
 def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
     """With L equal to the number of items, (L, N, in) has the shape of (N, L, in); the taps
     must notice and fall back (found by review: the variances were 60-80% off)."""
-    from conftest import item_jacobian
-
     torch.manual_seed(5)
     model = PairwiseRewardModel(SeqFirstNet().double(), item_ndim=2).eval()
     x = torch.randn(6, 2, 4, 3, dtype=torch.float64)  # L = 4 = 2 pairs x 2 items per batch
@@ -288,7 +280,7 @@ def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
     exact = exact_ggn(model, x)
     assert rel_err(post.laplace.H, exact.diagonal() if structure == "diag" else exact) < 1e-10
     items = x[:2].reshape(4, 4, 3)  # N = L = 4 again
-    jac = item_jacobian(model, items)
+    jac = item_jacobians(model, items)
     sigma = (
         torch.diag(post.laplace.posterior_variance)
         if structure == "diag"

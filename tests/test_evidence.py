@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import exact_ggn, fit_bt
+from conftest import fit_bt
 from laplace import Laplace
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
+from bt_laplace.testing import exact_ggn
 
 
 def brute_force_spectrum(ggn: torch.Tensor, k: int) -> torch.Tensor:

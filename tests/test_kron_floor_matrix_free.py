@@ -1,31 +1,31 @@
-"""The matrix-free formulas of benchmarks/bench_kron_floor.py against the dense GGN block.
+"""The matrix-free floor helpers of bt_laplace.testing against the dense GGN block.
 
 For a weight block ``B = sum_n w_n vec(g1 a1^T - g0 a0^T) vec(.)^T`` and its Van Loan-Pitsianis
 rearrangement ``R(B)``, the benchmark computes ``||B||_F``, ``<B, G x A>``, ``R(B) vec(A)``,
 ``R(B)^T vec(G)``, ``sigma_1(R(B))`` and the relative error of ``G x A`` from per-item
-activations and output gradients only, with the helpers of benchmarks/_matrix_free.py; they are
-checked here on the 5-7-7-1 MLP against the dense block from jacrev Jacobians
-(conftest.exact_ggn) and the SVD of its dense rearrangement.
+activations and output gradients only, with the helpers of bt_laplace.testing.matrix_free (what
+benchmarks/bench_kron_floor.py runs); they are checked here on the 5-7-7-1 MLP against the dense
+block from jacrev Jacobians (bt_laplace.testing.exact_ggn) and the SVD of its dense
+rearrangement.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import exact_ggn, fit_bt
+from conftest import fit_bt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _matrix_free import (  # noqa: E402
+from bt_laplace.testing import (
+    exact_ggn,
     frob_sq,
     inner,
     item_taps,
     kron_rel_error,
+    kronecker_rearrangement,
     r_apply,
     top_singular,
 )
+from bt_laplace.testing import rel_err as rel
 
 TOL = 1e-10
 
@@ -47,15 +47,9 @@ def dense_blocks(reward_model, pairs):
         if p.ndim == 2:
             o, i = p.shape
             blk = h[start:stop, start:stop]
-            r = blk.reshape(o, i, o, i).permute(0, 2, 1, 3).reshape(o * o, i * i)
-            out[name] = (blk, r)
+            out[name] = (blk, kronecker_rearrangement(blk, o, i))
         start = stop
     return out, w, taps
-
-
-def rel(x: float | torch.Tensor, ref: float | torch.Tensor) -> float:
-    x, ref = torch.as_tensor(x), torch.as_tensor(ref)
-    return float((x - ref).norm() / ref.norm())
 
 
 @pytest.mark.parametrize(("name", "layer"), WEIGHTS)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
+from bt_laplace.testing import exact_ggn
 
 
 def test_last_layer_kron_with_marglik(reward_model, pair_loader):
@@ -377,8 +378,6 @@ def test_every_prior_structure_works_or_is_refused_up_front(
 def test_last_layer_applied_to_sequences_is_exact(sequence_model_and_pairs, structure):
     """The head runs on every position and the rewards are averaged: its Jacobian is the
     sum over positions, exact from the taps (no feature_reduction needed)."""
-    from conftest import exact_ggn
-
     model, x, loader = sequence_model_and_pairs
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="last_layer", hessian_structure=structure

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_IN, item_jacobian
+from conftest import D_IN
 from laplace import Laplace
 from laplace.curvature import CurvlinopsGGN
 
 import bt_laplace as btl
 from bt_laplace._layer_io import posterior_parameters
+from bt_laplace.testing import item_jacobians
 
 CONFIGS = [
     ("all", "diag"),
@@ -35,7 +36,7 @@ def _reference_jacobian(post, items: torch.Tensor) -> torch.Tensor:
     """Brute-force Jacobian of the reward w.r.t. the posterior's parameters ``(N, P)``."""
     model = post.model
     if post.laplace.n_params == sum(p.numel() for p in model.parameters()):
-        return item_jacobian(model, items)
+        return item_jacobians(model, items)
     with torch.no_grad():
         phi = model.net[:-1](items)
     return torch.cat([phi, torch.ones(len(items), 1, dtype=items.dtype)], 1)
@@ -181,7 +182,7 @@ def test_sequence_inputs_predict_exactly(request, fixture, structure):
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=0.5
     )
-    jac = item_jacobian(model, x.reshape(24, 5, 3))
+    jac = item_jacobians(model, x.reshape(24, 5, 3))
     full = jac @ _covariance(post.laplace) @ jac.T
     mean, var = post(x.reshape(24, 5, 3))
     torch.testing.assert_close(var, full.diagonal(), rtol=1e-10, atol=0)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_IN, item_jacobian
+from conftest import D_IN
 
 import bt_laplace as btl
+from bt_laplace.testing import item_jacobians
 
 
 def dense_covariance(la) -> torch.Tensor:
@@ -20,7 +21,7 @@ def dense_covariance(la) -> torch.Tensor:
 
 
 def brute_force(post, x, ref, last_layer):
-    jac, jac_ref = item_jacobian(post.model, x), item_jacobian(post.model, ref)
+    jac, jac_ref = item_jacobians(post.model, x), item_jacobians(post.model, ref)
     if last_layer:
         jac, jac_ref = jac[:, -8:], jac_ref[:, -8:]  # the head's 7 weights and its bias
     sigma = dense_covariance(post.laplace)

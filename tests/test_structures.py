@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fit_bt, item_jacobian
+from conftest import fit_bt
 
 from bt_laplace._layer_io import LayerIO, backend_jacobians
 from bt_laplace.structures import (
@@ -17,6 +17,7 @@ from bt_laplace.structures import (
     KronStructure,
     structure_for,
 )
+from bt_laplace.testing import item_jacobians
 
 CASES = [(s, h) for s in ("all", "last_layer") for h in ("diag", "kron", "full")]
 
@@ -56,7 +57,7 @@ def test_all_weights_cross_is_jacrev_quadratic_form(reward_model, pairs, pair_lo
     la = fit_bt(reward_model, pair_loader, "all", hessian, prior_precision=0.7)
     structure = structure_for(la)
     x, y = pairs[0][:9, 0], pairs[0][9:18, 1]
-    jx, jy = item_jacobian(reward_model, x), item_jacobian(reward_model, y)
+    jx, jy = item_jacobians(reward_model, x), item_jacobians(reward_model, y)
     sigma = la.posterior_covariance if hessian == "full" else torch.diag(la.posterior_variance)
     io_x, io_y = (structure.recorder.run(lambda z=z: la.model(z)) for z in (x, y))
     (cross,) = structure.crosses([io_x, io_y], [(0, 1)])

@@ -1,0 +1,1 @@
+"""Renderers of benchmark pages: ``render(data, page) -> markdown``, figures beside ``page``."""

@@ -1,0 +1,42 @@
+"""Turn saved benchmark results into the pages and plots in ``docs/``.
+
+Run from the repository root::
+
+    python benchmarks/report.py                 # every docs/data/*.json
+    python benchmarks/report.py accuracy prior  # docs/data/accuracy.json, docs/data/prior.json
+
+Each ``docs/data/<name>.json`` names its renderer (``benchmarks/pages/<renderer>.py``), which
+writes ``docs/<name>.md`` and its figures. Nothing is measured here: a change of wording or
+formatting only needs this step. Every benchmark script calls it at its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, DOCS, load  # noqa: E402
+
+
+def write(name: str) -> None:
+    """Render ``docs/data/<name>.json`` into ``docs/<name>.md`` (and its figures)."""
+    data = load(name)
+    renderer = importlib.import_module(f"pages.{data['benchmark']}")
+    page = DOCS / f"{name}.md"
+    page.write_text(renderer.render(data, page))
+    print(f"wrote {page}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="results in docs/data/ (default: all)")
+    args = parser.parse_args()
+    for name in args.names or sorted(p.stem for p in DATA.glob("*.json")):
+        write(name)
+
+
+if __name__ == "__main__":
+    main()
