@@ -130,3 +130,17 @@ def test_float32_model_keeps_relative_variance_accurate(subset):
         answers.append(post.relative_reward(items.to(dtype)).variance)
     assert answers[1].dtype == torch.float32
     torch.testing.assert_close(answers[1].double(), answers[0], rtol=2e-3, atol=0.0)
+
+
+@pytest.mark.parametrize("reference", ["group", "items"])
+def test_batched_group_and_reference_equal_one_batch(reward_model, pair_loader, reference):
+    """A group or reference larger than batch_size is summarized batch by batch (memory within
+    one batch), with the same moments as in one batch."""
+    post = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=0.5)
+    x = torch.randn(23, D_IN, dtype=torch.float64)
+    ref = "group" if reference == "group" else torch.randn(17, D_IN, dtype=torch.float64)
+    whole = post.relative_reward(x, ref)
+    post.batch_size = 4
+    batched = post.relative_reward(x, ref)
+    torch.testing.assert_close(batched.mean, whole.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(batched.variance, whole.variance, rtol=1e-10, atol=1e-12)

@@ -89,36 +89,62 @@ class Predictive:
         return mean[:, 1] - mean[:, 0], (var[:, 0] + var[:, 1] - 2 * cov).clamp_min(0.0)
 
     def relative_moments(
-        self, xs: list[torch.Tensor], refs: list[torch.Tensor] | None
+        self, xs: list[Any], refs: list[Any] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance ``(N,)`` of ``r(x_n) - mean_m r(ref_m)``, items and references
-        given in batches (``refs=None``: the items themselves, one pass); the reward offset
-        that pairs cannot identify cancels.
+        given in batches (``refs=None``: the items themselves); the reward offset that pairs
+        cannot identify cancels.
 
-        On the fast path the sums run in float64: the offset variance shared by items and
-        reference, often much larger than what is left, cancels in them.
+        On the fast path the sums run in float64 (the offset variance shared by items and
+        reference, often much larger than what is left, cancels in them), and memory stays
+        within one batch whatever the size of the reference: a pass over it gives its mean
+        Jacobian and mean reward, a second over the items their moments (one pass in all when
+        the items are their own reference in a single batch).
         """
         structure = self.structure
-        group = refs is None
-        ref_jacs = [self.jacobians(r)[0] for r in (xs if refs is None else refs)]
-        fast = all(isinstance(j, LayerIO) for j in ref_jacs)
-        if fast:
-            ref_jacs = [_double(j) for j in ref_jacs]  # type: ignore[arg-type]
-        dense = structure.mean_jacobian(ref_jacs)
-        ref_mean = torch.cat([j.output for j in ref_jacs]).mean()
+        ref_batches = xs if refs is None else refs
+        reuse = refs is None and len(xs) == 1
+        sums: list[torch.Tensor] | None = None
+        total: torch.Tensor | float = 0.0
+        count, first = 0, None
+        for r in ref_batches:
+            jac = self.jacobians(r)[0]
+            if not isinstance(jac, LayerIO):
+                return self._relative_dense(xs, ref_batches)
+            jac = _double(jac)
+            part = structure.jacobian_sum([jac])
+            sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
+            total, count = total + jac.output.sum(), count + jac.output.shape[0]
+            first = jac if reuse else None
+        assert sums is not None
+        dense, ref_mean = [t / count for t in sums], total / count
         means, variances = [], []
-        for i, x in enumerate(xs):
-            jac = ref_jacs[i] if group else self.jacobians(x)[0]
-            if isinstance(jac, LayerIO) != fast:  # the fast path gave out: all through laplace
-                structure.recorder.supported = False
-                return self.relative_moments(xs, refs)
-            if fast and not group:
-                jac = _double(jac)  # type: ignore[arg-type]
+        for x in xs:
+            jac = first if first is not None else self.jacobians(x)[0]
+            if not isinstance(jac, LayerIO):  # the fast path gave out on this batch
+                return self._relative_dense(xs, ref_batches)
+            jac = jac if jac is first else _double(jac)
             cross, quad = structure.dense_cross(jac, dense)
             means.append(jac.output - ref_mean)
             variances.append((structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0))
         dtype = self.laplace._dtype
         return torch.cat(means).to(dtype), torch.cat(variances).to(dtype)
+
+    def _relative_dense(self, xs: list[Any], refs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`relative_moments` with laplace-torch's Jacobians throughout (models outside
+        the fast path; their ``(N, P)`` Jacobians are the memory bound there)."""
+        structure = self.structure
+        structure.recorder.supported = False
+        ref_jacs = [self.jacobians(r)[0] for r in refs]
+        dense = structure.mean_jacobian(ref_jacs)
+        ref_mean = torch.cat([j.output for j in ref_jacs]).mean()
+        means, variances = [], []
+        for x in xs:
+            (jac,) = self.jacobians(x)
+            cross, quad = structure.dense_cross(jac, dense)
+            means.append(jac.output - ref_mean)
+            variances.append((structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0))
+        return torch.cat(means), torch.cat(variances)
 
     def samples(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None

@@ -188,19 +188,24 @@ class PosteriorStructure(ABC):
         """Mean Jacobian over all items of ``results``, per posterior parameter tensor
         (``mean g a^T`` ``(out, in)`` for a weight, ``mean g`` ``(out,)`` for a bias), or as one
         flat ``(P,)`` tensor for dense Jacobians."""
+        n = sum(r.output.shape[0] for r in results)
+        return [t / n for t in self.jacobian_sum(results)]
+
+    def jacobian_sum(self, results: list[Jacobians]) -> list[torch.Tensor]:
+        """Sum of the Jacobians over all items of ``results``, laid out as
+        :meth:`mean_jacobian` (sums add up across batches)."""
         if isinstance(results[0], DenseJacobians):
-            return [torch.cat([r.jac for r in results]).mean(0)]  # type: ignore[union-attr]
+            return [torch.cat([r.jac for r in results]).sum(0)]  # type: ignore[union-attr]
         io: list[LayerIO] = results  # type: ignore[assignment]
-        n = sum(r.output.shape[0] for r in io)
-        dense: list[torch.Tensor] = []
+        sums: list[torch.Tensor] = []
         for slot in self.recorder.slots:
             g = torch.cat([r.grads[slot.layer] for r in io])
             if slot.kind == "bias":
-                dense.append(bias_jacobian(g).sum(0) / n)
+                sums.append(bias_jacobian(g).sum(0))
             else:  # sum over items (and positions) of g a^T
                 a = torch.cat([r.acts[slot.layer] for r in io])
-                dense.append(g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1]) / n)
-        return dense
+                sums.append(g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1]))
+        return sums
 
     def dense_cross(
         self, result: Jacobians, dense: list[torch.Tensor]
