@@ -114,7 +114,12 @@ def evidence_optimum(eig: torch.Tensor, theta_sq: float, nll_sum: float) -> floa
 def fit_bt(model, loader, subset, structure, prior="marglik"):
     """bt_laplace posterior; the time is of a refit of the curvature alone (no marglik)."""
     post = fit_reward_posterior(
-        model, loader, subset_of_weights=subset, hessian_structure=structure, prior_precision=prior
+        model,
+        loader,
+        subset_of_weights=subset,
+        hessian_structure=structure,
+        prior_precision=prior,
+        evidence="posterior",
     )
     t = time.perf_counter()
     post.laplace.fit(loader)

@@ -143,7 +143,7 @@ def train_map(model, x: torch.Tensor, y: torch.Tensor, steps: int, prior: float)
 def fit(model, x: torch.Tensor, y: torch.Tensor):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=512)
     return btl.fit_reward_posterior(
-        model, loader, subset_of_weights="all", hessian_structure="kron"
+        model, loader, subset_of_weights="all", hessian_structure="kron", evidence="posterior"
     )
 
 

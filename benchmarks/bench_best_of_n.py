@@ -76,7 +76,7 @@ def run_seed(
     for subset in ("all", "last_layer"):
         t0 = time.perf_counter()
         posts[subset] = fit_reward_posterior(
-            model, loader, subset_of_weights=subset, hessian_structure="kron"
+            model, loader, subset_of_weights=subset, hessian_structure="kron", evidence="posterior"
         )
         costs[f"bt {subset}/kron"] = costs["MAP"] + time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -136,7 +136,9 @@ def run(d: int, h: int, n: int, seed: int, check: bool, out: dict) -> None:
 
     loader = DataLoader(TensorDataset(x, y), batch_size=256)
     t1 = time.perf_counter()
-    post = fit_reward_posterior(model, loader, subset_of_weights="all", hessian_structure="kron")
+    post = fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure="kron", evidence="posterior"
+    )
     t_bt = time.perf_counter() - t1
     t1 = time.perf_counter()
     la = Laplace(model, "reward_modeling", subset_of_weights="all", hessian_structure="kron")

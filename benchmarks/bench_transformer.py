@@ -110,7 +110,11 @@ def main() -> None:
     for structure in STRUCTURES:
         t0 = time.perf_counter()
         post = fit_reward_posterior(
-            model, loader, subset_of_weights="last_layer", hessian_structure=structure
+            model,
+            loader,
+            subset_of_weights="last_layer",
+            hessian_structure=structure,
+            evidence="posterior",
         )
         row: dict[str, Any] = {
             "method": f"bt_laplace last_layer/{structure}",
@@ -168,7 +172,7 @@ def main() -> None:
         model.eval()
         t0 = time.perf_counter()
         post = fit_reward_posterior(
-            model, loader, subset_of_weights="all", hessian_structure="diag"
+            model, loader, subset_of_weights="all", hessian_structure="diag", evidence="posterior"
         )
         row = {
             "method": "all linear/diag",
