@@ -28,7 +28,7 @@ CONFIGS = [
     ("all", "kron", "posterior"),
     ("all", "diag", "posterior"),
     ("last_layer", "kron", "posterior"),
-    ("all", "kron", "exact"),
+    ("last_layer", "full", "exact"),
 ]
 
 
