@@ -101,6 +101,25 @@ def _batches(x: Any, batch_size: int) -> list[Any]:
     return list(x.split(batch_size))
 
 
+def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int) -> Any:
+    """``fn`` over ``x`` in batches of ``size`` rows, its results written into tensors made
+    once: no per-batch result outlives its batch, so memory stays that of one batch (many small
+    survivors between freed batch buffers would keep the allocator from reusing them)."""
+    outs: list[torch.Tensor] | None = None
+    start = 0
+    for xb in _batches(x, size):
+        parts = fn(xb)
+        n = parts[0].shape[0]
+        if outs is None:
+            total = _n_rows(x)
+            outs = [p.new_empty((total, *p.shape[1:])) for p in parts]
+        for out, part in zip(outs, parts, strict=True):
+            out[start : start + n] = part
+        start += n
+    assert outs is not None
+    return tuple(outs)
+
+
 def _token_dict(x: Mapping[str, Any], name: str, device: torch.device) -> dict[str, Any]:
     """A token dict (``BatchEncoding`` too) of tensors, on ``device``, usable by autograd."""
     bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
@@ -290,11 +309,8 @@ class RewardPosterior:
         """
         x = self._items(x)
         self.laplace.model.eval()
-        means, variances = zip(
-            *(self._predictive.item_moments(xb) for xb in _batches(x, self.batch_size)),
-            strict=True,
-        )
-        return RewardPrediction(torch.cat(means), _finite(torch.cat(variances)))
+        mean, variance = _per_batch(self._predictive.item_moments, x, self.batch_size)
+        return RewardPrediction(mean, _finite(variance))
 
     predict = __call__
 
@@ -310,20 +326,19 @@ class RewardPosterior:
         """
         x = self._pairs(x)
         self.laplace.model.eval()
-        batches = _batches(x, max(1, self.batch_size // 2))
-        parts = [self._predictive.pair_moments(xb) for xb in batches]
+        size = max(1, self.batch_size // 2)
+        mean, var, cov = _per_batch(self._predictive.pair_moments, x, size)
         dtype = self.laplace._dtype
-        mean, var, cov = (torch.cat([p[k] for p in parts]).to(dtype) for k in range(3))
-        return mean, _finite(var), cov
+        return mean.to(dtype), _finite(var.to(dtype)), cov.to(dtype)
 
     @_autograd_query
     def _difference_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance ``(B,)`` of ``r(x_1) - r(x_0)``, in float64 on the fast path."""
         x = self._pairs(x)
         self.laplace.model.eval()
-        batches = _batches(x, max(1, self.batch_size // 2))
-        parts = [self._predictive.difference_moments(xb) for xb in batches]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        size = max(1, self.batch_size // 2)
+        mean, var = _per_batch(self._predictive.difference_moments, x, size)
+        return mean, var
 
     def preference_probability(
         self,

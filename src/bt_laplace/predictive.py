@@ -15,6 +15,7 @@ forward and one backward pass plus ``O(N (in + out)^2)``; memory is linear in ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -134,17 +135,22 @@ class Predictive:
             first = jac if reuse else None
         assert sums is not None
         dense, ref_mean = [t / count for t in sums], total / count
-        means, variances = [], []
+        dtype = self.laplace._dtype
+        n = sum(_n_items(x) for x in xs)  # results written in place: nothing per batch survives
+        means = torch.empty(n, dtype=dtype, device=self.laplace._device)
+        variances = torch.empty_like(means)
+        start = 0
         for x in xs:
             jac = first if first is not None else self.jacobians(x)[0]
             if not isinstance(jac, LayerIO):  # the fast path gave out on this batch
                 return self._relative_dense(xs, ref_batches)
             jac = jac if jac is first else _double(jac)
             cross, quad = structure.dense_cross(jac, dense)
-            means.append(jac.output - ref_mean)
-            variances.append((structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0))
-        dtype = self.laplace._dtype
-        return torch.cat(means).to(dtype), torch.cat(variances).to(dtype)
+            rows = slice(start, start + jac.output.shape[0])
+            means[rows] = jac.output - ref_mean
+            variances[rows] = (structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0)
+            start = rows.stop
+        return means, variances
 
     def _relative_dense(self, xs: list[Any], refs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`relative_moments` with laplace-torch's Jacobians throughout (models outside
@@ -178,6 +184,10 @@ def _split_items(result: LayerIO) -> tuple[LayerIO, LayerIO]:
         LayerIO(out0, [a[0] for a in acts], [g[0] for g in grads]),
         LayerIO(out1, [a[1] for a in acts], [g[1] for g in grads]),
     )
+
+
+def _n_items(x: Any) -> int:
+    return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])
 
 
 def _rows(result: LayerIO, rows: torch.Tensor) -> LayerIO:
