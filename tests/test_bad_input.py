@@ -111,6 +111,9 @@ def test_item_shape_that_changes_between_batches_or_at_query_time(pairs):
     batches = [(x[:8], y[:8]), (torch.randn(8, 2, D_IN + 1, dtype=torch.float64), y[:8])]
     with pytest.raises(ValueError, match=r"batch 1 has items of shape \(6,\), earlier .*\(5,\)"):
         btl.fit_reward_posterior(_model(), batches, subset_of_weights="all")
+    mixed = [(x[:8], y[:8]), (x[8:16].float(), y[8:16])]
+    with pytest.raises(ValueError, match=r"batch 1 has dtype torch.float32, earlier .*float64"):
+        btl.fit_reward_posterior(_model(), mixed, subset_of_weights="all")
     post = btl.fit_reward_posterior(_model(), _loader(x, y), subset_of_weights="all")
     with pytest.raises(ValueError, match=r"items of shape \(6,\), but the posterior .* \(5,\)"):
         post(torch.randn(3, D_IN + 1, dtype=torch.float64))

@@ -104,6 +104,7 @@ class CheckedPairLoader:
         #: shape of one item of real-valued inputs (None for token ids and dicts, whose
         #: length may change from batch to batch)
         self.item_shape: tuple[int, ...] | None = None
+        self.item_dtype: torch.dtype | None = None
 
     def __iter__(self) -> Iterator[Any]:
         self.n_pairs = 0
@@ -116,12 +117,18 @@ class CheckedPairLoader:
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 shape = tuple(x.shape[2:])
                 if self.item_shape is None:
-                    self.item_shape = shape
+                    self.item_shape, self.item_dtype = shape, x.dtype
                 elif shape != self.item_shape:
                     raise ValueError(
                         f"`{self.name}` batch {i} has items of shape {shape}, earlier batches "
                         f"{self.item_shape}; every pair needs items of one shape (pad or "
                         "resize them in the dataset)."
+                    )
+                elif x.dtype != self.item_dtype:
+                    raise ValueError(
+                        f"`{self.name}` batch {i} has dtype {x.dtype}, earlier batches "
+                        f"{self.item_dtype}; give every batch the model's dtype "
+                        "(preference_dataloader(..., dtype=...))."
                     )
             yield batch
         if self.n_pairs == 0:
