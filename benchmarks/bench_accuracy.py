@@ -29,8 +29,8 @@ from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import fit_reward_posterior
 from bt_laplace.testing import (
     exact_ggn,
     exact_last_layer_ggn,

@@ -30,8 +30,8 @@ from _common import DOCS, OUT_HELP, environment, page_name, save
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import fit_reward_posterior
 from bt_laplace.testing import mlp, train_map
 
 warnings.filterwarnings("ignore")

@@ -28,8 +28,8 @@ from sklearn.datasets import load_diabetes
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import fit_reward_posterior
 from bt_laplace.testing import bradley_terry_epoch, mlp
 
 warnings.filterwarnings("ignore")

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bt_laplace._layer_io import pair_split
 from bt_laplace.curvature import BradleyTerryGGN
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import fit_reward_posterior
 from bt_laplace.testing import mlp, teacher_pairs, train_map
 
 warnings.filterwarnings("ignore")

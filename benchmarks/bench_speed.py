@@ -71,8 +71,8 @@ if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
 import report  # noqa: E402
 from _common import OUT_HELP, environment, fmt_b, fmt_s, fmt_x, page_name, save  # noqa: E402
 
+from bt_laplace.fit import fit_reward_posterior  # noqa: E402
 from bt_laplace.model import PairwiseRewardModel  # noqa: E402
-from bt_laplace.posterior import fit_reward_posterior  # noqa: E402
 from bt_laplace.prior import optimize_marglik  # noqa: E402
 from bt_laplace.testing import bradley_terry_epoch, mlp  # noqa: E402
 

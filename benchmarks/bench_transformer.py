@@ -28,8 +28,8 @@ import torch
 from _common import DOCS, OUT_HELP, ROOT, environment, page_name, save
 
 from bt_laplace import preference_dataloader
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import fit_reward_posterior
 from bt_laplace.testing import bradley_terry_epoch
 
 sys.path.insert(0, str(ROOT / "examples"))

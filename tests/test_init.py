@@ -35,3 +35,12 @@ def test_top_level_holds_what_a_user_calls():
     assert all(hasattr(btl, n) for n in btl.__all__)
     with pytest.raises(AttributeError, match="no attribute 'LayerIO'"):
         btl.LayerIO  # noqa: B018
+
+
+def test_fit_reward_posterior_moved_out_of_posterior_with_a_warning():
+    from bt_laplace import fit, posterior
+
+    with pytest.warns(DeprecationWarning, match="moved to bt_laplace.fit"):
+        assert (
+            posterior.fit_reward_posterior is fit.fit_reward_posterior is btl.fit_reward_posterior
+        )

@@ -8,10 +8,11 @@ which names are stable.
 
 from bt_laplace._checks import BTLaplaceWarning
 from bt_laplace.data import PairCollator, preference_dataloader
+from bt_laplace.fit import fit_reward_posterior
 from bt_laplace.io import load_reward_posterior
 from bt_laplace.metrics import pair_metrics
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.posterior import RewardPosterior, RewardPrediction, fit_reward_posterior
+from bt_laplace.posterior import RewardPosterior, RewardPrediction
 from bt_laplace.rlhf import best_of_n, rank_pairs_for_labeling
 from bt_laplace.text import TextPairCollator, text_preference_dataloader
 
