@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
-from conftest import minilm_tokenizer, word_tokenizer
+from conftest import minilm_tokenizer, tiny_reward_net, word_tokenizer
 
 from bt_laplace.text import TextPairCollator, text_preference_dataloader
 
@@ -458,3 +458,40 @@ def test_posterior_answers_token_dicts(reward_trainer) -> None:
     assert pairs_p.shape == (batch["input_ids"].shape[0],)
     rel = post.relative_reward(chosen)
     assert rel.mean.shape == mean.shape
+
+
+@pytest.mark.parametrize("hessian", ["diag", "full"])
+def test_lora_adapter_posterior_is_on_the_fast_path_and_exact(hessian) -> None:
+    """peft LoRA on a tiny Llama with the base frozen: the posterior over the adapters (and
+    the score head peft keeps trainable) runs on layer I/O (lora_A/lora_B are nn.Linear on
+    sequences), and its variances equal jacrev Jacobians with laplace-torch's covariance."""
+    peft = pytest.importorskip("peft")
+    import bt_laplace as btl
+
+    tok = word_tokenizer("llama")
+    net = tiny_reward_net("llama", tok).double()
+    config = peft.LoraConfig(
+        r=2, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="SEQ_CLS"
+    )
+    model = btl.PairwiseRewardModel(peft.get_peft_model(net, config).eval()).eval()
+    texts = ["good answer here", "bad", "a much longer answer with words", "no", "yes", "maybe"]
+    rows = [{"chosen": texts[i], "rejected": texts[(i + 1) % 6]} for i in range(6)]
+    loader = text_preference_dataloader(rows, tok, batch_size=3)
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="all", hessian_structure=hessian, prior_precision=1.0
+    )
+    assert post.laplace.backend.layer_io.supported
+    enc = tok(texts[:4], padding=True, return_tensors="pt")
+    items = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    _, variance = post(items)
+    assert post._predictive.structure.recorder.supported
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    jac = torch.func.jacrev(lambda ps: torch.func.functional_call(model, ps, (items,)).reshape(-1))(
+        params
+    )
+    jac = torch.cat([jac[n].reshape(4, -1) for n in names], 1)
+    la = post.laplace
+    sigma = la.posterior_covariance if hessian == "full" else torch.diag(la.posterior_variance)
+    torch.testing.assert_close(variance, ((jac @ sigma) * jac).sum(1), rtol=1e-10, atol=0)
