@@ -470,19 +470,31 @@ def preference_dataloader(
         dtype=dtype,
         pad_value=pad_value,
     )
-    batch_size = check_positive_int("batch_size", batch_size)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"`shuffle` must be a bool, got {type(shuffle).__name__}.")
-    source = _source(dataset, collate.columns)
-    collate(source.__getitems__([0]))
-    return DataLoader(
-        source,
+    _check_loader_options(batch_size, shuffle, num_workers)
+    return _pair_dataloader(
+        _source(dataset, collate.columns),
+        collate,
         batch_size=batch_size,
         shuffle=shuffle,
-        collate_fn=collate,
         generator=generator,
         num_workers=num_workers,
         drop_last=drop_last,
     )
+
+
+def _check_loader_options(batch_size: Any, shuffle: Any, num_workers: Any) -> None:
+    """Refuse DataLoader options of the wrong type or range, naming them."""
+    check_positive_int("batch_size", batch_size)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"`shuffle` must be a bool, got {type(shuffle).__name__}.")
+
+
+def _pair_dataloader(
+    source: _PairSource, collate: Callable[[Any], Any], **loader_kwargs: Any
+) -> DataLoader:
+    """A DataLoader over ``source`` with ``collate``, whose first row is collated up front so
+    that a bad dataset fails here, naming its row, not in the first batch of a fit."""
+    collate(source.__getitems__([0]))
+    return DataLoader(source, collate_fn=collate, **loader_kwargs)

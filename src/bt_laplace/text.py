@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import check_positive_int
-from bt_laplace.data import _Batch, _PairSource
+from bt_laplace.data import _Batch, _check_loader_options, _pair_dataloader, _PairSource
 
 __all__ = ["TextPairCollator", "text_preference_dataloader"]
 
@@ -415,11 +415,7 @@ def text_preference_dataloader(
         padding_side=padding_side,
         append_eos=append_eos,
     )
-    batch_size = check_positive_int("batch_size", batch_size)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"`shuffle` must be a bool, got {type(shuffle).__name__}.")
+    _check_loader_options(batch_size, shuffle, num_workers)
     import datasets as hf
 
     if isinstance(dataset, (hf.DatasetDict, hf.IterableDatasetDict)):
@@ -431,13 +427,11 @@ def text_preference_dataloader(
         )
     if len(dataset) == 0:
         raise ValueError("`dataset` is empty (0 rows); pass at least one pair.")
-    source = _PairSource(dataset)
-    collate(source.__getitems__([0]))
-    return DataLoader(
-        source,
+    return _pair_dataloader(
+        _PairSource(dataset),
+        collate,
         batch_size=batch_size,
         shuffle=shuffle,
-        collate_fn=collate,
         generator=generator,
         num_workers=num_workers,
         drop_last=drop_last,
