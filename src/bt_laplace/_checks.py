@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -15,6 +15,8 @@ __all__ = [
     "check_tensor",
     "check_finite",
     "progress",
+    "check_input_dtype",
+    "n_rows",
 ]
 
 T = TypeVar("T")
@@ -75,3 +77,8 @@ def check_input_dtype(x: Any, dtype: torch.dtype, subject: str, fix: str) -> Non
             f"{subject} dtype {x.dtype} but the model's parameters are {dtype}; convert one "
             f"of them ({fix})."
         )
+
+
+def n_rows(x: Any) -> int:
+    """Items or pairs in a batch ``x``: a tensor, or a token dict holding ``input_ids``."""
+    return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])

@@ -68,6 +68,12 @@ def _network(laplace: Any) -> nn.Module:
     return model.model if hasattr(model, "last_layer") else model
 
 
+def _covered(laplace: Any) -> list[list[Any]]:
+    """``[name, shape]`` of each parameter tensor the posterior covers, in its order."""
+    names = {id(p): n for n, p in _network(laplace).named_parameters()}
+    return [[names.get(id(p), "?"), list(p.shape)] for p in posterior_parameters(laplace)]
+
+
 def _backend_name(backend: type) -> str:
     return f"{backend.__module__}.{backend.__qualname__}"
 
@@ -97,9 +103,7 @@ def posterior_record(posterior: Any) -> tuple[dict[str, Any], dict[str, torch.Te
     la = posterior.laplace
     cls = structure_class(la)
     last_layer = hasattr(la.model, "last_layer")
-    params = posterior_parameters(la)
     network = _network(la)
-    names = {id(p): n for n, p in network.named_parameters()}
     kwargs = dict(la._backend_kwargs)
     kwargs.pop("last_layer", None)
     config: dict[str, Any] = {
@@ -116,7 +120,7 @@ def posterior_record(posterior: Any) -> tuple[dict[str, Any], dict[str, torch.Te
         "dict_key_y": la.dict_key_y,
         "batch_size": posterior.batch_size,
         "item_shape": None if posterior.item_shape is None else list(posterior.item_shape),
-        "parameters": [[names.get(id(p), "?"), list(p.shape)] for p in params],
+        "parameters": _covered(la),
         "fingerprint": weights_fingerprint(network),
     }
     if last_layer:
@@ -340,9 +344,7 @@ def _indexed(
 def _check_model(la: Any, config: dict[str, Any], strict: bool) -> None:
     """Refuse a model that is not the one the posterior was fitted on, saying what differs."""
     network = _network(la)
-    names = {id(p): n for n, p in network.named_parameters()}
-    have = [[names.get(id(p), "?"), list(p.shape)] for p in posterior_parameters(la)]
-    want = config["parameters"]
+    have, want = _covered(la), config["parameters"]
     if have != want:
         diff = [f"{w} saved, {h} here" for w, h in zip(want, have, strict=False) if w != h]
         if len(have) != len(want):

@@ -29,6 +29,7 @@ from bt_laplace._checks import (
     check_input_dtype,
     check_positive_int,
     check_tensor,
+    n_rows,
 )
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
@@ -75,19 +76,14 @@ def _finite(variance: torch.Tensor) -> torch.Tensor:
     return variance
 
 
-def _n_rows(x: Any) -> int:
-    """Items or pairs in ``x``: a tensor or a token dict."""
-    return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])
-
-
 def _batches(x: Any, batch_size: int) -> list[Any]:
     """``x`` (a tensor or a token dict) in batches of at most ``batch_size`` rows."""
-    if _n_rows(x) <= batch_size:
+    if n_rows(x) <= batch_size:
         return [x]
     if isinstance(x, Mapping):
         return [
             {k: v[i : i + batch_size] for k, v in x.items()}
-            for i in range(0, _n_rows(x), batch_size)
+            for i in range(0, n_rows(x), batch_size)
         ]
     return list(x.split(batch_size))
 
@@ -102,7 +98,7 @@ def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int)
         parts = fn(xb)
         n = parts[0].shape[0]
         if outs is None:
-            total = _n_rows(x)
+            total = n_rows(x)
             outs = [p.new_empty((total, *p.shape[1:])) for p in parts]
         for out, part in zip(outs, parts, strict=True):
             out[start : start + n] = part
@@ -394,7 +390,7 @@ class RewardPosterior:
             check_choice("reference", reference, ("group",))
         else:
             ref = self._items(reference, "reference", check_shape=False)
-            if _n_rows(ref) == 0:
+            if n_rows(ref) == 0:
                 raise ValueError(
                     "`reference` has no items; pass at least one reference item, or "
                     "reference='group'."
@@ -455,9 +451,9 @@ class RewardPosterior:
         """
         x = self._items(x)
         n_samples = check_positive_int("n_samples", n_samples)
-        if _n_rows(x) > self.batch_size:
+        if n_rows(x) > self.batch_size:
             raise ValueError(
-                f"`x` has {_n_rows(x)} items but joint samples are drawn in one pass of at "
+                f"`x` has {n_rows(x)} items but joint samples are drawn in one pass of at "
                 f"most batch_size={self.batch_size}; pass fewer items or raise `batch_size`."
             )
         self.laplace.model.eval()

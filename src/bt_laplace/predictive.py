@@ -15,12 +15,12 @@ forward and one backward pass plus ``O(N (in + out)^2)``; memory is linear in ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from laplace.baselaplace import ParametricLaplace
 
+from bt_laplace._checks import n_rows
 from bt_laplace._layer_io import LayerIO, backend_jacobians, pair_split
 from bt_laplace.structures import DenseJacobians, Jacobians, PosteriorStructure, structure_for
 
@@ -136,7 +136,7 @@ class Predictive:
         assert sums is not None
         dense, ref_mean = [t / count for t in sums], total / count
         dtype = self.laplace._dtype
-        n = sum(_n_items(x) for x in xs)  # results written in place: nothing per batch survives
+        n = sum(n_rows(x) for x in xs)  # results written in place: nothing per batch survives
         means = torch.empty(n, dtype=dtype, device=self.laplace._device)
         variances = torch.empty_like(means)
         start = 0
@@ -184,10 +184,6 @@ def _split_items(result: LayerIO) -> tuple[LayerIO, LayerIO]:
         LayerIO(out0, [a[0] for a in acts], [g[0] for g in grads]),
         LayerIO(out1, [a[1] for a in acts], [g[1] for g in grads]),
     )
-
-
-def _n_items(x: Any) -> int:
-    return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])
 
 
 def _rows(result: LayerIO, rows: torch.Tensor) -> LayerIO:
