@@ -105,17 +105,6 @@ class KronStructure(EigenbasisStructure):
         return pieces
 
 
-class _ZeroKron(Kron):
-    """An all-zero :class:`Kron` whose addition is free: ``H + zero`` returns ``H`` itself.
-
-    As a subclass overriding ``__radd__``, Python tries it before ``Kron.__add__``, so
-    laplace-torch's ``self.H += H_batch`` allocates nothing per batch.
-    """
-
-    def __radd__(self, other: Kron) -> Kron:  # type: ignore[override]
-        return other
-
-
 #: bytes of per-pair factors a fit keeps before it switches to recomputing them
 KRON_STORE_LIMIT = 2**30
 
@@ -184,7 +173,7 @@ class PairKronFactors:
             i: _AlternatingKron(first.grads[i].shape[-1], first.acts[i].shape[-1], first.acts[i])
             for i in layers
         }
-        bias = {s.layer: None for s in slots if s.kind == "bias"}
+        bias = {s.layer for s in slots if s.kind == "bias"}
         bias_blocks: dict[int, torch.Tensor] = {}
         passes = max([f.passes(self.iterations) for f in fits.values()] + [1])
         for k in range(passes):
