@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckedPairLoader", "check_pair_batch"]
+__all__ = ["CheckedPairLoader", "check_pair_batch", "batch_on"]
+
+
+def batch_on(batch: Any, dict_key_y: str, device: torch.device) -> tuple[Any, torch.Tensor]:
+    """``(x, y)`` of a batch as laplace-torch unpacks it (a tuple, or a dict holding the labels
+    under ``dict_key_y``), moved to ``device``."""
+    if isinstance(batch, Mapping):
+        x: Any = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return x, batch[dict_key_y].to(device)
+    x, y = batch
+    return x.to(device), y.to(device)
 
 
 def check_pair_batch(batch: Any, index: int, name: str, dict_key_y: str = "labels") -> int:

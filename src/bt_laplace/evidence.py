@@ -27,7 +27,7 @@ of parameters), whose left side falls and right side grows with ``delta``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from laplace.lllaplace import LLLaplace
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import is_sequence, pair_split
+from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN
 
 __all__ = ["exact_ggn_eigenvalues", "exact_evidence_prior_precision", "EVIDENCE_MEMORY_LIMIT"]
@@ -59,19 +60,6 @@ def _pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
         dict_key_x=laplace.dict_key_x,
         dict_key_y=laplace.dict_key_y,
     )
-
-
-def _split(data: Any, laplace: ParametricLaplace) -> tuple[Any, torch.Tensor]:
-    if isinstance(data, MutableMapping):
-        return data, data[laplace.dict_key_y]
-    x, y = data
-    return x, y
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, MutableMapping):
-        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in x.items()}
-    return x.to(device)
 
 
 def _check_size(rows: int, cols: int, what: str, fix: str, limit: int) -> None:
@@ -127,8 +115,8 @@ def exact_ggn_eigenvalues(
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
         seen = 0
         for data in batches:
-            x, y = _split(data, laplace)
-            _, h = backend.full(_to(x, device), y.to(device))
+            x, y = batch_on(data, laplace.dict_key_y, device)
+            _, h = backend.full(x, y)
             ggn += h.to(torch.float64)
             seen += len(y)
         _check_count(int(processes.sum_number(seen)), n_pairs)
@@ -160,8 +148,8 @@ def _pair_kernel(
     rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
     seen = 0
     for data in batches:
-        x, y = _split(data, laplace)
-        _, w, result, d_jac = backend._pair_pass(_to(x, device), y.to(device))
+        x, y = batch_on(data, laplace.dict_key_y, device)
+        _, w, result, d_jac = backend._pair_pass(x, y)
         root = w.to(torch.float64).sqrt()
         seen += root.shape[0]
         if result is not None and any(is_sequence(a) for a in result.acts):

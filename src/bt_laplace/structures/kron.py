@@ -26,7 +26,7 @@ Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +43,7 @@ from bt_laplace._layer_io import (
     pair_split,
     weight_jacobian,
 )
+from bt_laplace._loader import batch_on
 from bt_laplace.structures._eigenbasis import EigenbasisStructure, SlotCovariance
 
 __all__ = [
@@ -403,11 +404,8 @@ class _PairKronFit:
 
         def batches() -> Iterator[tuple[LayerIO, torch.Tensor]]:  # one more pass, recomputed
             for data in train_loader:
-                if isinstance(data, MutableMapping):
-                    x, y = data, data[backend.dict_key_y]
-                else:
-                    x, y = data[0].to(self._device), data[1]
-                _, w, result, _ = backend._pair_pass(x, y.to(self._device), kron=True)
+                x, y = batch_on(data, backend.dict_key_y, self._device)
+                _, w, result, _ = backend._pair_pass(x, y, kron=True)
                 yield result, w
 
         # bt_laplace's fit sets _sum_across_processes when the pairs are split over ranks
