@@ -145,12 +145,19 @@ class Predictive:
             if not isinstance(jac, LayerIO):  # the fast path gave out on this batch
                 return self._relative_dense(xs, ref_batches)
             jac = jac if jac is first else _double(jac)
-            cross, quad = structure.dense_cross(jac, dense)
             rows = slice(start, start + jac.output.shape[0])
-            means[rows] = jac.output - ref_mean
-            variances[rows] = (structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0)
+            means[rows], variances[rows] = self._relative_to(jac, dense, ref_mean)
             start = rows.stop
         return means, variances
+
+    def _relative_to(
+        self, jac: Jacobians, dense: list[torch.Tensor], ref_mean: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``r(x) - mean r(ref)`` from the items' Jacobians, the
+        reference's mean Jacobian and its mean reward."""
+        cross, quad = self.structure.dense_cross(jac, dense)
+        variance = self.structure.cross(jac, jac) - 2 * cross + quad
+        return jac.output - ref_mean, variance.clamp_min(0.0)
 
     def _relative_dense(self, xs: list[Any], refs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`relative_moments` with laplace-torch's Jacobians throughout (models outside
@@ -160,13 +167,8 @@ class Predictive:
         ref_jacs = [self.jacobians(r)[0] for r in refs]
         dense = structure.mean_jacobian(ref_jacs)
         ref_mean = torch.cat([j.output for j in ref_jacs]).mean()
-        means, variances = [], []
-        for x in xs:
-            (jac,) = self.jacobians(x)
-            cross, quad = structure.dense_cross(jac, dense)
-            means.append(jac.output - ref_mean)
-            variances.append((structure.cross(jac, jac) - 2 * cross + quad).clamp_min(0.0))
-        return torch.cat(means), torch.cat(variances)
+        parts = [self._relative_to(self.jacobians(x)[0], dense, ref_mean) for x in xs]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def samples(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
