@@ -355,7 +355,7 @@ def test_interval_bad_level(posterior):
 @pytest.mark.parametrize(
     "groups,error,match",
     [
-        ([0, 1], ValueError, r"one id per candidate \(4\), got 2"),
+        ([0, 1], ValueError, r"one id per item \(4\), got 2"),
         (torch.zeros(4), ValueError, r"integer ids of shape \(B,\), got dtype torch.float32"),
         ("abcd", TypeError, r"LongTensor \(B,\) or a list.*got str"),
     ],

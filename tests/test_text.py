@@ -404,17 +404,26 @@ def test_reward_trainer_model_to_last_layer_posterior(reward_trainer) -> None:
     post = btl.fit_reward_posterior(
         model, pairs, subset_of_weights="last_layer", hessian_structure="diag", prior_precision=1.0
     )
-    # exact last-layer curvature: sum_pairs p (1 - p) (phi_1 - phi_0)^2, phi the pooled feature
+    # exact last-layer curvature with TRL's margins: the loss -log sigmoid(f - m) of
+    # f = r_chosen - r_rejected has curvature sum_pairs p (1 - p) (phi_1 - phi_0)^2 with
+    # p = sigmoid(f - m), phi the pooled feature; and the loss is that sum of -log sigmoid
     weight = net.score.weight
-    grads, probs = [], []
+    grads, logit, loss = [], [], 0.0
     for b in range(labels.shape[0]):
         logits = model({k: v[b : b + 1] for k, v in batch.items()})
-        (grad,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], weight)
+        f = logits[0, 1] - logits[0, 0]
+        (grad,) = torch.autograd.grad(f, weight)
         grads.append(grad.reshape(-1))
-        probs.append(torch.sigmoid(logits[0, 1] - logits[0, 0]).detach())
-    p, d_phi = torch.stack(probs), torch.stack(grads)
+        logit.append(f.detach())
+        loss -= float(torch.nn.functional.logsigmoid(f - TRAIN_ROWS[b]["margin"]))
+    f, d_phi = torch.stack(logit), torch.stack(grads)
+    margin = torch.tensor([r["margin"] for r in TRAIN_ROWS])
+    p, p_without = torch.sigmoid(f - margin), torch.sigmoid(f)
     exact = ((p * (1 - p))[:, None] * d_phi**2).sum(0)
     torch.testing.assert_close(post.laplace.H, exact, rtol=1e-4, atol=1e-6)
+    without = ((p_without * (1 - p_without))[:, None] * d_phi**2).sum(0)
+    assert not torch.allclose(post.laplace.H, without, rtol=1e-3)  # the margins count
+    assert float(post.laplace.loss) == pytest.approx(loss, rel=1e-5)
     assert post.laplace.n_data == len(dataset)
 
 

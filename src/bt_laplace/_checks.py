@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 __all__ = [
+    "group_index",
     "BTLaplaceWarning",
     "check_choice",
     "check_positive_int",
@@ -82,3 +83,40 @@ def check_input_dtype(x: Any, dtype: torch.dtype, subject: str, fix: str) -> Non
 def n_rows(x: Any) -> int:
     """Items or pairs in a batch ``x``: a tensor, or a token dict holding ``input_ids``."""
     return int(x["input_ids"].shape[0] if isinstance(x, Mapping) else x.shape[0])
+
+
+def group_index(groups: Any, n: int) -> tuple[torch.Tensor, list[Hashable]]:
+    """Group ids of ``n`` items (``None``: one group, a LongTensor ``(n,)`` or a list of ``n``
+    hashables such as prompts) -> (index ``(n,)`` into the keys, keys in order of first
+    appearance)."""
+    if groups is None:
+        return torch.zeros(n, dtype=torch.long), [0]
+    if isinstance(groups, torch.Tensor):
+        if groups.ndim != 1 or groups.is_floating_point() or groups.is_complex():
+            raise ValueError(
+                f"`groups` must be integer ids of shape (B,), got dtype {groups.dtype} and "
+                f"shape {tuple(groups.shape)}; pass a LongTensor with one id per item."
+            )
+        values: Sequence[Hashable] = groups.tolist()
+    elif isinstance(groups, Sequence) and not isinstance(groups, str):
+        values = groups
+    else:
+        raise TypeError(
+            f"`groups` must be a LongTensor (B,) or a list of one hashable id per item "
+            f"(e.g. the prompt), got {type(groups).__name__}."
+        )
+    if len(values) != n:
+        raise ValueError(
+            f"`groups` must hold one id per item ({n}), got {len(values)}; pass the "
+            "prompt (or prompt id) of every item."
+        )
+    keys: dict[Hashable, int] = {}
+    try:
+        index = [keys.setdefault(v, len(keys)) for v in values]
+    except TypeError:
+        bad = next(v for v in values if not isinstance(v, Hashable))
+        raise TypeError(
+            f"`groups` must hold hashable ids, got a {type(bad).__name__}; for conversational "
+            "prompts pass e.g. json.dumps(prompt) or an integer id per prompt."
+        ) from None
+    return torch.tensor(index, dtype=torch.long), list(keys)

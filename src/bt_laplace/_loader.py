@@ -15,7 +15,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckedPairLoader", "check_pair_batch", "batch_on"]
+__all__ = ["CheckedPairLoader", "check_pair_batch", "batch_on", "split_batch"]
+
+
+def split_batch(batch: Any, dict_key_y: str = "labels") -> tuple[Any, torch.Tensor]:
+    """``(x, y)`` of a batch: a tuple, or a dict holding the labels under ``dict_key_y``
+    (then ``x`` is the dict itself; the model reads only its token keys)."""
+    if isinstance(batch, Mapping):
+        return batch, batch[dict_key_y]
+    x, y = batch
+    return x, y
 
 
 def batch_on(batch: Any, dict_key_y: str, device: torch.device) -> tuple[Any, torch.Tensor]:
@@ -103,10 +112,15 @@ class CheckedPairLoader:
         loader: The user's iterable of batches.
         name: The argument name, for messages.
         dict_key_y: Label key of dict batches.
+        margin: Whether the fit uses TRL's ``margin`` column of token batches (bt_laplace's
+            pair backend does); False refuses batches with one rather than ignore it.
     """
 
-    def __init__(self, loader: Iterable[Any], name: str, dict_key_y: str = "labels") -> None:
+    def __init__(
+        self, loader: Iterable[Any], name: str, dict_key_y: str = "labels", *, margin: bool = True
+    ) -> None:
         self.loader = loader
+        self.margin = margin
         self.name = name
         self.dict_key_y = dict_key_y
         self.n_pairs = 0
@@ -124,6 +138,13 @@ class CheckedPairLoader:
             if isinstance(x, Mapping):  # (tokens, labels): one dict, as laplace-torch takes it
                 batch = {**x, self.dict_key_y: batch[1]}
                 x = None
+            if not self.margin and isinstance(batch, Mapping) and "margin" in batch:
+                raise NotImplementedError(
+                    f"`{self.name}` batch {i} has a 'margin' column (TRL's), which only "
+                    "bt_laplace's pair backend puts in the likelihood; the `backend` passed "
+                    "would ignore it. Use the default backend, or drop the column "
+                    "(dataset.remove_columns('margin')) to fit without margins."
+                )
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 shape = tuple(x.shape[2:])
                 if self.item_shape is None:

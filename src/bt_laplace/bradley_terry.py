@@ -27,6 +27,8 @@ pairs: two near-duplicate items have large, but almost perfectly correlated, rew
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -36,6 +38,7 @@ __all__ = [
     "probit_preference_probability",
     "mc_preference_probability",
     "bradley_terry_nll",
+    "margin_shift",
 ]
 
 
@@ -161,3 +164,35 @@ def bradley_terry_nll(prob_second: torch.Tensor, label: torch.Tensor) -> torch.T
     """
     p = torch.where(label.bool(), prob_second, 1 - prob_second)
     return -torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)).mean()
+
+
+def margin_shift(x: Any, y: torch.Tensor) -> torch.Tensor | None:
+    """How much a ``margin`` moves the Bradley-Terry logit ``f = r(x_1) - r(x_0)``, ``(B,)``.
+
+    TRL's loss with a margin ``m`` is ``-log sigmoid(r_chosen - r_rejected - m)``: the
+    preferred item (index ``y``) must win by ``m``, so the likelihood is that of the shifted
+    logit ``f - m (2 y - 1)``. Its curvature weight is ``p (1 - p)`` at the shifted logit.
+
+    Args:
+        x: A batch of pairs: a token dict may hold ``"margin"`` ``(B,)``; a tensor holds none.
+        y: Index of the preferred item (0 or 1), ``(B,)``.
+
+    Returns:
+        ``m (2 y - 1)`` ``(B,)``, or None when the batch has no margin.
+
+    Example:
+        >>> margin_shift({"margin": torch.tensor([0.5, 0.5])}, torch.tensor([1, 0]))
+        tensor([ 0.5000, -0.5000])
+    """
+    if not isinstance(x, Mapping) or "margin" not in x:
+        return None
+    margin = x["margin"]
+    if not isinstance(margin, torch.Tensor) or margin.shape != y.shape:
+        raise ValueError(
+            f"the batch's 'margin' must be a tensor of shape {tuple(y.shape)} (one per pair), "
+            f"got {getattr(margin, 'shape', type(margin).__name__)}; build batches with "
+            "bt_laplace.TextPairCollator."
+        )
+    if not bool(torch.isfinite(margin).all()):
+        raise ValueError("the batch's 'margin' holds NaN or infinite values; fix those rows.")
+    return margin.to(y.device) * (2 * y - 1)

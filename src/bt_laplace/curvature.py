@@ -33,7 +33,7 @@ from laplace.utils import Kron
 from torch import nn
 
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, backend_jacobians
-from bt_laplace.bradley_terry import bradley_terry_weight
+from bt_laplace.bradley_terry import bradley_terry_weight, margin_shift
 from bt_laplace.structures import DiagStructure, FullStructure, PosteriorStructure
 from bt_laplace.structures.kron import (
     PairKronFactors,
@@ -157,6 +157,10 @@ class BradleyTerryGGN(CurvatureInterface):
                 "and the model's weights."
             )
         y = y.to(logits.device).long()
+        shift = margin_shift(x, y)
+        if shift is not None:  # TRL's margin: the preferred item's logit loses m
+            margin = shift.to(logits.dtype) * (2 * y - 1)
+            logits = logits - nn.functional.one_hot(y, 2).to(logits.dtype) * margin[:, None]
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
         weight = bradley_terry_weight(logits[:, 1] - logits[:, 0])
         return loss.detach(), weight.detach(), result, d_jac

@@ -26,9 +26,10 @@ from bt_laplace._checks import (
 )
 from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import LayerIO
-from bt_laplace._loader import CheckedPairLoader
+from bt_laplace._loader import CheckedPairLoader, split_batch
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
+    margin_shift,
     mc_preference_probability,
     probit_preference_probability,
 )
@@ -37,6 +38,7 @@ from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import LINK_APPROXIMATIONS, FitOptions
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.prior import optimize_marglik
+from bt_laplace.text import TextPairCollator
 
 __all__ = ["fit_reward_posterior"]
 
@@ -140,11 +142,15 @@ def fit_reward_posterior(
             "`backend` each rank would fit its own shard. Use the default backend, or pass "
             "distributed=False to fit each rank on its own data."
         )
-    loader = CheckedPairLoader(train_loader, "train_loader", options.dict_key_y)
+    loader = CheckedPairLoader(
+        train_loader, "train_loader", options.dict_key_y, margin=options.pair_backend
+    )
     la = options.build_laplace(model)
     _fit(la, loader, options, processes, progress_bar=progress_bar)
     posterior = RewardPosterior(la, model, batch_size=batch_size)
     posterior.item_shape = loader.item_shape
+    if isinstance(getattr(train_loader, "collate_fn", None), TextPairCollator):
+        posterior.text_collator = train_loader.collate_fn  # queries take texts as trained
     val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
     _set_prior(posterior, options, loader, val, processes=processes, progress_bar=progress_bar)
     return posterior
@@ -237,11 +243,12 @@ def _gridsearch(
     link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
     la.model.eval()
     batches = []
-    for x, y in val_loader:
+    for batch in val_loader:
+        x, y = split_batch(batch)
         j0, j1 = predictive.jacobians(posterior._pairs(x), pairs=True)
         if not isinstance(j0, LayerIO):  # outside the fast path: score each grid point afresh
             break
-        batches.append(((j0, j1), y))
+        batches.append(((j0, j1), y, margin_shift(x, y)))
     supported = predictive.structure.recorder.supported
     cached = batches if supported else None
     if not batches and supported:
@@ -252,8 +259,10 @@ def _gridsearch(
             total, count = posterior._nll_sum(val_loader, link)
             return processes.sum_number(total) / processes.sum_number(count)
         total, count = 0.0, 0
-        for (r0, r1), y in cached:
+        for (r0, r1), y, shift in cached:
             mean_diff, var_diff = predictive.difference_moments_from(r0, r1)
+            if shift is not None:  # TRL's margin, as in the training likelihood
+                mean_diff = mean_diff - shift.to(mean_diff)
             if link == "probit":
                 p = probit_preference_probability(mean_diff, var_diff)
             else:

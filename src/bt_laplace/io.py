@@ -129,6 +129,13 @@ def posterior_record(posterior: Any) -> tuple[dict[str, Any], dict[str, torch.Te
         config["feature_reduction"] = None if reduction is None else str(reduction)
     if cls.name == "kron":
         config["damping"] = bool(la.damping)
+    collator = getattr(posterior, "text_collator", None)
+    if collator is not None:  # how queries turn texts into tokens (the tokenizer is not saved)
+        config["text"] = {
+            "max_length": collator.max_length,
+            "truncation": collator.truncation,
+            "append_eos": collator.append_eos,
+        }
     tensors = {f"curvature.{k}": v for k, v in cls.curvature_state(la).items()}
     if cls.name == "kron":
         for i, (vecs, vals) in enumerate(zip(la.H.eigenvectors, la.H.eigenvalues, strict=True)):
@@ -180,6 +187,7 @@ def load_reward_posterior(
     *,
     strict: bool = True,
     batch_size: int | None = None,
+    tokenizer: Any = None,
 ) -> Any:
     """Load a posterior saved by :meth:`~bt_laplace.RewardPosterior.save` onto ``model``.
 
@@ -191,6 +199,10 @@ def load_reward_posterior(
             shapes must always match). ``False`` loads anyway: the curvature then belongs to
             other weights.
         batch_size: Items per forward pass at prediction time (default: as saved).
+        tokenizer: The model's tokenizer, to query with texts
+            (:meth:`~bt_laplace.RewardPosterior.set_tokenizer`, with the ``max_length``,
+            ``truncation`` and ``append_eos`` the posterior was saved with); a tokenizer is
+            not saved with the posterior (``tokenizer.save_pretrained`` does that).
 
     Returns:
         The :class:`~bt_laplace.RewardPosterior`, with predictions bit-identical to the saved
@@ -228,7 +240,10 @@ def load_reward_posterior(
             f"{FORMAT!r}; save it again with this version."
         )
     tensors = load_file(str(tensors_path))
-    return rebuild_posterior(model, config, tensors, strict=strict, batch_size=batch_size)
+    posterior = rebuild_posterior(model, config, tensors, strict=strict, batch_size=batch_size)
+    if tokenizer is not None:
+        posterior.set_tokenizer(tokenizer, **config.get("text", {}))
+    return posterior
 
 
 def rebuild_posterior(

@@ -29,10 +29,13 @@ from bt_laplace._checks import (
     check_input_dtype,
     check_positive_int,
     check_tensor,
+    group_index,
     n_rows,
 )
+from bt_laplace._loader import split_batch
 from bt_laplace.bradley_terry import (
     bradley_terry_nll,
+    margin_shift,
     mc_preference_probability,
     probit_preference_probability,
 )
@@ -107,6 +110,13 @@ def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int)
     return tuple(outs)
 
 
+def _take(x: Any, rows: torch.Tensor) -> Any:
+    """Rows ``rows`` of a tensor or token dict."""
+    if isinstance(x, Mapping):
+        return {k: v[rows] for k, v in x.items()}
+    return x[rows]
+
+
 def _token_dict(x: Mapping[str, Any], name: str, device: torch.device) -> dict[str, Any]:
     """A token dict (``BatchEncoding`` too) of tensors, on ``device``, usable by autograd."""
     bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
@@ -116,6 +126,22 @@ def _token_dict(x: Mapping[str, Any], name: str, device: torch.device) -> dict[s
             "return_tensors='pt' (or use bt_laplace.TextPairCollator)."
         )
     return {k: _usable(v).to(device) for k, v in x.items()}
+
+
+def _is_text(value: Any) -> bool:
+    """A string or a list of ``{"role", "content"}`` messages."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], Mapping)
+    )
+
+
+def _is_text_batch(x: Any) -> bool:
+    """A list of texts, TRL rows or pairs of texts: the inputs a tokenizer turns into tokens."""
+    return (
+        isinstance(x, (list, tuple))
+        and bool(x)
+        and (_is_text(x[0]) or isinstance(x[0], (Mapping, tuple)))
+    )
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -192,6 +218,9 @@ class RewardPosterior:
         self._weights = _weights_key(self._network)
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
         self.item_shape: tuple[int, ...] | None = None
+        #: turns texts into token batches (set by :meth:`set_tokenizer`, or taken from a
+        #: :func:`~bt_laplace.text_preference_dataloader` by the fit)
+        self.text_collator: Any = None
 
     def _check_weights(self) -> None:
         if _weights_key(self._network) != self._weights:
@@ -221,7 +250,11 @@ class RewardPosterior:
         from bt_laplace.io import posterior_record, rebuild_posterior
 
         config, tensors = posterior_record(self)
-        return (rebuild_posterior, (self.model, config, tensors))
+        return (
+            rebuild_posterior,
+            (self.model, config, tensors),
+            {"text_collator": self.text_collator},
+        )
 
     def __repr__(self) -> str:
         la = self.laplace
@@ -229,6 +262,74 @@ class RewardPosterior:
             f"RewardPosterior({type(la).__name__}, n_params={la.n_params}, "
             f"prior_precision={la.prior_precision.detach().cpu().tolist()})"
         )
+
+    # ------------------------------------------------------------------ texts
+    def set_tokenizer(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        truncation: str = "error",
+        append_eos: bool = True,
+    ) -> RewardPosterior:
+        """Let every query take texts: items as strings, message lists or TRL
+        prompt-completion rows (``{"prompt", "completion"}``), pairs as TRL preference rows
+        (``{"prompt", "chosen", "rejected"}``: item 0 the rejected, item 1 the chosen text) or
+        ``(text_0, text_1)`` tuples. Texts are prepared as the training pairs were
+        (:class:`~bt_laplace.TextPairCollator`: eos appended, prompt prepended, chat template).
+        A fit on :func:`~bt_laplace.text_preference_dataloader` sets this itself.
+
+        Args:
+            tokenizer: The tokenizer the model was trained with.
+            max_length, truncation, append_eos: As in :class:`~bt_laplace.TextPairCollator`.
+
+        Returns:
+            The posterior itself.
+        """
+        from bt_laplace.text import TextPairCollator
+
+        self.text_collator = TextPairCollator(
+            tokenizer, max_length=max_length, truncation=truncation, append_eos=append_eos
+        )
+        return self
+
+    def _tokens(self, x: list[Any] | tuple[Any, ...], name: str, *, pairs: bool) -> dict[str, Any]:
+        """Token dict of a list of texts (items) or TRL rows / text tuples (pairs)."""
+        if self.text_collator is None:
+            raise TypeError(
+                f"`{name}` is a list of texts, but the posterior has no tokenizer; call "
+                "post.set_tokenizer(tokenizer) first (a fit on "
+                "bt_laplace.text_preference_dataloader sets it), or pass a token dict."
+            )
+        collator = self.text_collator
+        if pairs:
+            rows = [
+                {"rejected": row[0], "chosen": row[1]}
+                if isinstance(row, tuple) and len(row) == 2
+                else row
+                for row in x
+            ]
+            if not all(isinstance(row, Mapping) for row in rows):
+                raise TypeError(
+                    f"`{name}` must be pairs of texts: TRL preference rows {{'prompt', "
+                    "'chosen', 'rejected'}} or (text_0, text_1) tuples; got "
+                    f"{type(next(r for r in rows if not isinstance(r, Mapping))).__name__}."
+                )
+            tokens, _ = collator(rows)
+            tokens.pop("margin", None)
+            return tokens
+        if all(isinstance(row, Mapping) and "completion" in row for row in x):
+            return collator.collate_items(
+                [row["completion"] for row in x], [row.get("prompt") for row in x]
+            )
+        bad = next((i for i, row in enumerate(x) if not _is_text(row)), None)
+        if bad is not None:
+            raise TypeError(
+                f"`{name}` must be items: strings, message lists or TRL prompt-completion rows "
+                f"{{'prompt', 'completion'}}; entry {bad} is {str(x[bad])[:60]!r}"
+                + (" (pairs go to preference_probability)." if isinstance(x[bad], tuple) else ".")
+            )
+        return collator.collate_items(list(x))
 
     # ------------------------------------------------------------------ inputs
     def _check_dtype(self, x: torch.Tensor) -> None:
@@ -244,6 +345,8 @@ class RewardPosterior:
             )
 
     def _items(self, x: Any, name: str = "x", *, check_shape: bool = True) -> Any:
+        if _is_text_batch(x):
+            x = self._tokens(x, name, pairs=False)
         if isinstance(x, Mapping):  # token dict: input_ids (B, L)
             x = _token_dict(x, name, self.laplace._device)
             if self.model.is_pair_batch(x):
@@ -265,6 +368,8 @@ class RewardPosterior:
         return x.to(self.laplace._device)
 
     def _pairs(self, x: Any) -> Any:
+        if _is_text_batch(x):
+            x = self._tokens(x, "x", pairs=True)
         if isinstance(x, Mapping):  # token dict: input_ids (B, 2, L)
             x = _token_dict(x, "x", self.laplace._device)
             if not self.model.is_pair_batch(x):
@@ -365,7 +470,9 @@ class RewardPosterior:
         return p.to(self.laplace._dtype)
 
     @_autograd_query
-    def relative_reward(self, x: torch.Tensor, reference: Any = "group") -> RewardPrediction:
+    def relative_reward(
+        self, x: Any, reference: Any = "group", *, groups: Any = None
+    ) -> RewardPrediction:
         """Mean and variance of each item's reward relative to the mean reward of a reference.
 
         Bradley-Terry pairs identify rewards only up to a constant (and, when every pair shares
@@ -375,10 +482,15 @@ class RewardPosterior:
         keeps what sets an item apart from it: the uncertainty to rank candidates by.
 
         Args:
-            x: Items ``(B, *item)``.
+            x: Items ``(B, *item)`` (a token dict, or texts given a tokenizer).
             reference: ``"group"`` (default): the items of ``x`` themselves, e.g. the ``n``
-                candidate responses to one prompt in best-of-n; or reference items
-                ``(M, *item)``, e.g. responses the model was trained on for that prompt.
+                candidate responses to one prompt in best-of-n (with ``groups``: the items of
+                each item's own group); or reference items ``(M, *item)``, e.g. responses the
+                model was trained on for that prompt.
+            groups: With ``reference="group"``, the group (prompt) of each item: ``None`` (one
+                group), integer ids ``(B,)`` or a list of ``B`` hashables (e.g. the prompts),
+                so that one call over many prompts' candidates gives per-prompt relative
+                rewards.
 
         Returns:
             :class:`RewardPrediction` of ``mean`` ``(B,)`` (``r(x_n)`` minus the reference's
@@ -389,6 +501,12 @@ class RewardPosterior:
         if isinstance(reference, str):
             check_choice("reference", reference, ("group",))
         else:
+            if groups is not None:
+                raise ValueError(
+                    "`groups` goes with reference='group' (each item relative to its own "
+                    "group); with reference items every item is relative to the same "
+                    "reference, so call once per group instead."
+                )
             ref = self._items(reference, "reference", check_shape=False)
             if n_rows(ref) == 0:
                 raise ValueError(
@@ -406,29 +524,56 @@ class RewardPosterior:
                     f"{tuple(x.shape[1:])}; pass reference items of the same shape."
                 )
         self.laplace.model.eval()
+        if groups is not None:
+            index, keys = group_index(groups, n_rows(x))
+            return self._relative_by_group(x, index, len(keys))
         refs = None if ref is None else list(_batches(ref, self.batch_size))
         mean, variance = self._predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
         return RewardPrediction(mean, _finite(variance))
 
+    def _relative_by_group(self, x: Any, index: torch.Tensor, n_groups: int) -> RewardPrediction:
+        """Each item relative to its own group: one pass when ``x`` fits one batch on the fast
+        path, else one :meth:`~bt_laplace.predictive.Predictive.relative_moments` per group."""
+        if n_rows(x) <= self.batch_size:
+            moments = self._predictive.grouped_relative_moments(x, index, n_groups)
+            if moments is not None:
+                return RewardPrediction(moments[0], _finite(moments[1]))
+        dtype, device = self.laplace._dtype, self.laplace._device
+        mean = torch.empty(n_rows(x), dtype=dtype, device=device)
+        variance = torch.empty_like(mean)
+        for g in range(n_groups):
+            rows = (index == g).nonzero().flatten()
+            members = _take(x, rows.to(device))
+            m, v = self._predictive.relative_moments(list(_batches(members, self.batch_size)), None)
+            mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
+        return RewardPrediction(mean, _finite(variance))
+
     def penalized_reward(
-        self, x: torch.Tensor, k: float = 1.0, *, reference: Any = None
+        self, x: Any, k: float = 1.0, *, reference: Any = None, groups: Any = None
     ) -> torch.Tensor:
         """Pessimistic reward ``mean - k * sqrt(variance)`` per item ``(B,)``.
 
         Args:
-            x: Items ``(B, *item)``.
+            x: Items ``(B, *item)`` (a token dict, or texts given a tokenizer).
             k: Number of standard deviations to subtract (``k < 0`` gives an optimistic bonus).
             reference: None (default): the absolute reward's moments, ``post(x)``.
                 ``"group"`` or reference items ``(M, *item)``: the moments of
                 :meth:`relative_reward`, whose variance leaves out the offset pairs cannot
                 identify; use ``"group"`` to rank the candidates of one prompt (the ranking
                 is that of ``mean - k * std`` relative to the group).
+            groups: With ``reference="group"``, the group of each item, as in
+                :meth:`relative_reward` (candidates of many prompts in one call).
         """
         k = check_finite("k", k)
         if reference is None:
+            if groups is not None:
+                raise ValueError(
+                    "`groups` needs reference='group' (rewards relative to each group); "
+                    "absolute rewards (reference=None) do not depend on the groups."
+                )
             mean, variance = self(x)
         else:
-            mean, variance = self.relative_reward(x, reference)
+            mean, variance = self.relative_reward(x, reference, groups=groups)
         return mean - k * variance.sqrt()
 
     @_autograd_query
@@ -477,9 +622,21 @@ class RewardPosterior:
         return total / count
 
     def _nll_sum(self, loader: Iterable[Any], link_approx: str) -> tuple[float, int]:
+        """Summed NLL and count of the labels; a batch's ``margin`` (TRL's) shifts the logit
+        as in the likelihood the model was trained with."""
         total, count = 0.0, 0
-        for x, y in loader:
-            p = self.preference_probability(x, link_approx=link_approx)
+        for batch in loader:
+            x, y = split_batch(batch)
+            shift = margin_shift(x, y)
+            if shift is None:
+                p = self.preference_probability(x, link_approx=link_approx)
+            else:
+                mean_diff, var_diff = self._difference_moments(x)
+                mean_diff = mean_diff - shift.to(mean_diff)
+                if link_approx == "mc":
+                    p = mc_preference_probability(mean_diff, var_diff, n_samples=20_000)
+                else:
+                    p = probit_preference_probability(mean_diff, var_diff)
             total += float(bradley_terry_nll(p, y.to(p.device))) * len(y)
             count += len(y)
         return total, count

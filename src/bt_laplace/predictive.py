@@ -150,6 +150,28 @@ class Predictive:
             start = rows.stop
         return means, variances
 
+    def grouped_relative_moments(
+        self, x: Any, index: torch.Tensor, n_groups: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`relative_moments` of each item relative to the items of its own group
+        (``index`` ``(N,)`` into ``n_groups``), from one pass over ``x`` (one batch); None
+        off the fast path."""
+        (jac,) = self.jacobians(x)
+        if not isinstance(jac, LayerIO):
+            return None
+        jac = _double(jac)
+        n = jac.output.shape[0]
+        means = torch.empty(n, dtype=self.laplace._dtype, device=self.laplace._device)
+        variances = torch.empty_like(means)
+        index = index.to(means.device)
+        for g in range(n_groups):
+            rows = (index == g).nonzero().flatten()
+            sub = _rows(jac, rows)
+            dense = [t / rows.numel() for t in self.structure.jacobian_sum([sub])]
+            mean, variance = self._relative_to(sub, dense, sub.output.mean())
+            means[rows], variances[rows] = mean.to(means.dtype), variance.to(means.dtype)
+        return means, variances
+
     def _relative_to(
         self, jac: Jacobians, dense: list[torch.Tensor], ref_mean: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,14 +44,21 @@ pool of all pairs of a prompt's candidates picks ``(argmax draw 1, argmax draw 2
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from bt_laplace._checks import check_choice, check_finite, check_positive_int, check_tensor
+from bt_laplace._checks import (
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_tensor,
+    group_index,
+    n_rows,
+)
 from bt_laplace.bradley_terry import pair_difference_moments
 from bt_laplace.posterior import RewardPosterior, RewardPrediction
 
@@ -170,10 +177,17 @@ def penalize(
     return mean + sign * variance / (2.0 * beta)
 
 
-def _moments(posterior: RewardPosterior, x: torch.Tensor, reference: Any) -> RewardPrediction:
+def _moments(
+    posterior: RewardPosterior, x: Any, reference: Any, groups: Any = None
+) -> RewardPrediction:
     if reference is None:
+        if groups is not None:
+            raise ValueError(
+                "`groups` needs reference='group' (rewards relative to each group); absolute "
+                "rewards (reference=None) do not depend on the groups."
+            )
         return posterior(x)
-    return posterior.relative_reward(x, reference)
+    return posterior.relative_reward(x, reference, groups=groups)
 
 
 def penalized_reward(
@@ -185,6 +199,7 @@ def penalized_reward(
     beta: float | None = None,
     level: float | None = None,
     reference: Any = None,
+    groups: Any = None,
 ) -> torch.Tensor:
     """:func:`penalize` applied to the reward moments of ``x`` under ``posterior``.
 
@@ -194,6 +209,8 @@ def penalized_reward(
         penalty, k, beta, level: As in :func:`penalize`.
         reference: ``None`` (default): the absolute reward ``post(x)``; ``"group"`` or items
             ``(M, *item)``: the moments of ``post.relative_reward(x, reference)``.
+        groups: With ``reference="group"``: the group (prompt) of each item, as in
+            :meth:`~bt_laplace.RewardPosterior.relative_reward`.
 
     Returns:
         Penalized rewards ``(B,)``.
@@ -212,7 +229,7 @@ def penalized_reward(
         >>> penalized_reward(post, x, penalty="kl", beta=0.1, reference="group").shape
         torch.Size([5])
     """
-    mean, variance = _moments(posterior, x, reference)
+    mean, variance = _moments(posterior, x, reference, groups)
     return penalize(mean, variance, penalty=penalty, k=k, beta=beta, level=level)
 
 
@@ -225,7 +242,12 @@ class RewardInterval(NamedTuple):
 
 
 def reward_interval(
-    posterior: RewardPosterior, x: torch.Tensor, *, level: float = 0.9, reference: Any = None
+    posterior: RewardPosterior,
+    x: Any,
+    *,
+    level: float = 0.9,
+    reference: Any = None,
+    groups: Any = None,
 ) -> RewardInterval:
     """Central ``level`` interval of each item's reward: ``mean -/+ Phi^-1((1 + level) / 2) std``.
 
@@ -233,7 +255,7 @@ def reward_interval(
         posterior: A fitted :class:`~bt_laplace.RewardPosterior`.
         x: Items ``(B, *item)``.
         level: Probability mass inside the interval, in ``(0, 1)``.
-        reference: As in :func:`penalized_reward`.
+        reference, groups: As in :func:`penalized_reward`.
 
     Returns:
         :class:`RewardInterval` of ``mean``, ``lower``, ``upper``, each ``(B,)``.
@@ -253,7 +275,7 @@ def reward_interval(
         True
     """
     level = _check_level("level", level)
-    mean, variance = _moments(posterior, x, reference)
+    mean, variance = _moments(posterior, x, reference, groups)
     half = _normal_quantile(0.5 + level / 2.0) * variance.sqrt()
     return RewardInterval(mean, mean - half, mean + half)
 
@@ -279,54 +301,9 @@ class BestOfN:
     variance: torch.Tensor
 
 
-def _group_index(groups: Any, n: int) -> tuple[torch.Tensor, list[Hashable]]:
-    """Group ids per candidate -> (index (B,) into keys, keys in order of first appearance)."""
-    if groups is None:
-        return torch.zeros(n, dtype=torch.long), [0]
-    if isinstance(groups, torch.Tensor):
-        if groups.ndim != 1 or groups.is_floating_point() or groups.is_complex():
-            raise ValueError(
-                f"`groups` must be integer ids of shape (B,), got dtype {groups.dtype} and "
-                f"shape {tuple(groups.shape)}; pass a LongTensor with one id per candidate."
-            )
-        values: Sequence[Hashable] = groups.tolist()
-    elif isinstance(groups, Sequence) and not isinstance(groups, str):
-        values = groups
-    else:
-        raise TypeError(
-            f"`groups` must be a LongTensor (B,) or a list of one hashable id per candidate "
-            f"(e.g. the prompt), got {type(groups).__name__}."
-        )
-    if len(values) != n:
-        raise ValueError(
-            f"`groups` must hold one id per candidate ({n}), got {len(values)}; pass the "
-            "prompt (or prompt id) of every candidate."
-        )
-    keys: dict[Hashable, int] = {}
-    index = [keys.setdefault(v, len(keys)) for v in values]
-    return torch.tensor(index, dtype=torch.long), list(keys)
-
-
-def _relative_moments_by_group(
-    posterior: RewardPosterior, x: torch.Tensor, group_index: torch.Tensor, n_groups: int
-) -> RewardPrediction:
-    """Each candidate's reward moments relative to the mean reward of its own group.
-
-    One ``relative_reward`` call per group; the one place to batch when ``relative_reward``
-    takes groups itself.
-    """
-    mean = torch.empty(x.shape[0], dtype=torch.float64)
-    variance = torch.empty(x.shape[0], dtype=torch.float64)
-    for g in range(n_groups):
-        members = (group_index == g).nonzero().flatten()
-        m, v = posterior.relative_reward(x[members.to(x.device)], "group")
-        mean[members], variance[members] = m.detach().cpu().double(), v.detach().cpu().double()
-    return RewardPrediction(mean, variance)
-
-
 def best_of_n(
     posterior: RewardPosterior,
-    candidates: torch.Tensor,
+    candidates: Any,
     *,
     k: float = 1.0,
     groups: Any = None,
@@ -339,7 +316,8 @@ def best_of_n(
 
     Args:
         posterior: A fitted :class:`~bt_laplace.RewardPosterior`.
-        candidates: Candidate items ``(B, *item)`` of one or many prompts.
+        candidates: Candidate items ``(B, *item)`` of one or many prompts: a tensor, a token
+            dict, or texts given a tokenizer (:meth:`~bt_laplace.RewardPosterior.set_tokenizer`).
         k, penalty, beta, level: As in :func:`penalize` (default ``mean - k std``).
         groups: Prompt of each candidate: ``None`` (one prompt), integer ids ``(B,)``, or a
             list of ``B`` hashable ids (e.g. the prompt strings).
@@ -368,25 +346,25 @@ def best_of_n(
         >>> bool(pick.indices[0] < 4 <= pick.indices[1])
         True
     """
-    candidates = check_tensor("candidates", candidates)
-    if candidates.ndim < 1 or candidates.shape[0] == 0:
+    if isinstance(candidates, torch.Tensor) and (candidates.ndim < 1 or candidates.shape[0] == 0):
         raise ValueError(
             f"`candidates` must hold at least one item (B, *item), got shape "
             f"{tuple(candidates.shape)}."
         )
-    group_index, keys = _group_index(groups, candidates.shape[0])
-    if isinstance(reference, str) and reference == "group":
-        mean, variance = _relative_moments_by_group(posterior, candidates, group_index, len(keys))
-    else:
-        m, v = _moments(posterior, candidates, reference)
-        mean, variance = m.detach().cpu().double(), v.detach().cpu().double()
+    n = n_rows(candidates) if not isinstance(candidates, (list, tuple)) else len(candidates)
+    if n == 0:
+        raise ValueError("`candidates` is empty; pass at least one candidate.")
+    group_index_, keys = group_index(groups, n)
+    by_group = isinstance(reference, str) and reference == "group"
+    m, v = _moments(posterior, candidates, reference, groups if by_group else None)
+    mean, variance = m.detach().cpu().double(), v.detach().cpu().double()
     scores = penalize(mean, variance, penalty=penalty, k=k, beta=beta, level=level)
     best = torch.full((len(keys),), -math.inf, dtype=scores.dtype)
-    best = best.scatter_reduce(0, group_index, scores, "amax")
+    best = best.scatter_reduce(0, group_index_, scores, "amax")
     position = torch.arange(scores.shape[0])
-    ties = torch.where(scores == best[group_index], position, scores.shape[0])
+    ties = torch.where(scores == best[group_index_], position, scores.shape[0])
     indices = torch.full((len(keys),), scores.shape[0], dtype=torch.long)
-    indices = indices.scatter_reduce(0, group_index, ties, "amin")
+    indices = indices.scatter_reduce(0, group_index_, ties, "amin")
     return BestOfN(indices=indices, groups=keys, scores=scores, mean=mean, variance=variance)
 
 

@@ -219,22 +219,24 @@ class TextPairCollator:
         return value
 
     def _encode_text(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
-        texts = [self._text(row, col, where) for col in ("rejected", "chosen")]
-        if self.append_eos:
-            eos = self.tokenizer.eos_token
-            if eos is None:
-                raise ValueError(
-                    f"The tokenizer has no eos_token, which TRL's RewardTrainer appends to each "
-                    f"answer (it fails on {where} too); set tokenizer.eos_token (as "
-                    "RewardConfig(eos_token=...) does), or pass append_eos=False if the model "
-                    "was trained without it."
-                )
-            texts = [t if t.endswith(eos) else t + eos for t in texts]
-        if "prompt" in row:
-            prompt = self._text(row, "prompt", where)
-            texts = [prompt + t for t in texts]
-        ids = self.tokenizer(texts)["input_ids"]
-        return list(ids[0]), list(ids[1])
+        prompt = self._text(row, "prompt", where) if "prompt" in row else ""
+        rejected, chosen = (self._text(row, col, where) for col in ("rejected", "chosen"))
+        ids = self.tokenizer([prompt + self._with_eos(t, where) for t in (rejected, chosen)])
+        return list(ids["input_ids"][0]), list(ids["input_ids"][1])
+
+    def _with_eos(self, text: str, where: str) -> str:
+        """``text`` with the eos token appended unless it ends with it (as TRL does)."""
+        if not self.append_eos:
+            return text
+        eos = self.tokenizer.eos_token
+        if eos is None:
+            raise ValueError(
+                f"The tokenizer has no eos_token, which TRL's RewardTrainer appends to each "
+                f"answer (it fails on {where} too); set tokenizer.eos_token (as "
+                "RewardConfig(eos_token=...) does), or pass append_eos=False if the model "
+                "was trained without it."
+            )
+        return text if text.endswith(eos) else text + eos
 
     def _messages(self, row: Mapping[str, Any], col: str, where: str) -> list[Any]:
         value = row[col]
@@ -252,25 +254,111 @@ class TextPairCollator:
                 )
         return value
 
-    def _encode_messages(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
+    def _render(self, messages: list[Any], row: Mapping[str, Any], where: str) -> list[int]:
+        """Token ids of a conversation through the tokenizer's chat template."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError(
                 f"{where} holds messages, but the tokenizer has no chat template to render "
                 "them; set tokenizer.chat_template (RewardConfig(chat_template_path=...) does "
                 "this in TRL), or give the texts as strings."
             )
-        prompt = self._messages(row, "prompt", where) if "prompt" in row else []
         tools = row.get("tools")
         kwargs = {"tools": json.loads(tools) if isinstance(tools, str) else tools}
         kwargs.update(row.get("chat_template_kwargs") or {})
-        out = []
-        for col in ("rejected", "chosen"):
-            messages = prompt + self._messages(row, col, where)
-            encoded = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, **kwargs
+        encoded = self.tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, **kwargs
+        )
+        return list(encoded["input_ids"])
+
+    def _encode_messages(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
+        prompt = self._messages(row, "prompt", where) if "prompt" in row else []
+        rejected, chosen = (
+            self._render(prompt + self._messages(row, col, where), row, where)
+            for col in ("rejected", "chosen")
+        )
+        return rejected, chosen
+
+    # ------------------------------------------------------------------ items
+    def encode_item(
+        self, completion: Any, prompt: Any = None, *, where: str = "the item"
+    ) -> list[int]:
+        """Token ids of one item (a prompt's answer), prepared as the items of a training pair:
+        a string gets the eos token and the prompt prepended, a list of messages is rendered
+        after the prompt's messages by the chat template.
+
+        Args:
+            completion: The answer: a string, or a list of ``{"role", "content"}`` messages.
+            prompt: None, or the prompt: a string (for a string answer) or messages.
+            where: How to name the item in error messages.
+        """
+        row = (
+            {"completion": completion}
+            if prompt is None
+            else {"prompt": prompt, "completion": completion}
+        )
+        if _is_messages(completion) or _is_messages(prompt):
+            messages = self._messages(row, "prompt", where) if prompt is not None else []
+            return self._render(messages + self._messages(row, "completion", where), {}, where)
+        if not isinstance(completion, str):
+            raise TypeError(
+                f"{where} is {type(completion).__name__} {str(completion)[:60]!r}; an item is a "
+                "string or a list of {'role', 'content'} messages."
             )
-            out.append(list(encoded["input_ids"]))
-        return out[0], out[1]
+        text = self._with_eos(completion, where)
+        if prompt is not None:
+            text = self._text(row, "prompt", where) + text
+        return list(self.tokenizer(text)["input_ids"])
+
+    def collate_items(
+        self, completions: Sequence[Any], prompts: Sequence[Any | None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Token batch of items ``{"input_ids": (B, L), "attention_mask": (B, L)}`` from texts.
+
+        Each item is encoded by :meth:`encode_item` (as the items of the training pairs) and
+        ``max_length`` applies as in :meth:`__call__`.
+
+        Args:
+            completions: ``B`` answers: strings or message lists.
+            prompts: None, or ``B`` prompts (or Nones), one per answer.
+
+        Example:
+            >>> from tokenizers import Tokenizer, models, pre_tokenizers
+            >>> from transformers import PreTrainedTokenizerFast
+            >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
+            >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+            >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            >>> tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
+            ...                               eos_token="</s>")
+            >>> TextPairCollator(tok).collate_items(["sat", "cat sat"], prompts=["the "] * 2)
+            {'input_ids': tensor([[2, 4, 1, 0],
+                    [2, 3, 4, 1]]), 'attention_mask': tensor([[1, 1, 1, 0],
+                    [1, 1, 1, 1]])}
+        """
+        if isinstance(completions, (str, bytes)) or not isinstance(completions, Sequence):
+            raise TypeError(
+                f"`completions` must be a list of texts, got {type(completions).__name__}; wrap "
+                "a single text in a list: [text]."
+            )
+        if len(completions) == 0:
+            raise ValueError("`completions` is empty; pass at least one text.")
+        if prompts is not None:
+            if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+                raise TypeError(
+                    f"`prompts` must be a list with one prompt per completion, got "
+                    f"{type(prompts).__name__}."
+                )
+            if len(prompts) != len(completions):
+                raise ValueError(
+                    f"`prompts` has {len(prompts)} entries but `completions` {len(completions)}; "
+                    "give one prompt per completion (repeat a prompt for its n completions)."
+                )
+        self._check_pad()
+        items = []
+        for i, completion in enumerate(completions):
+            where = f"item {i}"
+            ids = self.encode_item(completion, None if prompts is None else prompts[i], where=where)
+            items.append(self._fit((ids,), where)[0])
+        return self._pad_items(items)
 
     # ------------------------------------------------------------------ batch
     def __call__(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -303,11 +391,7 @@ class TextPairCollator:
             )
         if len(rows) == 0:
             raise ValueError("Cannot collate an empty batch (0 rows); pass at least one row.")
-        if self.pad_token_id is None:
-            raise ValueError(
-                "The tokenizer has neither a pad token nor an eos token to pad with; set "
-                "tokenizer.pad_token (TRL's RewardTrainer uses RewardConfig.pad_token, else eos)."
-            )
+        self._check_pad()
         items = [self._fit(self.encode(row, where(i)), where(i)) for i, row in enumerate(rows)]
         out = self._pad(items)
         margin = self._margin(rows, where)
@@ -315,38 +399,57 @@ class TextPairCollator:
             out["margin"] = margin
         return out, torch.ones(len(rows), dtype=torch.long)
 
-    def _fit(self, pair: tuple[list[int], list[int]], where: str) -> tuple[list[int], list[int]]:
-        """Apply ``max_length`` to both items of a pair."""
-        limit = self.max_length
-        if limit is None or max(len(ids) for ids in pair) <= limit:
-            return pair
-        if self.truncation == "error":
-            item = 0 if len(pair[0]) > limit else 1
+    def _check_pad(self) -> None:
+        if self.pad_token_id is None:
             raise ValueError(
-                f"The {('rejected', 'chosen')[item]} text of {where} has {len(pair[item])} "
+                "The tokenizer has neither a pad token nor an eos token to pad with; set "
+                "tokenizer.pad_token (TRL's RewardTrainer uses RewardConfig.pad_token, else eos)."
+            )
+
+    def _fit(self, row: tuple[list[int], ...], where: str) -> tuple[list[int], ...]:
+        """Apply ``max_length`` to the items of a row (a pair ``(rejected, chosen)``, or one)."""
+        limit = self.max_length
+        if limit is None or max(len(ids) for ids in row) <= limit:
+            return row
+        if self.truncation == "error":
+            item = next(i for i, ids in enumerate(row) if len(ids) > limit)
+            name = f"The {('rejected', 'chosen')[item]} text of " if len(row) == 2 else ""
+            raise ValueError(
+                f"{name or 'The text of '}{where} has {len(row[item])} "
                 f"tokens, more than max_length={limit}; raise max_length, pass "
-                "truncation='left' or 'right' to cut it, or drop such rows first as TRL's "
-                "RewardTrainer does: dataset.filter(collator.fits)."
+                "truncation='left' or 'right' to cut it"
+                + (
+                    ", or drop such rows first as TRL's RewardTrainer does: "
+                    "dataset.filter(collator.fits)."
+                    if len(row) == 2
+                    else "."
+                )
             )
         if self.truncation == "left":
-            return pair[0][-limit:], pair[1][-limit:]
-        return pair[0][:limit], pair[1][:limit]
+            return tuple(ids[-limit:] for ids in row)
+        return tuple(ids[:limit] for ids in row)
 
-    def _pad(self, items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        length = max(len(ids) for pair in items for ids in pair)
+    def _pad(self, rows: list[tuple[list[int], ...]]) -> dict[str, torch.Tensor]:
+        """Pad rows of ``K`` items each to ``(B, K, L)``."""
+        length = max(len(ids) for row in rows for ids in row)
         if self.pad_to_multiple_of is not None:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         assert self.pad_token_id is not None
-        ids = torch.full((len(items), 2, length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), 2, length), dtype=torch.long)
-        for i, pair in enumerate(items):
-            for j, item in enumerate(pair):
+        shape = (len(rows), len(rows[0]), length)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(shape, dtype=torch.long)
+        for i, row in enumerate(rows):
+            for j, item in enumerate(row):
                 span = (
                     slice(0, len(item)) if self.padding_side == "right" else slice(-len(item), None)
                 )
                 ids[i, j, span] = torch.tensor(item, dtype=torch.long)
                 mask[i, j, span] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    def _pad_items(self, items: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad single items to ``(B, L)``."""
+        return {k: v[:, 0] for k, v in self._pad([(ids,) for ids in items]).items()}
 
     @staticmethod
     def _margin(rows: Sequence[Mapping[str, Any]], where: Any) -> torch.Tensor | None:
