@@ -144,3 +144,47 @@ def test_batched_group_and_reference_equal_one_batch(reward_model, pair_loader, 
     batched = post.relative_reward(x, ref)
     torch.testing.assert_close(batched.mean, whole.mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(batched.variance, whole.variance, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- groups (many prompts)
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+@pytest.mark.parametrize("batch_size", [64, 2], ids=["one-pass", "per-group"])
+def test_groups_give_each_item_relative_to_its_own_group(
+    reward_model, pair_loader, structure, batch_size
+):
+    post = btl.fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        hessian_structure=structure,
+        prior_precision=0.7,
+        batch_size=batch_size,
+    )
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(9, D_IN, generator=g, dtype=torch.float64)
+    groups = ["b", "a", "b", "c", "a", "b", "c", "c", "a"]  # interleaved, not sorted
+    mean, var = post.relative_reward(x, "group", groups=groups)
+    for key in "abc":
+        rows = torch.tensor([i for i, k in enumerate(groups) if k == key])
+        want_mean, want_var = brute_force(post, x[rows], x[rows], last_layer=False)
+        torch.testing.assert_close(mean[rows], want_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(var[rows], want_var, rtol=1e-8, atol=1e-12)
+    # one group is the plain group reference; integer ids are the same groups as the keys
+    torch.testing.assert_close(post.relative_reward(x, groups=[0] * 9).variance,
+                               post.relative_reward(x).variance, rtol=1e-12, atol=0)  # fmt: skip
+    ids = torch.tensor([{"a": 0, "b": 1, "c": 2}[k] for k in groups])
+    torch.testing.assert_close(post.relative_reward(x, groups=ids).mean, mean, rtol=0, atol=0)
+    penalized = post.penalized_reward(x, 2.0, reference="group", groups=groups)
+    torch.testing.assert_close(penalized, mean - 2.0 * var.sqrt(), rtol=0, atol=0)
+
+
+def test_groups_need_the_group_reference(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
+    x = torch.randn(4, D_IN, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`groups` goes with reference='group'"):
+        post.relative_reward(x, x[:2], groups=[0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"`groups` needs reference='group'"):
+        post.penalized_reward(x, groups=[0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"one id per item \(4\), got 3"):
+        post.relative_reward(x, groups=[0, 0, 1])
+    with pytest.raises(TypeError, match=r"hashable ids, got a list.*json.dumps"):
+        post.relative_reward(x, groups=[[1], [1], [2], [2]])

@@ -504,3 +504,133 @@ def test_lora_adapter_posterior_is_on_the_fast_path_and_exact(hessian) -> None:
     la = post.laplace
     sigma = la.posterior_covariance if hessian == "full" else torch.diag(la.posterior_variance)
     torch.testing.assert_close(variance, ((jac @ sigma) * jac).sum(1), rtol=1e-10, atol=0)
+
+
+# ---------------------------------------------------------------------- queries on texts
+QUERY_ROWS = [
+    {"prompt": "what color is the sky", "chosen": " blue", "rejected": " green", "margin": 0.5},
+    {"prompt": "hello", "chosen": " world", "rejected": " no", "margin": 0.0},
+    {"prompt": "the cat", "chosen": " sat on the mat", "rejected": " is bad", "margin": 1.0},
+    {"prompt": "i like it", "chosen": " yes very good", "rejected": " no", "margin": 0.0},
+]
+
+
+@pytest.fixture(scope="module")
+def text_posterior():
+    """A last-layer posterior of a tiny float64 Llama reward model fitted on text rows."""
+    import bt_laplace as btl
+
+    tokenizer = word_tokenizer("llama")
+    model = btl.PairwiseRewardModel(tiny_reward_net("llama", tokenizer).double()).eval()
+    loader = text_preference_dataloader(QUERY_ROWS, tokenizer, batch_size=3)
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="last_layer", hessian_structure="full",
+        prior_precision=1.0,
+    )  # fmt: skip
+    return post, tokenizer, loader.collate_fn
+
+
+def test_a_fit_on_texts_answers_texts_as_it_was_trained(text_posterior) -> None:
+    post, tokenizer, collate = text_posterior
+    assert post.text_collator is collate
+    texts = ["the cat sat", "yes very good", "what is the answer"]
+    tokens = collate.collate_items(texts)
+    for got, want in zip(post(texts), post(tokens), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.no_grad():  # the mean is the model's reward of "<s> text </s>"
+        ids = [tokenizer(t + "</s>")["input_ids"] for t in texts]
+        alone = [post.model({"input_ids": torch.tensor([i]), "attention_mask":
+                             torch.ones(1, len(i), dtype=torch.long)}) for i in ids]  # fmt: skip
+    torch.testing.assert_close(post(texts).mean, torch.cat(alone).reshape(-1), rtol=1e-12, atol=0)
+    # TRL prompt-completion rows are the prompt's text followed by the answer
+    rows = [{"prompt": "the cat", "completion": " sat"}, {"prompt": "yes", "completion": " no"}]
+    joined = post(["the cat sat", "yes no"])
+    for got, want in zip(post(rows), joined, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_pairs_of_texts_are_the_training_pairs(text_posterior) -> None:
+    post, _, collate = text_posterior
+    batch, _ = collate(QUERY_ROWS)
+    want = post.preference_probability(batch)  # P(chosen preferred), chosen is item 1
+    torch.testing.assert_close(post.preference_probability(QUERY_ROWS), want, rtol=0, atol=0)
+    as_tuples = [(r["prompt"] + r["rejected"], r["prompt"] + r["chosen"]) for r in QUERY_ROWS]
+    torch.testing.assert_close(post.preference_probability(as_tuples), want, rtol=0, atol=0)
+
+
+def test_conversations_are_rendered_by_the_chat_template(text_posterior) -> None:
+    post, tokenizer, _ = text_posterior
+    prompt = [{"role": "user", "content": "what color"}]
+    answer = [{"role": "assistant", "content": "blue"}]
+    rendered = tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)
+    ids = torch.tensor([rendered["input_ids"]])
+    want = post({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    for got in (post([prompt + answer]), post([{"prompt": prompt, "completion": answer}])):
+        torch.testing.assert_close(got.mean, want.mean, rtol=0, atol=0)
+
+
+def test_groups_of_texts_and_best_of_n(text_posterior) -> None:
+    import bt_laplace as btl
+
+    post, _, _ = text_posterior
+    prompts = ["hello", "hello", "the cat", "the cat", "the cat"]
+    answers = [" world", " no", " sat", " is bad", " very good"]
+    rows = [{"prompt": p, "completion": c} for p, c in zip(prompts, answers, strict=True)]
+    mean, var = post.relative_reward(rows, groups=prompts)
+    for members in ([0, 1], [2, 3, 4]):
+        m, v = post.relative_reward([rows[i] for i in members])
+        torch.testing.assert_close(mean[members], m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(var[members], v, rtol=1e-10, atol=1e-12)
+    pick = btl.best_of_n(post, rows, k=1.0, groups=prompts)
+    assert pick.groups == ["hello", "the cat"]
+    score = mean - var.sqrt()
+    assert pick.indices.tolist() == [int(score[:2].argmax()), 2 + int(score[2:].argmax())]
+
+
+def test_texts_survive_pickle_and_save_load(text_posterior, tmp_path) -> None:
+    import pickle
+
+    import bt_laplace as btl
+
+    post, tokenizer, _ = text_posterior
+    texts = ["the cat sat", "no"]
+    again = pickle.loads(pickle.dumps(post))
+    torch.testing.assert_close(again(texts).variance, post(texts).variance, rtol=0, atol=0)
+    folder = post.save(tmp_path / "post")
+    loaded = btl.load_reward_posterior(folder, post.model, tokenizer=tokenizer)
+    assert loaded.text_collator.append_eos and loaded.text_collator.truncation == "error"
+    torch.testing.assert_close(loaded(texts).variance, post(texts).variance, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"no tokenizer; call post.set_tokenizer\(tokenizer\)"):
+        btl.load_reward_posterior(folder, post.model)(texts)
+
+
+def test_bad_text_queries_are_explained(text_posterior) -> None:
+    post, tokenizer, _ = text_posterior
+    with pytest.raises(TypeError, match=r"rows \{'prompt', 'completion'\}; entry 1 is '3'\.$"):
+        post(["the cat", 3])
+    with pytest.raises(TypeError, match=r"entry 0 is .*pairs go to preference_probability"):
+        post([("the cat", "no")])
+    with pytest.raises(TypeError, match=r"pairs of texts: TRL preference rows.*got str"):
+        post.preference_probability(["the cat", "no"])
+    with pytest.raises(ValueError, match=r"Column 'chosen' is missing from row 0"):
+        post.preference_probability([{"prompt": "a", "completion": " b"}])
+    short = post.__class__.__new__(post.__class__)
+    short.__dict__.update(post.__dict__)
+    short.set_tokenizer(tokenizer, max_length=3)
+    with pytest.raises(ValueError, match=r"text of item 0 has 5 tokens, more than max_length=3"):
+        short(["the cat sat"])
+
+
+def test_margin_needs_the_pair_backend() -> None:
+    from laplace.curvature import CurvlinopsGGN
+
+    import bt_laplace as btl
+
+    tokenizer = word_tokenizer("llama")
+    model = btl.PairwiseRewardModel(tiny_reward_net("llama", tokenizer).double()).eval()
+    loader = text_preference_dataloader(QUERY_ROWS, tokenizer, batch_size=2)
+    with pytest.raises(NotImplementedError, match=r"batch 0 has a 'margin' column.*ignore it"):
+        btl.fit_reward_posterior(
+            model, loader, subset_of_weights="last_layer", hessian_structure="diag",
+            prior_precision=1.0, backend=CurvlinopsGGN,
+        )  # fmt: skip
