@@ -27,6 +27,7 @@ def test_top_level_holds_what_a_user_calls():
         "best_of_n",
         "fit_reward_posterior",
         "load_reward_posterior",
+        "make_reward_function",
         "pair_metrics",
         "preference_dataloader",
         "rank_pairs_for_labeling",

@@ -13,6 +13,7 @@ from bt_laplace.io import load_reward_posterior
 from bt_laplace.metrics import pair_metrics
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.posterior import RewardPosterior, RewardPrediction
+from bt_laplace.rewards import make_reward_function
 from bt_laplace.rlhf import best_of_n, rank_pairs_for_labeling
 from bt_laplace.text import TextPairCollator, text_preference_dataloader
 
@@ -33,6 +34,8 @@ __all__ = [
     # acting on the uncertainty (more in bt_laplace.rlhf)
     "best_of_n",
     "rank_pairs_for_labeling",
+    # a reward function for TRL's GRPO, RLOO and online DPO (bt_laplace.rewards)
+    "make_reward_function",
     # metrics of pair probabilities
     "pair_metrics",
     # warnings

@@ -1,0 +1,394 @@
+"""The posterior as a reward function for TRL's online trainers (GRPO, RLOO, online DPO).
+
+Shape legend: ``B`` completions in one call (the prompts repeated, one per completion).
+
+TRL 1.16 calls each entry of ``reward_funcs`` that is not a model as
+
+.. code-block:: python
+
+    reward_func(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                **reward_kwargs)  # -> one float (or None) per completion
+
+(``GRPOTrainer._calculate_rewards`` and ``RLOOTrainer._calculate_rewards``, trl/trainer;
+``OnlineDPOTrainer._calculate_rewards_from_functions`` in trl/experimental/online_dpo;
+``_AsyncRolloutLoop._score_group`` in trl/experimental/async_grpo). ``prompts`` and
+``completions`` are ``B`` strings, or for a conversational dataset ``B`` lists of
+``{"role", "content"}`` messages (a completion is ``[{"role": "assistant", "content": ...}]``).
+``reward_kwargs`` holds the dataset's other columns (one value per completion) and
+``trainer_state``; GRPO and RLOO also pass ``log_extra(column, values)``, which adds a column
+to the completions table, and ``log_metric(name, value)``, which logs a scalar averaged over
+each logging step beside TRL's own metrics. TRL names the function in its logs by its
+``__name__`` (``trl.trainer.utils.get_callable_name``, which falls back to the class name),
+and the asynchronous GRPO trainer pickles it into a spawned process.
+
+:class:`PosteriorRewardFunction` is such a callable: it renders each prompt and completion as
+the training pairs were (:class:`~bt_laplace.TextPairCollator`: the eos appended to a string
+answer and the prompt prepended, conversations through the chat template), asks the posterior
+for the reward mean and variance of every completion (relative to the completions of the same
+prompt with ``relative=True``), and returns the penalized reward of
+:func:`~bt_laplace.rlhf.penalize`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from bt_laplace._checks import check_choice
+from bt_laplace.posterior import RewardPosterior
+from bt_laplace.rlhf import PENALTIES, penalize
+from bt_laplace.text import TextPairCollator
+
+__all__ = ["PosteriorRewardFunction", "make_reward_function"]
+
+#: the name TRL logs the reward under unless ``name`` is given
+DEFAULT_NAME = "posterior_reward"
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in value)
+    )
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {str(value)[:60]!r}"
+
+
+def _check_texts(
+    prompts: Any, completions: Any
+) -> tuple[list[str | list[Any] | None], list[str | list[Any]]]:
+    """The two arguments as lists of one prompt (or None) and one completion each."""
+    for name, value in (("prompts", prompts), ("completions", completions)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise TypeError(
+                f"`{name}` must be a list with one entry per completion, got "
+                f"{type(value).__name__}; wrap a single text in a list: [text]."
+            )
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"`prompts` has {len(prompts)} entries but `completions` {len(completions)}; pass "
+            "one prompt per completion (repeat a prompt for each of its completions, as TRL "
+            "does)."
+        )
+    for i, completion in enumerate(completions):
+        if not (isinstance(completion, str) or _is_messages(completion)):
+            raise TypeError(
+                f"`completions` must hold texts: strings or lists of {{'role', 'content'}} "
+                f"messages; entry {i} is {_describe(completion)}. Token ids are not scored "
+                "here (TRL passes them separately as `completion_ids`): decode them first."
+            )
+    for i, prompt in enumerate(prompts):
+        if not (prompt is None or isinstance(prompt, str) or _is_messages(prompt)):
+            raise TypeError(
+                f"`prompts` must hold texts: strings, lists of {{'role', 'content'}} messages "
+                f"or None; entry {i} is {_describe(prompt)}."
+            )
+    return list(prompts), list(completions)
+
+
+def _prompt_key(prompt: Any) -> Hashable:
+    """A hashable key of a prompt: the string itself, or the messages as canonical JSON."""
+    if isinstance(prompt, list):
+        return ("messages", json.dumps(prompt, sort_keys=True, default=str))
+    return ("text", prompt)
+
+
+class PosteriorRewardFunction:
+    """A reward function for TRL's ``reward_funcs``: penalized posterior rewards of texts.
+
+    Called as TRL 1.16 calls a reward function (see the module docstring), it returns one
+    Python float per completion: ``penalize(mean, variance, penalty=..., k=..., beta=...,
+    level=...)`` of the posterior reward ``N(mean, variance)`` of the prompt followed by the
+    completion; ``k=0`` gives the posterior mean. With ``relative=True`` the moments are those
+    of :meth:`~bt_laplace.RewardPosterior.relative_reward` with ``reference="group"`` and the
+    prompt of each completion as its group: the variance then leaves out the per-prompt
+    offset Bradley-Terry pairs cannot identify (docs/gotchas.md). GRPO and RLOO subtract the
+    mean of a prompt's completions anyway, so the relative mean changes nothing there; the
+    relative variance is what changes the penalty.
+
+    When the trainer passes ``log_extra`` and ``log_metric`` (TRL 1.16's GRPO and RLOO), the
+    completions table gets the columns ``"<name>/mean"`` and ``"<name>/std"`` (each
+    completion's posterior mean and standard deviation), and the logs get
+    ``"rewards/<name>/posterior_mean"`` (the batch mean of the means),
+    ``"rewards/<name>/posterior_std"`` (the batch mean of the standard deviations: a rise
+    signals a policy drifting to where the reward model is unsure, the reward-hacking signal)
+    and ``"rewards/<name>/posterior_std_max"``. TRL itself logs the returned (penalized)
+    rewards as ``"rewards/<name>/mean"`` and ``"rewards/<name>/std"``.
+
+    Instances pickle (the posterior rebuilds from its model and saved record, the tokenizer
+    pickles), so the asynchronous GRPO trainer can send one to its scoring process.
+
+    Args:
+        posterior: A fitted :class:`~bt_laplace.RewardPosterior`; its ``batch_size`` bounds
+            the items per forward pass.
+        collator: Renders texts into token batches (the posterior's ``text_collator``, or one
+            made for the tokenizer given to :func:`make_reward_function`).
+        penalty, k, beta, level: As in :func:`~bt_laplace.rlhf.penalize`.
+        relative: Moments relative to the completions of the same prompt in the call.
+        name: The ``__name__`` TRL logs the reward under.
+        log: Log through ``log_extra`` and ``log_metric`` when the trainer passes them.
+
+    Example:
+        >>> import pickle, torch, transformers
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> import bt_laplace as btl
+        >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
+        >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        >>> tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
+        ...                                            eos_token="</s>")
+        >>> _ = torch.manual_seed(0)
+        >>> net = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+        ...     vocab_size=6, n_embd=8, n_layer=1, n_head=2, num_labels=1, pad_token_id=0))
+        >>> rows = [{"prompt": "the ", "chosen": "cat sat", "rejected": "sat"}] * 4
+        >>> post = btl.fit_reward_posterior(
+        ...     btl.PairwiseRewardModel(net).eval(), btl.text_preference_dataloader(rows, tok),
+        ...     subset_of_weights="last_layer", prior_precision=1.0)
+        >>> fn = btl.make_reward_function(post, k=1.0)  # the fit kept the tokenizer
+        >>> fn.__name__, type(fn).__name__
+        ('posterior_reward', 'PosteriorRewardFunction')
+        >>> again = pickle.loads(pickle.dumps(fn))
+        >>> again(["the "] * 2, ["cat", "sat"]) == fn(["the "] * 2, ["cat", "sat"])
+        True
+    """
+
+    def __init__(
+        self,
+        posterior: RewardPosterior,
+        collator: TextPairCollator,
+        *,
+        penalty: str = "std",
+        k: float = 1.0,
+        beta: float | None = None,
+        level: float | None = None,
+        relative: bool = False,
+        name: str = DEFAULT_NAME,
+        log: bool = True,
+    ) -> None:
+        if not isinstance(posterior, RewardPosterior):
+            raise TypeError(
+                "`posterior` must be a bt_laplace.RewardPosterior (from "
+                f"bt_laplace.fit_reward_posterior), got {type(posterior).__name__}."
+            )
+        if not isinstance(collator, TextPairCollator):
+            raise TypeError(
+                f"`collator` must be a bt_laplace.TextPairCollator, got {type(collator).__name__}; "
+                "build the function with bt_laplace.make_reward_function(posterior, tokenizer)."
+            )
+        for flag, value in (("relative", relative), ("log", log)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{flag}` must be a bool, got {type(value).__name__}.")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"`name` must be a non-empty string, got {name!r}.")
+        # every option checked now, not at the first training step
+        zero = torch.zeros(1, dtype=torch.float64)
+        penalize(zero, zero, penalty=penalty, k=k, beta=beta, level=level)
+        self.posterior = posterior
+        self.collator = collator
+        self.penalty = check_choice("penalty", penalty, PENALTIES)
+        self.k, self.beta, self.level = float(k), beta, level
+        self.relative = relative
+        self.log = log
+        #: the name TRL logs the reward under (trl.trainer.utils.get_callable_name reads it)
+        self.__name__ = name
+
+    def __repr__(self) -> str:
+        options = f"penalty={self.penalty!r}, " + {
+            "std": f"k={self.k}",
+            "variance": f"k={self.k}",
+            "quantile": f"level={self.level}",
+        }.get(self.penalty, f"beta={self.beta}")
+        return f"PosteriorRewardFunction({self.__name__!r}, {options}, relative={self.relative})"
+
+    def moments(
+        self, prompts: Sequence[Any], completions: Sequence[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior reward mean and variance of each completion after its prompt.
+
+        Args:
+            prompts: ``B`` prompts: strings, message lists or None.
+            completions: ``B`` completions: strings or message lists.
+
+        Returns:
+            ``(mean (B,), variance (B,))`` in the posterior's dtype, relative to the
+            completions of the same prompt when ``relative`` is set.
+        """
+        prompt_list, completion_list = _check_texts(prompts, completions)
+        if not completion_list:
+            raise ValueError("`completions` is empty; pass at least one completion.")
+        return self._moments(prompt_list, completion_list)
+
+    def _moments(
+        self, prompts: list[Any], completions: list[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, L) token dict; RewardPosterior.__call__ takes these too (annotated as tensors)
+        tokens: Any = self.collator.collate_items(completions, prompts)
+        if self.relative:
+            groups = [_prompt_key(p) for p in prompts]
+            mean, variance = self.posterior.relative_reward(tokens, "group", groups=groups)
+        else:
+            mean, variance = self.posterior(tokens)
+        return mean, variance
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        *,
+        log_extra: Callable[[str, list[Any]], None] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        """Penalized posterior reward of each completion, as TRL calls a reward function.
+
+        Args:
+            prompts: ``B`` prompts: strings, or lists of ``{"role", "content"}`` messages.
+            completions: ``B`` completions, of the same kind as the prompts.
+            log_extra: TRL's ``log_extra(column, values)`` (GRPO and RLOO), or None.
+            log_metric: TRL's ``log_metric(name, value)`` (GRPO and RLOO), or None.
+            **kwargs: What else TRL passes (``completion_ids``, ``trainer_state``, the
+                dataset's other columns); ignored.
+
+        Returns:
+            ``B`` Python floats.
+        """
+        prompt_list, completion_list = _check_texts(prompts, completions)
+        if not completion_list:
+            return []
+        mean, variance = self._moments(prompt_list, completion_list)
+        scores = penalize(
+            mean, variance, penalty=self.penalty, k=self.k, beta=self.beta, level=self.level
+        )
+        if self.log:
+            std = variance.sqrt()
+            if log_extra is not None:
+                log_extra(f"{self.__name__}/mean", mean.tolist())
+                log_extra(f"{self.__name__}/std", std.tolist())
+            if log_metric is not None:
+                prefix = f"rewards/{self.__name__}/posterior"
+                log_metric(f"{prefix}_mean", float(mean.mean()))
+                log_metric(f"{prefix}_std", float(std.mean()))
+                log_metric(f"{prefix}_std_max", float(std.max()))
+        return [float(s) for s in scores.tolist()]
+
+
+def make_reward_function(
+    posterior: RewardPosterior,
+    tokenizer: Any = None,
+    *,
+    k: float = 1.0,
+    penalty: str = "std",
+    beta: float | None = None,
+    level: float | None = None,
+    relative: bool = False,
+    max_length: int | None = None,
+    truncation: str = "error",
+    append_eos: bool = True,
+    name: str = DEFAULT_NAME,
+    log: bool = True,
+) -> PosteriorRewardFunction:
+    """A picklable reward function for ``reward_funcs`` of TRL's GRPO, RLOO and online DPO.
+
+    ``GRPOTrainer(..., reward_funcs=make_reward_function(post, tokenizer, k=1.0))`` scores
+    each completion with ``mean - k std`` of its posterior reward; see
+    :class:`PosteriorRewardFunction` for what it returns and logs, and docs/rlhf.md.
+
+    Args:
+        posterior: A fitted :class:`~bt_laplace.RewardPosterior`.
+        tokenizer: The reward model's tokenizer (not necessarily the policy's: TRL passes
+            decoded texts). None takes the posterior's ``text_collator`` (set by a fit on
+            :func:`~bt_laplace.text_preference_dataloader`, ``post.set_tokenizer`` or
+            ``load_reward_posterior(..., tokenizer=)``).
+        k, penalty, beta, level: As in :func:`~bt_laplace.rlhf.penalize`: ``"std"``
+            ``mean - k std`` (default, ``k=0`` the posterior mean), ``"variance"``,
+            ``"quantile"`` (``level``), ``"kl"`` / ``"kl_optimistic"`` (``beta``, the KL
+            coefficient of the RL objective, e.g. ``GRPOConfig.beta``).
+        relative: Moments relative to the other completions of the same prompt in the call
+            (messages prompts are compared as JSON). Needs two or more completions per
+            prompt (``num_generations``); with several processes, a prompt's completions
+            scored by another process are not in the group.
+        max_length, truncation, append_eos: As in :class:`~bt_laplace.TextPairCollator`,
+            with ``tokenizer`` only (else the posterior's collator keeps its own).
+        name: The name TRL logs the reward under.
+        log: Log through TRL's ``log_extra`` and ``log_metric`` when the trainer passes them.
+
+    Returns:
+        A :class:`PosteriorRewardFunction`.
+
+    Raises:
+        TypeError: Without ``tokenizer`` when the posterior has no ``text_collator``.
+
+    Example:
+        >>> import torch, transformers
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> import bt_laplace as btl
+        >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
+        >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        >>> tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
+        ...                                            eos_token="</s>")
+        >>> _ = torch.manual_seed(0)
+        >>> net = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+        ...     vocab_size=6, n_embd=8, n_layer=1, n_head=2, num_labels=1, pad_token_id=0))
+        >>> rows = [{"prompt": "the ", "chosen": "cat sat", "rejected": "sat"}] * 4
+        >>> post = btl.fit_reward_posterior(
+        ...     btl.PairwiseRewardModel(net).eval(), btl.text_preference_dataloader(rows, tok),
+        ...     subset_of_weights="last_layer", prior_precision=1.0)
+        >>> fn = btl.make_reward_function(post, tok, k=2.0, relative=True)
+        >>> metrics = {}
+        >>> rewards = fn(prompts=["the "] * 3, completions=["cat", "sat", "cat sat"],
+        ...              completion_ids=[[3], [4], [3, 4]], log_metric=metrics.__setitem__)
+        >>> len(rewards), type(rewards[0]).__name__, sorted(metrics)
+        (3, 'float', ['rewards/posterior_reward/posterior_mean', \
+'rewards/posterior_reward/posterior_std', 'rewards/posterior_reward/posterior_std_max'])
+    """
+    if not isinstance(posterior, RewardPosterior):
+        raise TypeError(
+            "`posterior` must be a bt_laplace.RewardPosterior (from "
+            f"bt_laplace.fit_reward_posterior), got {type(posterior).__name__}."
+        )
+    if tokenizer is None:
+        given = {
+            option: value
+            for option, value, default in (
+                ("max_length", max_length, None),
+                ("truncation", truncation, "error"),
+                ("append_eos", append_eos, True),
+            )
+            if value != default
+        }
+        if given:
+            raise ValueError(
+                f"{sorted(given)} set how `tokenizer` renders texts, but no tokenizer was "
+                "given, and the posterior's text_collator keeps its own settings; pass the "
+                "tokenizer too, or call post.set_tokenizer(tokenizer, ...) with them."
+            )
+        collator = posterior.text_collator
+        if collator is None:
+            raise TypeError(
+                "make_reward_function needs the reward model's tokenizer: `tokenizer` is None "
+                "and the posterior has no text_collator. Pass it, "
+                "make_reward_function(post, tokenizer), or call post.set_tokenizer(tokenizer) "
+                "first (a fit on bt_laplace.text_preference_dataloader sets it)."
+            )
+    else:
+        collator = TextPairCollator(
+            tokenizer, max_length=max_length, truncation=truncation, append_eos=append_eos
+        )
+    return PosteriorRewardFunction(
+        posterior,
+        collator,
+        penalty=penalty,
+        k=k,
+        beta=beta,
+        level=level,
+        relative=relative,
+        name=name,
+        log=log,
+    )
