@@ -390,11 +390,12 @@ class RewardPosterior:
 
     # ------------------------------------------------------------------ queries
     @_autograd_query
-    def __call__(self, x: torch.Tensor) -> RewardPrediction:
+    def __call__(self, x: Any) -> RewardPrediction:
         """Predictive mean and variance of the reward of each item.
 
         Args:
-            x: Items ``(B, *item)``.
+            x: Items ``(B, *item)``: a tensor, a token dict ``input_ids (B, L)``, or texts
+                given a tokenizer (:meth:`set_tokenizer`).
 
         Returns:
             :class:`RewardPrediction` of ``mean`` ``(B,)`` and ``variance`` ``(B,)``.
@@ -407,7 +408,7 @@ class RewardPosterior:
     predict = __call__
 
     @_autograd_query
-    def pair_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pair_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Joint moments of the two rewards of each pair.
 
         Args:
@@ -424,7 +425,7 @@ class RewardPosterior:
         return mean.to(dtype), _finite(var.to(dtype)), cov.to(dtype)
 
     @_autograd_query
-    def _difference_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _difference_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance ``(B,)`` of ``r(x_1) - r(x_0)``, in float64 on the fast path."""
         x = self._pairs(x)
         self.laplace.model.eval()
@@ -434,7 +435,7 @@ class RewardPosterior:
 
     def preference_probability(
         self,
-        x: torch.Tensor,
+        x: Any,
         *,
         link_approx: str = "probit",
         n_samples: int = 20_000,
@@ -579,7 +580,7 @@ class RewardPosterior:
     @_autograd_query
     def sample(
         self,
-        x: torch.Tensor,
+        x: Any,
         n_samples: int = 100,
         *,
         generator: torch.Generator | None = None,
