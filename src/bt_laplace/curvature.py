@@ -10,7 +10,8 @@ generalized Gauss-Newton matrix of the negative log likelihood is
 
 where ``J_i`` is the Jacobian of the reward of item ``i`` with respect to the parameters.
 :class:`BradleyTerryGGN` computes it from per-item activations ``a`` and output gradients ``g``
-of the linear layers (``J = g a^T`` per layer), without per-item Jacobians:
+of the linear layers (``J = g a^T`` per layer; ``a g^T`` for a ``Conv1D`` weight stored
+``(in, out)``), without per-item Jacobians:
 
 - ``diag`` and ``full``: exact.
 - ``kron``: per weight, the nearest Kronecker product of the exact block, bias blocks exact
@@ -128,9 +129,9 @@ class BradleyTerryGGN(CurvatureInterface):
             d_jac = None
         elif self.last_layer and getattr(self.model, "feature_reduction", None) is None:
             raise NotImplementedError(
-                f"a last-layer posterior needs the last layer to be an nn.Linear called once per "
-                f"forward on (N, in) features, but {self.layer_io.reason}; pool the sequence "
-                "before the last nn.Linear (e.g. mean over positions), pass "
+                f"a last-layer posterior needs the last layer to be an nn.Linear (or Conv1D) "
+                f"called once per forward on (N, in) features, but {self.layer_io.reason}; pool "
+                "the sequence before the last nn.Linear (e.g. mean over positions), pass "
                 "feature_reduction='average' (laplace-torch's, for a linear head averaged over "
                 "positions), or use "
                 "subset_of_weights='all'."
@@ -138,8 +139,8 @@ class BradleyTerryGGN(CurvatureInterface):
         elif kron:
             raise NotImplementedError(
                 f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
-                f"layer called once per forward on (N, in) inputs, but {self.layer_io.reason}; use "
-                "hessian_structure='diag' or 'full'"
+                f"(or Conv1D) layer called once per forward on (N, in) inputs, but "
+                f"{self.layer_io.reason}; use hessian_structure='diag' or 'full'"
                 + ("." if self.last_layer else ", or subset_of_weights='last_layer'.")
             )
         else:

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
+from bt_laplace._layer_io import LayerIORecorder, is_linear_layer, posterior_parameters
 from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.structures import STRUCTURES, PosteriorStructure
@@ -210,9 +211,9 @@ class FitOptions:
     def check_model(self, model: Any, train_loader: Any) -> FitOptions:
         """Refuse a model or loader the fit would fail on or get wrong, before fitting: the
         types, loader inputs of another dtype than the model, a model with nothing to fit or
-        a last layer that is not a trainable ``nn.Linear``, a dense ``full`` posterior above
-        :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode (with a warning when that
-        changes dropout or batch norm).
+        a last layer that is not a trainable linear layer (``nn.Linear`` or ``Conv1D``), a
+        dense ``full`` posterior above :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode
+        (with a warning when that changes dropout or batch norm).
 
         Returns:
             The options to fit with: these, or for a model that is a bare linear head, with
@@ -291,8 +292,6 @@ class FitOptions:
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
             flops = n * p * p + p**3
         else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
-            from bt_laplace._layer_io import posterior_parameters
-
             widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
             flops = n * n * widths + n**3
         return "exact" if flops <= AUTO_EXACT_EVIDENCE_FLOPS else "posterior"
@@ -300,11 +299,12 @@ class FitOptions:
     def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
         given = self.laplace_kwargs.get("last_layer_name")
         name, layer = _last_layer(model, first_x, given)
-        if not isinstance(layer, nn.Linear):
+        if not is_linear_layer(layer):
             raise ValueError(
                 f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; a last-layer "
-                "posterior needs an nn.Linear reward head. End the model with one, name another "
-                "layer with last_layer_name=..., or use subset_of_weights='all'."
+                "posterior needs a linear reward head (nn.Linear, or transformers' Conv1D). End "
+                "the model with one, name another layer with last_layer_name=..., or use "
+                "subset_of_weights='all'."
             )
         if not any(p.requires_grad for p in layer.parameters()):
             raise ValueError(
@@ -350,14 +350,13 @@ class FitOptions:
 
 
 def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
-    """``subset_of_weights="auto"``: all weights when every trainable parameter sits in an
-    ``nn.Linear`` on the fast path (one call per forward) and there are at most
+    """``subset_of_weights="auto"``: all weights when every trainable parameter sits in a
+    linear layer (``nn.Linear`` or transformers' ``Conv1D``) on the fast path (one call per
+    forward) and there are at most
     :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
     :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
     posterior is the one that improves calibration and tells unfamiliar items apart
     (docs/real_data.md); a last layer on learned features barely moves the MAP model."""
-    from bt_laplace._layer_io import LayerIORecorder
-
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (
