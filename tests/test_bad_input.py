@@ -328,7 +328,7 @@ class _ConvHead(nn.Module):
 
 def test_last_layer_problems_are_named(pair_loader):
     conv = btl.PairwiseRewardModel(_ConvHead().double()).eval()
-    with pytest.raises(ValueError, match=r"'net.conv', is a Conv1d; .*linear reward head"):
+    with pytest.raises(ValueError, match=r"'net.conv', is a Conv1d; .*nn.Linear reward head"):
         btl.fit_reward_posterior(conv, pair_loader, subset_of_weights="last_layer")
     frozen = _model()
     frozen.net[4].requires_grad_(False)

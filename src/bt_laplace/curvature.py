@@ -129,9 +129,9 @@ class BradleyTerryGGN(CurvatureInterface):
             d_jac = None
         elif self.last_layer and getattr(self.model, "feature_reduction", None) is None:
             raise NotImplementedError(
-                f"a last-layer posterior needs the last layer to be an nn.Linear (or Conv1D) "
-                f"called once per forward on (N, in) features, but {self.layer_io.reason}; pool "
-                "the sequence before the last nn.Linear (e.g. mean over positions), pass "
+                f"a last-layer posterior needs the last layer to be an nn.Linear called once per "
+                f"forward on (N, in) features, but {self.layer_io.reason}; pool the sequence "
+                "before the last nn.Linear (e.g. mean over positions), pass "
                 "feature_reduction='average' (laplace-torch's, for a linear head averaged over "
                 "positions), or use "
                 "subset_of_weights='all'."

@@ -211,9 +211,9 @@ class FitOptions:
     def check_model(self, model: Any, train_loader: Any) -> FitOptions:
         """Refuse a model or loader the fit would fail on or get wrong, before fitting: the
         types, loader inputs of another dtype than the model, a model with nothing to fit or
-        a last layer that is not a trainable linear layer (``nn.Linear`` or ``Conv1D``), a
-        dense ``full`` posterior above :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode
-        (with a warning when that changes dropout or batch norm).
+        a last layer that is not a trainable ``nn.Linear``, a dense ``full`` posterior above
+        :data:`FULL_MEMORY_LIMIT`. Puts the model in eval mode (with a warning when that
+        changes dropout or batch norm).
 
         Returns:
             The options to fit with: these, or for a model that is a bare linear head, with
@@ -299,12 +299,19 @@ class FitOptions:
     def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
         given = self.laplace_kwargs.get("last_layer_name")
         name, layer = _last_layer(model, first_x, given)
-        if not is_linear_layer(layer):
+        if is_linear_layer(layer) and not isinstance(layer, nn.Linear):  # Conv1D
+            raise ValueError(
+                f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; "
+                "laplace-torch's last-layer posterior takes an nn.Linear head only. For the same "
+                "posterior over this head, freeze the rest of the model "
+                "(requires_grad_(False)) and use subset_of_weights='all', or name an nn.Linear "
+                "with last_layer_name=..."
+            )
+        if not isinstance(layer, nn.Linear):
             raise ValueError(
                 f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; a last-layer "
-                "posterior needs a linear reward head (nn.Linear, or transformers' Conv1D). End "
-                "the model with one, name another layer with last_layer_name=..., or use "
-                "subset_of_weights='all'."
+                "posterior needs an nn.Linear reward head. End the model with one, name another "
+                "layer with last_layer_name=..., or use subset_of_weights='all'."
             )
         if not any(p.requires_grad for p in layer.parameters()):
             raise ValueError(
