@@ -123,6 +123,8 @@ class LayerIORecorder:
         reason: Why not, when ``supported`` is False.
         slots: One :class:`ParamSlot` per parameter, in order.
         layers: The distinct linear modules, in order of first appearance.
+        items_first: Layers whose inputs ``(N, L, in)`` with ``L == N`` were confirmed to be
+            items first (one extra backward pass, once per layer).
     """
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor]) -> None:
@@ -131,6 +133,7 @@ class LayerIORecorder:
         self.layers: list[nn.Module] = []
         self.slots: list[ParamSlot] = []
         self.reason = ""
+        self.items_first: set[int] = set()
         owner: dict[int, tuple[nn.Module | None, str]] = {}
         owners: dict[int, int] = {}
         for mod in model.modules():
@@ -200,7 +203,12 @@ class LayerIORecorder:
                         )
                 # (N, L, in) with L == N could be sequence-first (L, N, in): then the reward of
                 # item 0 reaches every row, where items-first it reaches row 0 only
-                ambiguous = [i for i, ins in enumerate(inputs) if n > 1 and n in ins[0].shape[1:-1]]
+                # (checked once per layer: the layout is the model's, not the batch's)
+                ambiguous = [
+                    i
+                    for i, ins in enumerate(inputs)
+                    if n > 1 and n in ins[0].shape[1:-1] and i not in self.items_first
+                ]
                 outs = [o[0] for o in outputs]
                 grads = torch.autograd.grad(reward.sum(), outs, retain_graph=bool(ambiguous))
                 if ambiguous:
@@ -212,6 +220,7 @@ class LayerIORecorder:
                                 f"{tuple(inputs[i][0].shape)} whose first axis is not the "
                                 f"{n} items (the reward of item 0 depends on other rows)"
                             )
+                    self.items_first.update(ambiguous)
         finally:
             for h in handles:
                 h.remove()
