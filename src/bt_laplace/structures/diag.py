@@ -56,11 +56,13 @@ class DiagStructure(EigenbasisStructure):
             # the weight's Jacobian u v^T in its own layout: u, v = g, a (Conv1D: a, g)
             u, v = weight_factors(slot, g, result.acts[slot.layer])
             (u0, u1), (v0, v1) = pair_split(u), pair_split(v)
-            if is_sequence(u0):  # per-pair Jacobian blocks sum_t u_t v_t^T, a few pairs at once
+            if is_sequence(u0):  # per-pair Jacobian blocks, a few pairs at once:
+                # sqrt(w) (sum_t u1_t v1_t^T - sum_t u0_t v0_t^T) as one product over 2L rows
+                uh = torch.cat([u1, -u0], 1) * w.sqrt()[:, None, None]
+                vh = torch.cat([v1, v0], 1)
                 total = torch.zeros(u0.shape[-1], v0.shape[-1], dtype=w.dtype, device=w.device)
                 for sl in item_chunks(len(w), total.numel()):
-                    dm = weight_jacobian(u1[sl], v1[sl]) - weight_jacobian(u0[sl], v0[sl])
-                    total += (w[sl, None, None] * dm.square()).sum(0)
+                    total += weight_jacobian(uh[sl], vh[sl]).square_().sum(0)
                 blocks.append(total.flatten())
                 continue
             # sum_n w (u1 v1^T - u0 v0^T)^2, elementwise, as three matrix products
