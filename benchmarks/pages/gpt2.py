@@ -39,6 +39,13 @@ def render(data: dict[str, Any], page: Path) -> str:
         for r in data["rows"]
         if "query_s" in r
     ]
+    load = max(env["loadavg_start"][0], env["loadavg_end"][0])
+    busy = (
+        f" The machine was shared (load average up to {load:.1f} on {env['cores']} cores), so "
+        "the ratios move by tens of percent between runs."
+        if load > env["cores"]
+        else ""
+    )
     by_method = {r["method"]: r for r in data["rows"]}
     ratio = by_method["bt_laplace diag"]["fit_s"] / forward
     verdict = "meets" if ratio <= TARGET else "misses"
@@ -77,7 +84,7 @@ def render(data: dict[str, Any], page: Path) -> str:
             "so each time is the curvature fit alone. The forward pass of the model over "
             f"those pairs (no gradients) takes {fmt_s(forward)}, a forward and backward pass "
             f"{fmt_s(step)} ({fmt(step / forward)}x); bt_laplace's times are medians of "
-            f"{args['repeats']} fits, the others single runs.",
+            f"{args['repeats']} fits, the others single runs.{busy}",
             "",
             md_table(header, [_row(r, data) for r in data["rows"]]),
             "",
