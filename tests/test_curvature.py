@@ -290,6 +290,25 @@ def test_sequence_first_layout_is_not_mistaken_for_items_first(structure):
     torch.testing.assert_close(post(items).variance, want, rtol=1e-10, atol=1e-12)
 
 
+def test_items_first_layout_is_confirmed_once_per_layer(sequence_model_and_pairs, monkeypatch):
+    """The extra backward pass that tells (N, L, in) from (L, N, in) when L == N runs on the
+    first such batch only: the layout is the model's, not the batch's."""
+    from bt_laplace._layer_io import LayerIORecorder
+
+    model, x, _ = sequence_model_and_pairs
+    items = x[:3].reshape(6, 5, 3)[:5]  # N = L = 5
+    recorder = LayerIORecorder(model, list(model.parameters()))
+    calls = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
+    first = recorder.run(lambda: model(items))
+    assert len(calls) == 2 and recorder.items_first == {0, 1}
+    again = recorder.run(lambda: model(items))
+    assert len(calls) == 3
+    for a, b in zip(first.grads + first.acts, again.grads + again.acts, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
 def test_kron_recomputing_the_pair_factors_equals_keeping_them(reward_model, pair_loader, subset):
     """Past kron_store_limit the fit keeps nothing per pair and recomputes the factors with

@@ -6,10 +6,18 @@ For a single-output reward ``r`` and a linear layer ``z = W a + b`` inside it, t
 backward pass of ``sum_items r`` give ``a`` ``(N, in)`` and ``g`` ``(N, out)`` for every item at
 once (items in a batch do not interact in eval mode), which is all that curvature and
 predictive variance need: no per-item Jacobian is ever formed.
+
+Linear layers are ``nn.Linear`` (weight ``(out, in)``, ``z = a W^T + b``) and transformers'
+``Conv1D`` (GPT-2 and its family: weight ``(in, out)``, ``z = a W + b``), whose weight Jacobian
+is ``a g^T`` in its own layout. :func:`weight_factors` hands every weight's Jacobian out as
+``u v^T`` in the layout of the parameter tensor (``u, v = g, a`` or ``a, g``), so that what is
+built from it (diagonals, dense Jacobians, Kronecker factors) is in laplace-torch's parameter
+order, the weight flattened row by row.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +35,12 @@ __all__ = [
     "LayerIOUnsupportedError",
     "backend_jacobians",
     "bias_jacobian",
+    "is_linear_layer",
     "is_sequence",
     "item_chunks",
     "pair_split",
     "posterior_parameters",
+    "weight_factors",
     "weight_jacobian",
 ]
 
@@ -50,17 +60,38 @@ def pair_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, 0], t[:, 1]
 
 
+def _conv1d_type() -> type | None:
+    """transformers' ``Conv1D``, if transformers is loaded (a model holding one has loaded it;
+    bt_laplace never imports transformers itself)."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return conv1d if isinstance(conv1d, type) else None
+
+
+def _is_transposed(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer that stores its weight ``(in, out)`` (``Conv1D``)."""
+    conv1d = _conv1d_type()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def is_linear_layer(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a linear layer the fast path takes: ``nn.Linear`` or
+    transformers' ``Conv1D``."""
+    return isinstance(module, nn.Linear) or (module is not None and _is_transposed(module))
+
+
 class LayerIOUnsupportedError(NotImplementedError):
     """The model's forward does not fit the hook-based fast path (found while running it)."""
 
 
 @dataclass(frozen=True)
 class ParamSlot:
-    """Where one posterior parameter tensor lives: layer index and ``"weight"`` or ``"bias"``."""
+    """Where one posterior parameter tensor lives: layer index and ``"weight"`` or ``"bias"``;
+    ``transposed`` for a weight stored ``(in, out)`` (``Conv1D``)."""
 
     layer: int
     kind: str
     numel: int
+    transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,18 +118,22 @@ class LayerIORecorder:
         params: The posterior's parameter tensors, in the posterior's order.
 
     Attributes:
-        supported: Whether every parameter is the weight or bias of an ``nn.Linear``.
+        supported: Whether every parameter is the weight or bias of an ``nn.Linear`` or a
+            ``Conv1D``.
         reason: Why not, when ``supported`` is False.
         slots: One :class:`ParamSlot` per parameter, in order.
         layers: The distinct linear modules, in order of first appearance.
+        items_first: Layers whose inputs ``(N, L, in)`` with ``L == N`` were confirmed to be
+            items first (one extra backward pass, once per layer).
     """
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor]) -> None:
         self.model = model
         self.params = list(params)
-        self.layers: list[nn.Linear] = []
+        self.layers: list[nn.Module] = []
         self.slots: list[ParamSlot] = []
         self.reason = ""
+        self.items_first: set[int] = set()
         owner: dict[int, tuple[nn.Module | None, str]] = {}
         owners: dict[int, int] = {}
         for mod in model.modules():
@@ -113,13 +148,15 @@ class LayerIORecorder:
                 )
                 break
             module, kind = owner.get(id(p), (None, ""))
-            if not isinstance(module, nn.Linear):
+            if not is_linear_layer(module):
                 name = type(module).__name__ if module is not None else "an unknown module"
                 self.reason = f"a posterior parameter of shape {tuple(p.shape)} belongs to {name}"
                 break
+            assert module is not None
             if module not in self.layers:
                 self.layers.append(module)
-            self.slots.append(ParamSlot(self.layers.index(module), kind, p.numel()))
+            transposed = kind == "weight" and _is_transposed(module)
+            self.slots.append(ParamSlot(self.layers.index(module), kind, p.numel(), transposed))
         self.supported = not self.reason
 
     @contextmanager
@@ -166,7 +203,12 @@ class LayerIORecorder:
                         )
                 # (N, L, in) with L == N could be sequence-first (L, N, in): then the reward of
                 # item 0 reaches every row, where items-first it reaches row 0 only
-                ambiguous = [i for i, ins in enumerate(inputs) if n > 1 and n in ins[0].shape[1:-1]]
+                # (checked once per layer: the layout is the model's, not the batch's)
+                ambiguous = [
+                    i
+                    for i, ins in enumerate(inputs)
+                    if n > 1 and n in ins[0].shape[1:-1] and i not in self.items_first
+                ]
                 outs = [o[0] for o in outputs]
                 grads = torch.autograd.grad(reward.sum(), outs, retain_graph=bool(ambiguous))
                 if ambiguous:
@@ -178,6 +220,7 @@ class LayerIORecorder:
                                 f"{tuple(inputs[i][0].shape)} whose first axis is not the "
                                 f"{n} items (the reward of item 0 depends on other rows)"
                             )
+                    self.items_first.update(ambiguous)
         finally:
             for h in handles:
                 h.remove()
@@ -201,7 +244,7 @@ class LayerIORecorder:
         for slot in self.slots:
             g, a = result.grads[slot.layer], result.acts[slot.layer]
             if slot.kind == "weight":
-                blocks.append(weight_jacobian(g, a).flatten(1))
+                blocks.append(weight_jacobian(*weight_factors(slot, g, a)).flatten(1))
             else:
                 blocks.append(bias_jacobian(g))
         return torch.cat(blocks, dim=1)
@@ -216,9 +259,20 @@ def is_sequence(t: torch.Tensor) -> bool:
     return t.ndim == 3
 
 
+def weight_factors(
+    slot: ParamSlot, g: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sides ``(u, v)`` of a weight's per-item Jacobian ``u v^T`` in the layout of the
+    weight tensor: ``(g, a)`` for an ``nn.Linear`` weight ``(out, in)``, ``(a, g)`` for a
+    ``Conv1D`` weight ``(in, out)``. Everything built from ``u`` as the rows and ``v`` as the
+    columns is in laplace-torch's order, the weight flattened row by row."""
+    return (a, g) if slot.transposed else (g, a)
+
+
 def weight_jacobian(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Per-item Jacobian of the reward with respect to a weight, ``(N, out, in)``: ``g a^T``,
-    or ``sum_t g_t a_t^T`` over the positions of a layer applied to sequences."""
+    or ``sum_t g_t a_t^T`` over the positions of a layer applied to sequences (for a
+    ``Conv1D`` weight, pass :func:`weight_factors`: ``(N, in, out)``)."""
     if g.ndim == 2:
         return g[:, :, None] * a[:, None, :]
     return g.transpose(1, 2) @ a

@@ -10,7 +10,8 @@ generalized Gauss-Newton matrix of the negative log likelihood is
 
 where ``J_i`` is the Jacobian of the reward of item ``i`` with respect to the parameters.
 :class:`BradleyTerryGGN` computes it from per-item activations ``a`` and output gradients ``g``
-of the linear layers (``J = g a^T`` per layer), without per-item Jacobians:
+of the linear layers (``J = g a^T`` per layer; ``a g^T`` for a ``Conv1D`` weight stored
+``(in, out)``), without per-item Jacobians:
 
 - ``diag`` and ``full``: exact.
 - ``kron``: per weight, the nearest Kronecker product of the exact block, bias blocks exact
@@ -138,8 +139,8 @@ class BradleyTerryGGN(CurvatureInterface):
         elif kron:
             raise NotImplementedError(
                 f"hessian_structure='kron' needs every posterior parameter in an nn.Linear "
-                f"layer called once per forward on (N, in) inputs, but {self.layer_io.reason}; use "
-                "hessian_structure='diag' or 'full'"
+                f"(or Conv1D) layer called once per forward on (N, in) inputs, but "
+                f"{self.layer_io.reason}; use hessian_structure='diag' or 'full'"
                 + ("." if self.last_layer else ", or subset_of_weights='last_layer'.")
             )
         else:

@@ -161,7 +161,7 @@ def _pair_kernel(
             if not rows:
                 what = (
                     "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
-                    "parameter in an nn.Linear called once on (N, in) inputs)"
+                    "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
                 )
                 _check_size(n_pairs, n_params, what, fix, memory_limit)
             rows.append(d_jac.to(torch.float64) * root[:, None])

@@ -66,7 +66,8 @@ def fit_reward_posterior(
             :func:`~bt_laplace.preference_dataloader`; ``len(train_loader.dataset)`` must be
             the number of pairs.
         subset_of_weights: ``"auto"`` (default): ``"all"`` when every trainable parameter
-            is in an ``nn.Linear`` on the fast path and there are at most 1,000,000 of them
+            is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path and there are at
+            most 1,000,000 of them
             (a reward MLP, or a head on a frozen encoder), else ``"last_layer"`` (a
             fine-tuned transformer); or either explicitly. On real preference data the
             all-weights posterior improves NLL and calibration over MAP and tells unfamiliar

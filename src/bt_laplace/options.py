@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
+from bt_laplace._layer_io import LayerIORecorder, is_linear_layer, posterior_parameters
 from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.structures import STRUCTURES, PosteriorStructure
@@ -291,8 +292,6 @@ class FitOptions:
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
             flops = n * p * p + p**3
         else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
-            from bt_laplace._layer_io import posterior_parameters
-
             widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
             flops = n * n * widths + n**3
         return "exact" if flops <= AUTO_EXACT_EVIDENCE_FLOPS else "posterior"
@@ -300,6 +299,14 @@ class FitOptions:
     def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
         given = self.laplace_kwargs.get("last_layer_name")
         name, layer = _last_layer(model, first_x, given)
+        if is_linear_layer(layer) and not isinstance(layer, nn.Linear):  # Conv1D
+            raise ValueError(
+                f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; "
+                "laplace-torch's last-layer posterior takes an nn.Linear head only. For the same "
+                "posterior over this head, freeze the rest of the model "
+                "(requires_grad_(False)) and use subset_of_weights='all', or name an nn.Linear "
+                "with last_layer_name=..."
+            )
         if not isinstance(layer, nn.Linear):
             raise ValueError(
                 f"the last layer of `model`, {name!r}, is a {type(layer).__name__}; a last-layer "
@@ -350,14 +357,13 @@ class FitOptions:
 
 
 def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
-    """``subset_of_weights="auto"``: all weights when every trainable parameter sits in an
-    ``nn.Linear`` on the fast path (one call per forward) and there are at most
+    """``subset_of_weights="auto"``: all weights when every trainable parameter sits in a
+    linear layer (``nn.Linear`` or transformers' ``Conv1D``) on the fast path (one call per
+    forward) and there are at most
     :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
     :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
     posterior is the one that improves calibration and tells unfamiliar items apart
     (docs/real_data.md); a last layer on learned features barely moves the MAP model."""
-    from bt_laplace._layer_io import LayerIORecorder
-
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (

@@ -1,15 +1,18 @@
 """Private: the covariance algebra shared by ``diag`` and ``kron``.
 
 Shape legend: ``N`` items, ``L`` positions of a sequence, ``in``/``out`` the sizes of a linear
-layer.
+layer, ``rows``/``cols`` the two sides of a weight tensor: ``(out, in)`` for ``nn.Linear``,
+``(in, out)`` for ``Conv1D``.
 
 Both structures keep each parameter tensor's covariance diagonal in a basis of its own:
-for a weight ``W (out, in)``,
-``Sigma_W = (Q_out x Q_in) diag(vec M) (Q_out x Q_in)^T`` with ``M (out, in)``; for a bias
-``Sigma_b = Q_out diag(m) Q_out^T``. ``diag`` has ``Q = I`` and ``M`` the posterior variances;
-``kron`` has the eigenvectors of its two factors and ``M = 1 / (l_out l_in^T + delta)``.
-With ``J = g a^T`` per item, rotating ``g`` and ``a`` into the basis once per batch turns
-``J Sigma J'^T`` into ``(gh * gh')^T M (ah * ah')`` with ``gh = Q_out^T g``, ``ah = Q_in^T a``.
+for a weight ``W (rows, cols)``,
+``Sigma_W = (Q_rows x Q_cols) diag(vec M) (Q_rows x Q_cols)^T`` with ``M (rows, cols)``; for a
+bias ``Sigma_b = Q_out diag(m) Q_out^T``. ``diag`` has ``Q = I`` and ``M`` the posterior
+variances; ``kron`` has the eigenvectors of its two factors and
+``M = 1 / (l_rows l_cols^T + delta)``. With ``J = u v^T`` per item (``u, v = g, a`` for
+``nn.Linear``, ``a, g`` for ``Conv1D``: :func:`~bt_laplace._layer_io.weight_factors`), rotating
+``u`` and ``v`` into the basis once per batch turns ``J Sigma J'^T`` into
+``(uh * uh')^T M (vh * vh')`` with ``uh = Q_rows^T u``, ``vh = Q_cols^T v``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from bt_laplace._layer_io import LayerIO, bias_jacobian, is_sequence, item_chunks, weight_jacobian
+from bt_laplace._layer_io import (
+    LayerIO,
+    bias_jacobian,
+    is_sequence,
+    item_chunks,
+    weight_factors,
+    weight_jacobian,
+)
 from bt_laplace.structures.base import PosteriorStructure
 
 __all__ = ["EigenbasisStructure", "SlotCovariance"]
@@ -29,13 +39,14 @@ class SlotCovariance:
     """The covariance of one parameter tensor, diagonal in its own basis.
 
     Attributes:
-        q_out: Output basis ``(out, out)``, or None for the identity.
-        q_in: Input basis ``(in, in)`` (weights only), or None for the identity.
-        m: Variances in that basis, ``(out, in)`` for a weight, ``(out,)`` for a bias.
+        q_rows: Basis of the rows ``(rows, rows)`` of a weight, of a bias ``(out, out)``; None
+            for the identity.
+        q_cols: Basis of the columns ``(cols, cols)`` (weights only), or None for the identity.
+        m: Variances in that basis, ``(rows, cols)`` for a weight, ``(out,)`` for a bias.
     """
 
-    q_out: torch.Tensor | None
-    q_in: torch.Tensor | None
+    q_rows: torch.Tensor | None
+    q_cols: torch.Tensor | None
     m: torch.Tensor
 
 
@@ -45,36 +56,40 @@ class EigenbasisStructure(PosteriorStructure):
     def _rotate(
         self, results: list[LayerIO]
     ) -> list[tuple[SlotCovariance, list[torch.Tensor], list[torch.Tensor] | None]]:
-        """Per parameter tensor: its covariance and the output gradients (bias: summed over
-        positions) and activations (None for a bias) of each result, in its basis."""
+        """Per parameter tensor: its covariance and, for each result in its basis, the row
+        side ``u`` of the weight's Jacobian ``u v^T`` (of a bias: the output gradients, summed
+        over positions) and the column side ``v`` (None for a bias)."""
         out: list[tuple[SlotCovariance, list[torch.Tensor], list[torch.Tensor] | None]] = []
         pieces = self.pieces(results[0].output.dtype)
         for slot, piece in zip(self.recorder.slots, pieces, strict=True):
-            g = [r.grads[slot.layer] for r in results]
-            if piece.q_out is not None:
-                g = [gi @ piece.q_out for gi in g]
             if slot.kind == "bias":
+                g = [r.grads[slot.layer] for r in results]
+                if piece.q_rows is not None:
+                    g = [gi @ piece.q_rows for gi in g]
                 out.append((piece, [bias_jacobian(gi) for gi in g], None))
                 continue
-            a = [r.acts[slot.layer] for r in results]
-            if piece.q_in is not None:
-                a = [ai @ piece.q_in for ai in a]
-            out.append((piece, g, a))
+            sides = [weight_factors(slot, r.grads[slot.layer], r.acts[slot.layer]) for r in results]
+            u, v = [s[0] for s in sides], [s[1] for s in sides]
+            if piece.q_rows is not None:
+                u = [ui @ piece.q_rows for ui in u]
+            if piece.q_cols is not None:
+                v = [vi @ piece.q_cols for vi in v]
+            out.append((piece, u, v))
         return out
 
     def _crosses(self, results: list[LayerIO], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
         totals = [torch.zeros_like(results[0].output) for _ in pairs]
-        for piece, g, a in self._rotate(results):
+        for piece, u, v in self._rotate(results):
             for k, (i, j) in enumerate(pairs):
-                if a is not None and is_sequence(a[0]):  # per-item blocks sum_t g_t a_t^T
-                    totals[k] = totals[k] + _block_products(g[i], a[i], g[j], a[j], piece.m)
+                if v is not None and is_sequence(v[0]):  # per-item blocks sum_t u_t v_t^T
+                    totals[k] = totals[k] + _block_products(u[i], v[i], u[j], v[j], piece.m)
                     continue
-                gg = g[i].square() if i == j else g[i] * g[j]
-                if a is None:  # bias
-                    totals[k] = totals[k] + (gg * piece.m).sum(-1)
+                uu = u[i].square() if i == j else u[i] * u[j]
+                if v is None:  # bias
+                    totals[k] = totals[k] + (uu * piece.m).sum(-1)
                 else:
-                    aa = a[i].square() if i == j else a[i] * a[j]
-                    totals[k] = totals[k] + ((gg @ piece.m) * aa).sum(-1)
+                    vv = v[i].square() if i == j else v[i] * v[j]
+                    totals[k] = totals[k] + ((uu @ piece.m) * vv).sum(-1)
         return totals
 
     def _dense_cross(
@@ -82,36 +97,36 @@ class EigenbasisStructure(PosteriorStructure):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cross = torch.zeros_like(result.output)
         quad = torch.zeros((), dtype=cross.dtype, device=cross.device)
-        for (piece, g, a), d in zip(self._rotate([result]), dense, strict=True):
-            if piece.q_out is not None:  # Jbar into the basis too
-                d = piece.q_out.T @ d
-            if piece.q_in is not None:
-                d = d @ piece.q_in
+        for (piece, u, v), d in zip(self._rotate([result]), dense, strict=True):
+            if piece.q_rows is not None:  # Jbar into the basis too
+                d = piece.q_rows.T @ d
+            if piece.q_cols is not None:
+                d = d @ piece.q_cols
             weighted = piece.m * d
             quad = quad + (weighted * d).sum()
-            if a is None:
-                cross = cross + g[0] @ weighted
-            elif is_sequence(a[0]):
-                cross = cross + _block_products(g[0], a[0], None, None, weighted)
+            if v is None:
+                cross = cross + u[0] @ weighted
+            elif is_sequence(v[0]):
+                cross = cross + _block_products(u[0], v[0], None, None, weighted)
             else:
-                cross = cross + ((g[0] @ weighted) * a[0]).sum(-1)
+                cross = cross + ((u[0] @ weighted) * v[0]).sum(-1)
         return cross, quad
 
 
 def _block_products(
-    g: torch.Tensor,
-    a: torch.Tensor,
-    g2: torch.Tensor | None,
-    a2: torch.Tensor | None,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    u2: torch.Tensor | None,
+    v2: torch.Tensor | None,
     m: torch.Tensor,
 ) -> torch.Tensor:
-    """``sum_{o,i} M_n[o, i] M2_n[o, i] m[o, i]`` ``(N,)`` for per-item Jacobian blocks
-    ``M = sum_t g_t a_t^T`` of sequences (``g2 = None``: ``M2`` is all ones, so this is
+    """``sum_{r,c} M_n[r, c] M2_n[r, c] m[r, c]`` ``(N,)`` for per-item Jacobian blocks
+    ``M = sum_t u_t v_t^T`` of sequences (``u2 = None``: ``M2`` is all ones, so this is
     ``<M_n, m>``), a few items at a time."""
-    out = torch.empty(g.shape[0], dtype=m.dtype, device=m.device)
-    for sl in item_chunks(g.shape[0], m.numel()):
-        blocks = weight_jacobian(g[sl], a[sl])
-        if g2 is not None and a2 is not None:
-            blocks = blocks * (blocks if g2 is g and a2 is a else weight_jacobian(g2[sl], a2[sl]))
+    out = torch.empty(u.shape[0], dtype=m.dtype, device=m.device)
+    for sl in item_chunks(u.shape[0], m.numel()):
+        blocks = weight_jacobian(u[sl], v[sl])
+        if u2 is not None and v2 is not None:
+            blocks = blocks * (blocks if u2 is u and v2 is v else weight_jacobian(u2[sl], v2[sl]))
         out[sl] = (blocks * m).sum((1, 2))
     return out

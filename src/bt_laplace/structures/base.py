@@ -8,7 +8,8 @@ through ``J(x) Sigma J(x')^T``. Per-item Jacobians come in one of two forms, dec
 batch by :class:`~bt_laplace.predictive.Predictive`:
 
 - :class:`~bt_laplace._layer_io.LayerIO`: input activations ``a`` and output gradients ``g`` of
-  the linear layers holding the posterior parameters (``J = [g a^T, g]`` per layer), from one
+  the linear layers holding the posterior parameters (``J = [g a^T, g]`` per layer; ``a g^T``
+  for a ``Conv1D`` weight, stored ``(in, out)``), from one
   forward and one backward pass: the fast path, never a per-item Jacobian;
 - :class:`DenseJacobians`: laplace-torch's per-item Jacobians ``(N, P)``, for models outside
   the fast path. Their covariances come from laplace-torch's own ``functional_variance``, for
@@ -47,6 +48,7 @@ from bt_laplace._layer_io import (
     bias_jacobian,
     is_sequence,
     posterior_parameters,
+    weight_factors,
 )
 
 __all__ = ["DenseJacobians", "Jacobians", "PosteriorStructure", "SAMPLE_CHUNK"]
@@ -185,9 +187,10 @@ class PosteriorStructure(ABC):
         """:meth:`crosses` for layer I/O."""
 
     def mean_jacobian(self, results: list[Jacobians]) -> list[torch.Tensor]:
-        """Mean Jacobian over all items of ``results``, per posterior parameter tensor
-        (``mean g a^T`` ``(out, in)`` for a weight, ``mean g`` ``(out,)`` for a bias), or as one
-        flat ``(P,)`` tensor for dense Jacobians."""
+        """Mean Jacobian over all items of ``results``, per posterior parameter tensor in its
+        shape (``mean g a^T`` ``(out, in)`` for an ``nn.Linear`` weight, ``mean a g^T``
+        ``(in, out)`` for a ``Conv1D`` weight, ``mean g`` ``(out,)`` for a bias), or as one flat
+        ``(P,)`` tensor for dense Jacobians."""
         n = sum(r.output.shape[0] for r in results)
         return [t / n for t in self.jacobian_sum(results)]
 
@@ -202,9 +205,10 @@ class PosteriorStructure(ABC):
             g = torch.cat([r.grads[slot.layer] for r in io])
             if slot.kind == "bias":
                 sums.append(bias_jacobian(g).sum(0))
-            else:  # sum over items (and positions) of g a^T
+            else:  # sum over items (and positions) of u v^T (g a^T; Conv1D: a g^T)
                 a = torch.cat([r.acts[slot.layer] for r in io])
-                sums.append(g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1]))
+                u, v = weight_factors(slot, g, a)
+                sums.append(u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1]))
         return sums
 
     def dense_cross(
@@ -251,15 +255,16 @@ class PosteriorStructure(ABC):
         out = result.output.expand(n_samples, -1).clone()
         slots = self.recorder.slots
         for slot, d in zip(slots, delta.split([s.numel for s in slots], 1), strict=True):
-            g, a = result.grads[slot.layer], result.acts[slot.layer]
+            g = result.grads[slot.layer]
             if slot.kind == "bias":
                 out += d @ bias_jacobian(g).T
                 continue
-            dw = d.reshape(n_samples, g.shape[-1], a.shape[-1])
-            if is_sequence(a):
-                out += torch.einsum("nlo,soi,nli->sn", g, dw, a)
+            u, v = weight_factors(slot, g, result.acts[slot.layer])
+            dw = d.reshape(n_samples, u.shape[-1], v.shape[-1])  # in the weight's layout
+            if is_sequence(v):
+                out += torch.einsum("nlr,src,nlc->sn", u, dw, v)
             else:
-                out += torch.einsum("no,soi,ni->sn", g, dw, a)
+                out += torch.einsum("nr,src,nc->sn", u, dw, v)
         return out
 
 

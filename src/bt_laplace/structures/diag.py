@@ -5,7 +5,8 @@ layer.
 
 Curvature: the exact diagonal of the Bradley-Terry GGN,
 ``sum_pairs p (1 - p) (J_1 - J_0)^2`` elementwise; for a weight with ``J = g a^T`` per item it
-is three matrix products of ``a`` and ``g`` per batch. Covariance: the posterior variances
+is three matrix products of ``a`` and ``g`` per batch (``a g^T`` for a ``Conv1D`` weight
+``(in, out)``). Covariance: the posterior variances
 ``V = 1 / (H / T + delta)``, so ``J Sigma J'^T = sum_layers (g * g')^T V (a * a')``.
 """
 
@@ -24,6 +25,7 @@ from bt_laplace._layer_io import (
     item_chunks,
     pair_split,
     posterior_parameters,
+    weight_factors,
     weight_jacobian,
 )
 from bt_laplace.structures._eigenbasis import EigenbasisStructure, SlotCovariance
@@ -45,24 +47,29 @@ class DiagStructure(EigenbasisStructure):
         w = weight
         blocks = []
         for slot in recorder.slots:
-            g0, g1 = pair_split(result.grads[slot.layer])
+            g = result.grads[slot.layer]
             if slot.kind == "bias":
+                g0, g1 = pair_split(g)
                 d_bias = bias_jacobian(g1) - bias_jacobian(g0)
                 blocks.append((w[:, None] * d_bias.square()).sum(0))
                 continue
-            a0, a1 = pair_split(result.acts[slot.layer])
-            if is_sequence(a0):  # per-pair Jacobian blocks sum_t g_t a_t^T, a few pairs at once
-                total = torch.zeros(g0.shape[-1], a0.shape[-1], dtype=w.dtype, device=w.device)
+            # the weight's Jacobian u v^T in its own layout: u, v = g, a (Conv1D: a, g)
+            u, v = weight_factors(slot, g, result.acts[slot.layer])
+            (u0, u1), (v0, v1) = pair_split(u), pair_split(v)
+            if is_sequence(u0):  # per-pair Jacobian blocks, a few pairs at once:
+                # sqrt(w) (sum_t u1_t v1_t^T - sum_t u0_t v0_t^T) as one product over 2L rows
+                uh = torch.cat([u1, -u0], 1) * w.sqrt()[:, None, None]
+                vh = torch.cat([v1, v0], 1)
+                total = torch.zeros(u0.shape[-1], v0.shape[-1], dtype=w.dtype, device=w.device)
                 for sl in item_chunks(len(w), total.numel()):
-                    dm = weight_jacobian(g1[sl], a1[sl]) - weight_jacobian(g0[sl], a0[sl])
-                    total += (w[sl, None, None] * dm.square()).sum(0)
+                    total += weight_jacobian(uh[sl], vh[sl]).square_().sum(0)
                 blocks.append(total.flatten())
                 continue
-            # sum_n w (g1 a1^T - g0 a0^T)^2, elementwise, as three matrix products
+            # sum_n w (u1 v1^T - u0 v0^T)^2, elementwise, as three matrix products
             d = (
-                (w[:, None] * g1.square()).T @ a1.square()
-                + (w[:, None] * g0.square()).T @ a0.square()
-                - 2 * (w[:, None] * g1 * g0).T @ (a1 * a0)
+                (w[:, None] * u1.square()).T @ v1.square()
+                + (w[:, None] * u0.square()).T @ v0.square()
+                - 2 * (w[:, None] * u1 * u0).T @ (v1 * v0)
             )
             blocks.append(d.clamp_min(0.0).flatten())
         return torch.cat(blocks)

@@ -10,6 +10,8 @@ on the stored per-pair factors (:func:`nearest_kronecker_factors`): from ``A = I
 factor optimal for it, then the input factor optimal for that (two half-steps by default,
 within 0.25% of the nearest-Kronecker floor on the accuracy MLPs). It is exact whenever the
 block is a Kronecker product, in particular for the last layer of a single-output network.
+A ``Conv1D`` weight (GPT-2), stored ``(in, out)``, has the same block with its rows and columns
+permuted to the order of its flattened parameters: there it is ``A x G``, the factors swapped.
 Bias blocks are kept exact and dense, so a head bias, which cancels in ``r(x_1) - r(x_0)``,
 gets curvature exactly zero. laplace-torch's KFAC instead treats the ``2B`` items as
 independent samples.
@@ -151,8 +153,9 @@ class PairKronFactors:
         batches: Callable[[], Iterable[tuple[LayerIO, torch.Tensor]]] | None = None,
     ) -> Kron:
         """Kronecker factors over all pairs, in laplace-torch's ``Kron`` layout: per weight
-        the nearest Kronecker product ``[G (out, out), A (in, in)]``, per bias its exact dense
-        block ``[(out, out)]``.
+        the nearest Kronecker product ``[G (out, out), A (in, in)]`` (for a ``Conv1D``
+        weight, stored ``(in, out)``: ``[A, G]``, the same product in the order of its
+        flattened parameters), per bias its exact dense block ``[(out, out)]``.
 
         Args:
             reduce: Sums a tensor over processes (each sum over pairs passes through it, so
@@ -196,8 +199,9 @@ class PairKronFactors:
         for slot in slots:
             if slot.kind == "bias":
                 kfacs.append([reduce(bias_blocks[slot.layer])])
-            else:
-                kfacs.append(list(fits[slot.layer].factors()))
+            else:  # G x A is the block of W (out, in); A x G that of a Conv1D's W (in, out)
+                g_fac, a_fac = fits[slot.layer].factors()
+                kfacs.append([a_fac, g_fac] if slot.transposed else [g_fac, a_fac])
         return Kron(kfacs)
 
 
