@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -49,6 +50,7 @@ class MicroBatcher(Generic[P, R]):
         requests: Requests answered so far, with a result or an error.
         items: Items of those requests.
         largest: Most requests run together in one batch so far.
+        busy_s: Seconds spent in ``run`` so far (wall clock in the worker thread).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MicroBatcher(Generic[P, R]):
         self.requests = 0
         self.items = 0
         self.largest = 0
+        self.busy_s = 0.0
         self._waiting: collections.deque[_Job[P, R]] = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -172,12 +175,19 @@ class MicroBatcher(Generic[P, R]):
     async def _call(self, payloads: list[P]) -> Sequence[R]:
         self.batches += 1
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self.run, payloads)
+        results = await loop.run_in_executor(self._executor, self._timed, payloads)
         if len(results) != len(payloads):
             raise RuntimeError(
                 f"the batch function returned {len(results)} results for {len(payloads)} requests"
             )
         return results
+
+    def _timed(self, payloads: list[P]) -> Sequence[R]:
+        start = time.perf_counter()
+        try:
+            return self.run(payloads)
+        finally:
+            self.busy_s += time.perf_counter() - start
 
     def _finish(self, job: _Job[P, R], *, result: Any = None, error: Any = None) -> None:
         self.requests += 1

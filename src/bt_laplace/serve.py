@@ -6,12 +6,13 @@ Start it with one command (``bt-laplace-serve`` is the same)::
 
     python -m bt_laplace.serve --posterior FOLDER --model MODEL_DIR [--port 5000]
 
-and point OpenRLHF at it: ``--reward.remote_url http://HOST:5000/get_reward`` (OpenRLHF 0.9;
-``--remote_rm_url`` in older releases).
+and point OpenRLHF at it: ``--remote_rm_url http://HOST:5000/get_reward`` (releases up to
+0.9.9), ``--reward.remote_url http://HOST:5000/get_reward`` (its main branch since April 2026).
 
-The protocol is OpenRLHF's remote reward model (``openrlhf/utils/agent.py``,
-``SingleTurnAgentExecutor._fetch_rewards_via_http``, and its reference server
-``openrlhf/cli/serve_rm.py``). OpenRLHF posts one sample per request::
+The protocol is OpenRLHF's remote reward model (https://github.com/OpenRLHF/OpenRLHF,
+``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``, and its
+reference server ``openrlhf/cli/serve_rm.py``; the same in v0.9.9 and on main, commit
+3c3be62). OpenRLHF posts one sample per request::
 
     {"query": [text], "prompts": [prompt], "labels": [label]}
 
@@ -270,6 +271,7 @@ def create_app(
             "requests": batcher.requests,
             "items": batcher.items,
             "largest_batch": batcher.largest,
+            "busy_seconds": batcher.busy_s,
         }
 
     return app
