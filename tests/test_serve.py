@@ -321,6 +321,43 @@ def test_command_line_refuses_bad_options_before_loading(capsys) -> None:
     assert "needs `beta`" in capsys.readouterr().err
 
 
+def test_command_line_loads_the_saved_folders_with_its_text_options(tmp_path) -> None:
+    post, tok = fit("gpt2")
+    post.model.net.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    post.save(tmp_path / "posterior")
+    folders = ["--posterior", str(tmp_path / "posterior"), "--model", str(tmp_path / "model")]
+    args = serve._parser().parse_args(folders + ["--max-length", "6", "--truncation", "left",
+                                                 "--no-append-eos", "--device", "cpu"])  # fmt: skip
+    app = serve.load_app(args)
+    collator = app.state.posterior.text_collator
+    assert (collator.max_length, collator.truncation, collator.append_eos) == (6, "left", False)
+    long_text = "the cat sat on the mat very good"
+    with running(app) as url:
+        body = httpx.post(f"{url}/get_reward", json={"query": [long_text]}).json()
+    post.set_tokenizer(tok, max_length=6, truncation="left", append_eos=False)
+    assert_equal(body["rewards"], expected(post, [long_text])[0])
+    # as saved: no limit, eos appended
+    saved = serve.load_app(serve._parser().parse_args(folders)).state.posterior.text_collator
+    assert (saved.max_length, saved.truncation, saved.append_eos) == (None, "error", True)
+
+
+def test_command_line_explains_what_it_cannot_load(tmp_path, capsys) -> None:
+    post, tok = fit()
+    post.model.net.save_pretrained(tmp_path / "model")  # float64, but rotary buffers float32
+    tok.save_pretrained(tmp_path / "model")
+    post.save(tmp_path / "posterior")
+    folders = ["--posterior", str(tmp_path / "posterior"), "--model", str(tmp_path / "model")]
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(folders + ["--device", "cpu"])
+    assert exit_info.value.code == 1
+    assert re.search("cannot serve .* weights differ.*pass --dtype", capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--posterior", str(tmp_path / "posterior"), "--model", str(tmp_path / "x")])
+    assert exit_info.value.code == 1
+    assert "cannot serve" in capsys.readouterr().err
+
+
 def test_import_without_fastapi_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "fastapi", None)
     monkeypatch.delitem(sys.modules, "bt_laplace.serve")

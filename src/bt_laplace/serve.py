@@ -314,7 +314,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_app(args: argparse.Namespace) -> FastAPI:
-    """Load the model, tokenizer and posterior that ``args`` names and build the app."""
+    """Load the model, tokenizer and posterior that ``args`` names and build the app.
+
+    Args:
+        args: The parsed command line (see ``python -m bt_laplace.serve --help``).
+
+    Returns:
+        The app of :func:`create_app`.
+
+    Raises:
+        OSError: If a folder cannot be read.
+        ValueError: If the posterior does not belong to the model (names, shapes, weights).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from bt_laplace.io import load_reward_posterior
@@ -359,7 +370,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
     except (TypeError, ValueError) as err:
         parser.error(str(err))
-    app = load_app(args)
+    try:
+        app = load_app(args)
+    except (OSError, ValueError, TypeError) as err:
+        hint = ""
+        if "fingerprint" in str(err) and args.dtype == "auto":
+            hint = (
+                " If the model was fitted in another dtype than it was saved in (or a "
+                "save_pretrained round trip left buffers in float32), pass --dtype."
+            )
+        parser.exit(
+            1, f"{parser.prog}: cannot serve {args.posterior} on {args.model}: {err}{hint}\n"
+        )
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
     )
