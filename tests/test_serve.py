@@ -220,6 +220,15 @@ def test_bad_requests_get_a_json_error_naming_the_field(short_server, body, stat
         assert good.status_code == 200  # the server keeps serving
 
 
+def test_a_text_without_tokens_is_refused() -> None:
+    post = fit("gpt2", append_eos=False)[0]  # adds no bos and no eos: "" has no tokens
+    with running(serve.create_app(post)) as url, httpx.Client() as client:
+        response = client.post(f"{url}/get_reward", json={"query": ["the cat", "  "]})
+        assert response.status_code == 422
+        assert re.search(r"'query' entry 1 \('  '\) has no tokens", response.json()["error"])
+        assert client.post(f"{url}/get_reward", json={"query": ["the cat"]}).status_code == 200
+
+
 def test_labels_of_any_json_type_are_accepted(posterior) -> None:
     body = {"query": ["a", "b"], "prompts": [None, "p"], "labels": [{"answer": 1}, None]}
     with running(serve.create_app(posterior)) as url:
@@ -337,9 +346,9 @@ def test_command_line_loads_the_saved_folders_with_its_text_options(tmp_path) ->
         body = httpx.post(f"{url}/get_reward", json={"query": [long_text]}).json()
     post.set_tokenizer(tok, max_length=6, truncation="left", append_eos=False)
     assert_equal(body["rewards"], expected(post, [long_text])[0])
-    # as saved: no limit, eos appended
+    # as saved: no limit (so the model's 64 positions), eos appended
     saved = serve.load_app(serve._parser().parse_args(folders)).state.posterior.text_collator
-    assert (saved.max_length, saved.truncation, saved.append_eos) == (None, "error", True)
+    assert (saved.max_length, saved.truncation, saved.append_eos) == (64, "error", True)
 
 
 def test_command_line_explains_what_it_cannot_load(tmp_path, capsys) -> None:

@@ -20,9 +20,10 @@ is the same command. Options: `--penalty {std,variance,quantile,kl,kl_optimistic
 `--beta` or `--level` (as `bt_laplace.rlhf.penalize`; default `mean - 1 std`); `--bare` for the
 MAP reward alone; `--max-batch-size` (64) and `--max-wait-ms` (2) for batching;
 `--max-request-size` (1024 texts); `--max-length`, `--truncation`, `--append-eos` (default: as
-saved with the posterior); `--dtype {auto,float32,float64}` (the dtype the posterior was fitted
-in) and `--device`. The default host is `127.0.0.1`; `--host 0.0.0.0` serves other machines
-(the server has no authentication: keep it on a trusted network).
+saved with the posterior; with no length saved, the model's `max_position_embeddings`);
+`--dtype {auto,float32,float64}` (the dtype the posterior was fitted in) and `--device`. The
+default host is `127.0.0.1`; `--host 0.0.0.0` serves other machines (the server has no
+authentication: keep it on a trusted network).
 
 In OpenRLHF:
 
@@ -46,7 +47,9 @@ dynamic filtering (its range, default `0 1`, is then in reward units: set it to 
 `extra_logs` are logged per sample. Each query is scored alone (absolute reward: one sample
 per request gives no group to center on, see [gotchas.md](gotchas.md)), prepared like the
 training texts: the tokenizer's special tokens, a leading bos that the tokenizer adds itself
-removed so it is not doubled, the eos appended unless the text ends with it. Bad requests get
+removed so it is not doubled, the eos appended unless the text ends with it (the query is
+the policy's text: if the reward model has another tokenizer, the policy's special tokens reach
+it as plain text, as with OpenRLHF's own server). Bad requests get
 400 or 422 and `{"error": "..."}` naming the field; a failure while scoring gets 500 for the
 requests of that batch that fail (each is retried alone), and the server keeps serving.
 `GET /health` reports the batches run.

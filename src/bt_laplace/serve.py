@@ -42,7 +42,7 @@ within ``max_wait_ms`` of each other (or while a batch runs) are scored in one m
 requests meanwhile; ``GET /health`` reports the batches run.
 
 Errors. A bad request gets 400 (not JSON) or 422 (a missing or mistyped field, too many
-texts, a text over ``max_length``), a failure while scoring gets 500, each as
+texts, a text over ``max_length`` or without tokens), a failure while scoring gets 500, each as
 ``{"error": "..."}`` naming the field; the server keeps serving. If a batch fails, each of its
 requests is retried on its own, so only the failing ones get 500.
 """
@@ -251,6 +251,14 @@ def create_app(
                 texts = [t[len(bos) :] if t.startswith(bos) else t for t in texts]
             # on the event loop thread: a fast tokenizer must not be used by two threads
             tokens = collator.collate_items(texts)
+            empty = (tokens["attention_mask"].sum(1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise RequestError(
+                    422,
+                    f"field 'query' entry {empty[0]} ({texts[empty[0]][:60]!r}) has no tokens "
+                    "(the tokenizer adds none itself and no eos is appended); send a non-empty "
+                    "text.",
+                )
         except RequestError as err:
             return _error(err.status, str(err))
         except (ValueError, TypeError) as err:
@@ -300,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-batch-size", type=int, default=64, help="most texts per model call")
     add("--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch")
     add("--max-request-size", type=int, default=1024, help="most texts per request")
-    add("--max-length", type=int, help="longest text in tokens (default: as saved)")
+    add("--max-length", type=int, help="longest text in tokens (default: as saved, else the "
+        "model's max_position_embeddings)")  # fmt: skip
     add("--truncation", choices=("error", "left", "right"), help="longer texts: refuse (422) "
         "or cut tokens on that side (default: as saved)")  # fmt: skip
     add("--append-eos", action=argparse.BooleanOptionalAction, default=None,
@@ -342,9 +351,12 @@ def load_app(args: argparse.Namespace) -> FastAPI:
         args.posterior, PairwiseRewardModel(net).eval(), tokenizer=tokenizer
     )
     saved = posterior.text_collator
+    # no limit saved: the model's positions (a longer text would fail inside the model)
+    max_length = args.max_length or saved.max_length
+    max_length = max_length or getattr(net.config, "max_position_embeddings", None)
     posterior.set_tokenizer(
         tokenizer,
-        max_length=saved.max_length if args.max_length is None else args.max_length,
+        max_length=max_length,
         truncation=args.truncation or saved.truncation,
         append_eos=saved.append_eos if args.append_eos is None else args.append_eos,
     )
