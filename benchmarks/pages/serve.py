@@ -61,7 +61,7 @@ def _row(r: dict[str, Any]) -> list[str]:
         r["mode"],
         str(r["clients"]),
         str(r["requests"]),
-        f"{r['rps']:.1f}",
+        f"{r['rps']:.1f} ({min(r['rps_runs']):.1f}-{max(r['rps_runs']):.1f})",
         fmt_s(r["p50"]),
         fmt_s(r["p95"]),
         f"{r['mean_batch']:.1f}",
@@ -123,7 +123,11 @@ def render(data: dict[str, Any], page: Path) -> str:
             "request holds one text, as OpenRLHF sends them (median "
             f"{setup['tokens_median']:.0f} tokens, longest {setup['tokens_max']}); "
             f"{setup['requests']} requests from 1 client one after another, then from "
-            f"{setup['clients']} concurrent clients (asyncio, one connection each). Latency is "
+            f"{setup['clients']} concurrent clients (asyncio, one connection each), "
+            f"{setup['repeats']} runs each, the two servers up at once and measured in turns "
+            "(posterior, bare, then bare, posterior, ...) so that a change of the machine's "
+            "load falls on both alike. Requests/s over all runs (the range of the runs in "
+            "brackets), latency percentiles over all requests. Latency is "
             "per request as the client sees it; *texts per batch* is the mean number scored in "
             "one model call, *model time per batch* the mean time of that call in the server's "
             "worker thread (the rest of a request's latency is HTTP, JSON, tokenization, the "
@@ -137,7 +141,7 @@ def render(data: dict[str, Any], page: Path) -> str:
                     "server",
                     "clients",
                     "requests",
-                    "requests/s",
+                    "requests/s (runs)",
                     "p50 latency",
                     "p95 latency",
                     "texts per batch",
