@@ -1,0 +1,403 @@
+"""An HTTP reward server for OpenRLHF: a saved posterior answers ``POST /get_reward``.
+
+Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install "bt-laplace[serve]"``.
+
+Start it with one command (``bt-laplace-serve`` is the same)::
+
+    python -m bt_laplace.serve --posterior FOLDER --model MODEL_DIR [--port 5000]
+
+and point OpenRLHF at it: ``--remote_rm_url http://HOST:5000/get_reward`` (releases up to
+0.9.9), ``--reward.remote_url http://HOST:5000/get_reward`` (its main branch since April 2026).
+
+The protocol is OpenRLHF's remote reward model (https://github.com/OpenRLHF/OpenRLHF,
+``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``, and its
+reference server ``openrlhf/cli/serve_rm.py``; the same in v0.9.9 and on main, commit
+3c3be62). OpenRLHF posts one sample per request::
+
+    {"query": [text], "prompts": [prompt], "labels": [label]}
+
+where ``text`` is the policy's whole sequence, prompt and response, decoded with
+``skip_special_tokens=False`` (so it may hold the chat template's special tokens and end with
+the eos token), and reads back::
+
+    {"rewards": [r], "scores": [s], "extra_logs": {"reward_mean": [m], "reward_std": [sd]}}
+
+``rewards`` trains the policy; ``scores`` (here equal to ``rewards``, as in OpenRLHF's own
+server) feeds its dynamic filtering; each ``extra_logs`` key is logged per sample. The
+lists hold one number per text of ``query``; a request may hold several texts.
+
+Rewards. Each text is scored as one item, prepared as the posterior's training texts were
+(:meth:`~bt_laplace.TextPairCollator.collate_items`: the tokenizer's special tokens, the eos
+token appended unless the text ends with it, ``max_length`` and ``truncation`` as saved with
+the posterior). A text that starts with the bos token that the tokenizer adds itself loses
+that leading bos first, so it is not doubled (the mirror image of TRL's rule for the eos).
+``rewards`` are :func:`~bt_laplace.rlhf.penalize` of the posterior mean and variance
+(``mean - k std`` by default); ``prompts`` and ``labels`` are checked and otherwise unused.
+``--bare`` serves the MAP model's reward ``r(x)`` instead (no variance, no penalty), the
+baseline a posterior server is compared with.
+
+Batching. OpenRLHF sends one text per request, many requests at once. Requests arriving
+within ``max_wait_ms`` of each other (or while a batch runs) are scored in one model call
+(:class:`~bt_laplace._batcher.MicroBatcher`), in a worker thread, so the server keeps accepting
+requests meanwhile; ``GET /health`` reports the batches run.
+
+Errors. A bad request gets 400 (not JSON) or 422 (a missing or mistyped field, too many
+texts, a text over ``max_length`` or without tokens), a failure while scoring gets 500, each as
+``{"error": "..."}`` naming the field; the server keeps serving. If a batch fails, each of its
+requests is retried on its own, so only the failing ones get 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+except ImportError as err:  # pragma: no cover - exercised by hiding fastapi in the tests
+    raise ImportError(
+        "bt_laplace.serve needs FastAPI and uvicorn; install the extra: "
+        'pip install "bt-laplace[serve]"'
+    ) from err
+
+import torch
+
+from bt_laplace._batcher import MicroBatcher
+from bt_laplace._checks import check_finite, check_positive_int
+from bt_laplace._protocol import RequestError, read_request, response_body
+from bt_laplace.posterior import RewardPosterior
+from bt_laplace.rlhf import PENALTIES, penalize
+
+__all__ = ["create_app", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _leading_bos(tokenizer: Any) -> str | None:
+    """The bos token's text if the tokenizer prepends it to every text itself, else None."""
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None:
+        return None
+    return bos if list(tokenizer("")["input_ids"][:1]) == [bos_id] else None
+
+
+def _concat(parts: Sequence[dict[str, torch.Tensor]], pad_id: int, side: str) -> dict[str, Any]:
+    """Token dicts ``(B_i, L_i)`` padded to the longest ``L`` on ``side`` and stacked."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    length = max(p["input_ids"].shape[1] for p in parts)
+    out = {}
+    for key in parts[0]:
+        padded = []
+        for p in parts:
+            t = p[key]
+            if t.shape[1] < length:
+                fill = t.new_full(
+                    (t.shape[0], length - t.shape[1]), pad_id if key == "input_ids" else 0
+                )
+                t = torch.cat([t, fill] if side == "right" else [fill, t], dim=1)
+            padded.append(t)
+        out[key] = torch.cat(padded)
+    return out
+
+
+class _Scorer:
+    """Runs in the worker thread: one model call for the token dicts of a batch of requests,
+    split back into one response body per request."""
+
+    def __init__(self, posterior: RewardPosterior, *, bare: bool, penalty: dict[str, Any]):
+        self.posterior = posterior
+        self.bare = bare
+        self.penalty = penalty
+        collator = posterior.text_collator
+        self.pad_id, self.side = collator.pad_token_id, collator.padding_side
+
+    def __call__(self, payloads: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        tokens = _concat(payloads, self.pad_id, self.side)
+        post = self.posterior
+        if self.bare:
+            device = next(post.model.parameters()).device
+            with post._lock, torch.inference_mode():
+                mean = post.model({k: v.to(device) for k, v in tokens.items()}).reshape(-1)
+            reward, std = mean, None
+        else:
+            mean, variance = post.predict(cast(Any, tokens))  # a token dict
+            reward, std = penalize(mean, variance, **self.penalty), variance.sqrt()
+        if not bool(torch.isfinite(reward).all()):
+            raise RuntimeError(
+                "the model gave a non-finite reward (NaN or infinite); check the model's "
+                "weights and dtype."
+            )
+        columns = {"rewards": reward, "mean": mean, "std": std}
+        lists = {k: v.detach().cpu().double().tolist() for k, v in columns.items() if v is not None}
+        bodies, start = [], 0
+        for p in payloads:
+            stop = start + p["input_ids"].shape[0]
+            part = {k: v[start:stop] for k, v in lists.items()}
+            bodies.append(response_body(part["rewards"], part["mean"], part.get("std")))
+            start = stop
+        return bodies
+
+
+def _penalty_options(
+    penalty: str, k: float, beta: float | None, level: float | None
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`~bt_laplace.rlhf.penalize`, checked by trying them."""
+    options: dict[str, Any] = {"penalty": penalty, "k": k, "beta": beta, "level": level}
+    penalize(torch.zeros(1), torch.ones(1), **options)  # raises on a bad combination
+    return options
+
+
+def create_app(
+    posterior: RewardPosterior,
+    *,
+    penalty: str = "std",
+    k: float = 1.0,
+    beta: float | None = None,
+    level: float | None = None,
+    bare: bool = False,
+    max_batch_size: int = 64,
+    max_wait_ms: float = 2.0,
+    max_request_size: int = 1024,
+) -> FastAPI:
+    """A FastAPI app answering OpenRLHF's ``POST /get_reward`` from ``posterior``.
+
+    Serve it with uvicorn (``uvicorn.run(app, host=..., port=...)``, one worker: the model lives
+    in the process). The batcher starts with the app (its lifespan); ``app.state.batcher``
+    counts the batches and requests run (:class:`~bt_laplace._batcher.MicroBatcher`).
+
+    Args:
+        posterior: A posterior that takes texts (:meth:`~bt_laplace.RewardPosterior.set_tokenizer`,
+            or ``load_reward_posterior(..., tokenizer=)``); its ``max_length``, ``truncation`` and
+            ``append_eos`` apply to the queries.
+        penalty, k, beta, level: How ``rewards`` come from the reward's mean and variance, as in
+            :func:`~bt_laplace.rlhf.penalize` (default ``mean - 1 std``).
+        bare: Serve the MAP model's reward instead (no variance, no penalty; ``extra_logs``
+            holds ``reward_mean`` only).
+        max_batch_size: Most texts scored in one model call.
+        max_wait_ms: How long a request waits for others to join its batch, in milliseconds.
+        max_request_size: Most texts in one request (bounds the tokenization done on the event
+            loop); larger requests get 422.
+
+    Returns:
+        The app, with ``POST /get_reward`` and ``GET /health``.
+
+    Raises:
+        TypeError: If ``posterior`` is not a RewardPosterior with a tokenizer.
+        ValueError: For a bad penalty or size.
+    """
+    if not isinstance(posterior, RewardPosterior):
+        raise TypeError(
+            f"`posterior` must be a bt_laplace.RewardPosterior, got {type(posterior).__name__}; "
+            "load one with bt_laplace.load_reward_posterior(folder, model, tokenizer=tokenizer)."
+        )
+    collator = posterior.text_collator
+    if collator is None:
+        raise TypeError(
+            "`posterior` has no tokenizer, so it cannot score texts; call "
+            "posterior.set_tokenizer(tokenizer) or load it with "
+            "load_reward_posterior(folder, model, tokenizer=tokenizer)."
+        )
+    options = _penalty_options(penalty, k, beta, level)
+    max_batch_size = check_positive_int("max_batch_size", max_batch_size)
+    max_request_size = check_positive_int("max_request_size", max_request_size)
+    wait = check_finite("max_wait_ms", max_wait_ms)
+    if wait < 0:
+        raise ValueError(f"`max_wait_ms` must be >= 0, got {max_wait_ms}.")
+    batcher: MicroBatcher[dict[str, torch.Tensor], dict[str, Any]] = MicroBatcher(
+        _Scorer(posterior, bare=bare, penalty=options),
+        max_batch_size=max_batch_size,
+        max_wait_s=wait / 1000.0,
+    )
+    bos = _leading_bos(collator.tokenizer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="bt_laplace reward server", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.posterior = posterior
+    mode = "bare" if bare else "posterior"
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        where = f"{request.method} {request.url.path}"
+        return _error(
+            exc.status_code,
+            f"{where}: {exc.detail}; this server answers POST /get_reward and GET /health.",
+        )
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request) -> JSONResponse:
+        try:
+            texts = read_request(await request.body(), max_request_size)
+            if bos is not None:
+                texts = [t[len(bos) :] if t.startswith(bos) else t for t in texts]
+            # on the event loop thread: a fast tokenizer must not be used by two threads
+            tokens = collator.collate_items(texts)
+            empty = (tokens["attention_mask"].sum(1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise RequestError(
+                    422,
+                    f"field 'query' entry {empty[0]} ({texts[empty[0]][:60]!r}) has no tokens "
+                    "(the tokenizer adds none itself and no eos is appended); send a non-empty "
+                    "text.",
+                )
+        except RequestError as err:
+            return _error(err.status, str(err))
+        except (ValueError, TypeError) as err:
+            return _error(422, f"field 'query': {err}")
+        try:
+            body = await batcher.submit(tokens, len(texts))
+        except Exception as err:
+            logger.exception("scoring failed")
+            return _error(500, f"scoring failed: {type(err).__name__}: {err}")
+        return JSONResponse(body)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "mode": mode,
+            "batches": batcher.batches,
+            "requests": batcher.requests,
+            "items": batcher.items,
+            "largest_batch": batcher.largest,
+            "busy_seconds": batcher.busy_s,
+        }
+
+    return app
+
+
+# ---------------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bt_laplace.serve",
+        description="Serve a saved bt_laplace reward posterior to OpenRLHF: POST /get_reward "
+        "with {'query': [text, ...]} gives rewards (mean - k std by default), scores and "
+        "extra_logs {'reward_mean', 'reward_std'}.",
+    )
+    add = parser.add_argument
+    add("--posterior", required=True, help="folder written by RewardPosterior.save")
+    add("--model", required=True, help="the reward model's save_pretrained folder "
+        "(AutoModelForSequenceClassification, num_labels=1), as fitted")  # fmt: skip
+    add("--tokenizer", help="tokenizer folder (default: --model)")
+    add("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    add("--port", type=int, default=5000)
+    add("--penalty", default="std", choices=PENALTIES, help="see bt_laplace.rlhf.penalize")
+    add("--k", type=float, default=1.0, help="multiplier of 'std' and 'variance'")
+    add("--beta", type=float, help="KL coefficient of 'kl' and 'kl_optimistic'")
+    add("--level", type=float, help="lower tail probability of 'quantile'")
+    add("--bare", action="store_true", help="serve the MAP model's reward only (no variance)")
+    add("--max-batch-size", type=int, default=64, help="most texts per model call")
+    add("--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch")
+    add("--max-request-size", type=int, default=1024, help="most texts per request")
+    add("--max-length", type=int, help="longest text in tokens (default: as saved, else the "
+        "model's max_position_embeddings)")  # fmt: skip
+    add("--truncation", choices=("error", "left", "right"), help="longer texts: refuse (422) "
+        "or cut tokens on that side (default: as saved)")  # fmt: skip
+    add("--append-eos", action=argparse.BooleanOptionalAction, default=None,
+        help="append the eos token to texts not ending with it (default: as saved)")  # fmt: skip
+    add("--dtype", choices=("auto", "float32", "float64"), default="auto",
+        help="cast the model to this dtype (the one the posterior was fitted in)")  # fmt: skip
+    add("--device", help="torch device (default: cuda if available, else cpu)")
+    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add("--access-log", action="store_true", help="log every request")
+    return parser
+
+
+def load_app(args: argparse.Namespace) -> FastAPI:
+    """Load the model, tokenizer and posterior that ``args`` names and build the app.
+
+    Args:
+        args: The parsed command line (see ``python -m bt_laplace.serve --help``).
+
+    Returns:
+        The app of :func:`create_app`.
+
+    Raises:
+        OSError: If a folder cannot be read.
+        ValueError: If the posterior does not belong to the model (names, shapes, weights).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bt_laplace.io import load_reward_posterior
+    from bt_laplace.model import PairwiseRewardModel
+
+    options = _penalty_options(args.penalty, args.k, args.beta, args.level)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = AutoModelForSequenceClassification.from_pretrained(args.model)
+    if args.dtype != "auto":
+        net = net.to(getattr(torch, args.dtype))
+    net = net.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    posterior = load_reward_posterior(
+        args.posterior, PairwiseRewardModel(net).eval(), tokenizer=tokenizer
+    )
+    saved = posterior.text_collator
+    # no limit saved: the model's positions (a longer text would fail inside the model)
+    max_length = args.max_length or saved.max_length
+    max_length = max_length or getattr(net.config, "max_position_embeddings", None)
+    posterior.set_tokenizer(
+        tokenizer,
+        max_length=max_length,
+        truncation=args.truncation or saved.truncation,
+        append_eos=saved.append_eos if args.append_eos is None else args.append_eos,
+    )
+    return create_app(
+        posterior,
+        **options,
+        bare=args.bare,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_request_size=args.max_request_size,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line, load the posterior and serve it until interrupted."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        _penalty_options(args.penalty, args.k, args.beta, args.level)
+        for name in ("max_batch_size", "max_request_size"):
+            check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+        if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+            raise ValueError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    try:
+        app = load_app(args)
+    except (OSError, ValueError, TypeError) as err:
+        hint = ""
+        if "fingerprint" in str(err) and args.dtype == "auto":
+            hint = (
+                " If the model was fitted in another dtype than it was saved in (or a "
+                "save_pretrained round trip left buffers in float32), pass --dtype."
+            )
+        parser.exit(
+            1, f"{parser.prog}: cannot serve {args.posterior} on {args.model}: {err}{hint}\n"
+        )
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
+    )
+
+
+if __name__ == "__main__":
+    main()
