@@ -124,8 +124,8 @@ class PairKronFactors:
     exact block of a layer that is a Kronecker product already (one output or one input, such
     as a reward model's head, so all of a last-layer fit), the exact bias blocks, and the first
     alternating half-step of the other layers. Only those other layers' later half-steps need
-    the pairs again: their activations, output gradients and pair weights
-    (``2 (in + out) + 1`` numbers per pair and layer; the batches are never concatenated) are
+    the pairs again: their activations and output gradients (``2 (in + out)`` numbers per
+    pair and layer) and the pair weights (one a pair; the batches are never concatenated) are
     kept up to :data:`KRON_STORE_LIMIT` bytes. Past that nothing is kept and :meth:`finish`
     recomputes them with one more forward and backward pass over the pairs per further
     half-step, so memory stays independent of the number of pairs.
