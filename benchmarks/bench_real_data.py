@@ -382,6 +382,8 @@ def summarised_relative_std(post, reference: torch.Tensor):
     model.zero_grad()
     if la.__class__.__name__.startswith("Diag"):
         v = la.posterior_variance * g
+    elif la.__class__.__name__.startswith("Full"):
+        v = la.posterior_covariance @ g
     else:
         v = la.posterior_precision.bmm(g, exponent=-1).reshape(-1)
     var_ref = float(g @ v)

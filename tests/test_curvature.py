@@ -12,8 +12,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace import PairwiseRewardModel
+from bt_laplace._layer_io import LayerIORecorder
+from bt_laplace.bradley_terry import bradley_terry_weight
 from bt_laplace.curvature import BradleyTerryGGN, nearest_kronecker_factors
-from bt_laplace.testing import exact_ggn, item_jacobians, nearest_kronecker_floor, rel_err
+from bt_laplace.structures.kron import PairKronFactors
+from bt_laplace.testing import (
+    exact_ggn,
+    exact_last_layer_ggn,
+    item_jacobians,
+    nearest_kronecker_floor,
+    rel_err,
+)
 
 
 def _blocks(model: nn.Module):
@@ -335,3 +344,93 @@ def test_kron_recomputing_the_pair_factors_equals_keeping_them(reward_model, pai
             torch.testing.assert_close(fa, fb, rtol=1e-12, atol=0)
     if subset == "all":  # hidden layers are not Kronecker products: more half-steps move them
         assert not torch.equal(kept.laplace.H_facs.kfacs[0][1], four.laplace.H_facs.kfacs[0][1])
+
+
+def _add_pairs(model, params, x, *, repeats, store_limit=None):
+    """Feed ``repeats`` passes over the pairs ``x`` (batches of 16) to a :class:`PairKronFactors`
+    over ``params``, as the fit does batch by batch."""
+    recorder = LayerIORecorder(model, params)
+    store = PairKronFactors(recorder, iterations=2, store_limit=store_limit)
+
+    def batches():
+        for _ in range(repeats):
+            for xb in x.split(16):
+                result = recorder.run(lambda xb=xb: model(xb))
+                logits = result.output.reshape(-1, 2)
+                yield result, bradley_terry_weight(logits[:, 1] - logits[:, 0])
+
+    for result, w in batches():
+        store.add(result, w)
+    return store, batches
+
+
+def test_last_layer_kron_keeps_nothing_per_pair(reward_model, pairs):
+    """The head of a reward model (one output) is a Kronecker product: it is summed exactly in
+    the fit's own pass, so nothing is kept per pair however many pairs pass, and no pass is
+    recomputed (the last-layer fit's memory did grow with the pairs, up to the 1 GiB store)."""
+    x, _ = pairs
+    head = list(reward_model.net[-1].parameters())
+    for repeats in (1, 8):
+        store, _ = _add_pairs(reward_model, head, x, repeats=repeats, store_limit=0)
+        assert (store.stored_bytes, store.peak_bytes, store.batches, store.recompute) == (
+            0,
+            0,
+            [],
+            False,
+        )
+        kron = store.finish()  # no `batches`: nothing to recompute
+        got = torch.block_diag(torch.kron(*kron.kfacs[0]), kron.kfacs[1][0])
+        want = repeats * exact_last_layer_ggn(reward_model, x)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_kron_store_keeps_only_iterated_layers_up_to_the_limit(reward_model, pairs):
+    """All weights: only the hidden layers (not Kronecker products, so iterated) keep their
+    factors, ``2 (in + out)`` numbers per pair each plus the pair weight; past the limit
+    nothing is kept, and the recomputed factors equal the kept ones in float64."""
+    x, _ = pairs
+    params = list(reward_model.parameters())
+    hidden = [reward_model.net[0], reward_model.net[2]]
+    per_pair = sum(2 * (m.in_features + m.out_features) for m in hidden) * 8 + 8
+    kept, _ = _add_pairs(reward_model, params, x, repeats=3)
+    assert kept.stored_bytes == kept.peak_bytes == 3 * len(x) * per_pair
+    assert not kept.recompute
+    limit = len(x) * per_pair  # one pass over the pairs fits, three do not
+    for repeats in (1, 3, 6):
+        store, batches = _add_pairs(reward_model, params, x, repeats=repeats, store_limit=limit)
+        assert store.peak_bytes <= limit
+        assert store.recompute == (repeats > 1)
+        if repeats == 3:
+            assert store.stored_bytes == 0
+            recomputed = store.finish(batches=batches)
+    for a, b in zip(kept.finish().kfacs, recomputed.kfacs, strict=True):
+        for fa, fb in zip(a, b, strict=True):
+            torch.testing.assert_close(fa, fb, rtol=1e-12, atol=0)
+
+
+def test_streamed_last_layer_kron_fit_reads_the_pairs_as_often_as_diag(reward_model, pairs):
+    """Through fit_reward_posterior with a loader without len and no store at all: the
+    last-layer kron fit passes over the pairs as often as the diag fit (no recomputing pass)."""
+    x, y = pairs
+
+    class Stream:
+        passes = 0
+
+        def __iter__(self):
+            Stream.passes += 1
+            yield from zip(x.split(16), y.split(16), strict=True)
+
+    counts = {}
+    for structure in ("diag", "kron"):
+        Stream.passes = 0
+        post = btl.fit_reward_posterior(
+            reward_model,
+            Stream(),
+            subset_of_weights="last_layer",
+            hessian_structure=structure,
+            prior_precision=1.0,
+            backend_kwargs={"kron_store_limit": 0} if structure == "kron" else {},
+        )
+        counts[structure] = Stream.passes
+    assert counts["kron"] == counts["diag"]
+    assert post.laplace.backend.kron_kept_bytes == 0

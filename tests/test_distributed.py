@@ -24,6 +24,8 @@ CONFIGS = [
     {"subset_of_weights": "last_layer", "hessian_structure": "full", "evidence": "exact"},  # P x P
     {"subset_of_weights": "all", "hessian_structure": "diag", "prior_precision": "gridsearch"},
     {"subset_of_weights": "all", "hessian_structure": "kron", "prior_precision": 0.7},
+    # kron factors recomputed pass by pass, each half-step summed over ranks
+    {"subset_of_weights": "all", "prior_precision": 0.7, "backend_kwargs": {"kron_store_limit": 0}},
     {},  # the automatic default
 ]
 

@@ -62,10 +62,17 @@ class BradleyTerryGGN(CurvatureInterface):
         kron_iterations: Alternating half-steps of the nearest Kronecker product from
             ``A = I``. Two are within 0.01-0.25% of the nearest-Kronecker floor on the
             accuracy MLPs (docs/accuracy.md). Set it through ``backend_kwargs``.
-        kron_store_limit: Bytes of per-pair factors the ``kron`` fit keeps (default 1 GiB,
-            about 90,000 pairs for all weights of a 32-256-256-1 MLP); past it, each
-            alternating half-step recomputes them with one more pass over the pairs, so
-            memory does not grow with the pairs. Set it through ``backend_kwargs``.
+        kron_store_limit: Bytes of per-pair factors the ``kron`` fit keeps for the
+            alternating half-steps after the first (default 1 GiB, about 160,000 pairs for
+            all weights of a 64-256-256-1 MLP, whose hidden layers keep 6,660 bytes a pair);
+            past it, each such half-step recomputes them with one more pass over the pairs,
+            so memory does not grow with the pairs. A layer that is a Kronecker product
+            already (one output, as a reward model's head, so a whole last-layer fit) keeps
+            nothing. Set it through ``backend_kwargs``.
+
+    Attributes:
+        kron_kept_bytes: The most bytes of per-pair factors the last ``kron`` fit kept at once
+            (0 when it kept none; see ``kron_store_limit``).
 
     Example:
         >>> import torch
@@ -105,6 +112,7 @@ class BradleyTerryGGN(CurvatureInterface):
         self.kron_store_limit = kron_store_limit
         self._layer_io: LayerIORecorder | None = None
         self._kron_store: PairKronFactors | None = None
+        self.kron_kept_bytes = 0
         self._zero_kron: Kron | None = None
 
     @property
@@ -185,7 +193,8 @@ class BradleyTerryGGN(CurvatureInterface):
         return self._curvature(DiagStructure, x, y)
 
     def kron(self, x: Any, y: torch.Tensor, N: int, **kwargs: Any) -> tuple[torch.Tensor, Kron]:
-        """Store the batch's pair factors; the Kronecker factors are built by ``finish_kron``.
+        """Sum the batch into the pair Kronecker factors and keep its per-pair factors where
+        later half-steps need them; the factors are finished by ``finish_kron``.
 
         Returns the loss and an all-zero :class:`~laplace.utils.Kron` so that laplace-torch's
         batch loop can run unchanged.
@@ -202,7 +211,7 @@ class BradleyTerryGGN(CurvatureInterface):
         return loss, self._zero_kron
 
     def reset_kron(self) -> None:
-        """Forget stored pair factors (called at the start of a fit)."""
+        """Forget the pair factors summed or kept so far (called at the start of a fit)."""
         self._kron_store = PairKronFactors(
             self.layer_io, self.kron_iterations, store_limit=self.kron_store_limit
         )
@@ -214,6 +223,7 @@ class BradleyTerryGGN(CurvatureInterface):
         stored, self._kron_store = self._kron_store, None
         if stored is None:
             raise RuntimeError("no pairs were stored; call kron() on the batches first.")
+        self.kron_kept_bytes = stored.peak_bytes
         return stored.finish(reduce, batches)
 
 

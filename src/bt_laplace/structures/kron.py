@@ -16,10 +16,13 @@ Bias blocks are kept exact and dense, so a head bias, which cancels in ``r(x_1) 
 gets curvature exactly zero. laplace-torch's KFAC instead treats the ``2B`` items as
 independent samples.
 
-Whole-data Kronecker factors cannot be summed batch by batch, so the fit stores the per-pair
-factors (``2 (in + out)`` numbers per pair and layer, :class:`PairKronFactors`) and is finished
-once by :class:`PairKronLaplace` / :class:`PairKronLLLaplace`, which are laplace-torch's
-``KronLaplace`` / ``KronLLLaplace`` with only ``fit`` extended.
+Whole-data Kronecker factors cannot be summed batch by batch beyond the first half-step, so
+the fit sums what one pass gives (exact blocks, bias blocks, the first half-step) as the batches
+arrive and keeps the per-pair factors of the layers that need more (``2 (in + out)`` numbers per
+pair and layer, :class:`PairKronFactors`, up to a limit, then recomputed); it is finished once by
+:class:`PairKronLaplace` / :class:`PairKronLLLaplace`, which are laplace-torch's
+``KronLaplace`` / ``KronLLLaplace`` with only ``fit`` extended. A last-layer fit of a reward
+model keeps nothing per pair: its head is exact in one pass.
 
 Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalues ``l_G``,
 ``l_A`` and prior ``delta``, ``Sigma_W`` is diagonal, ``M = 1 / (l_G l_A^T + delta)``
@@ -111,20 +114,33 @@ class KronStructure(EigenbasisStructure):
 #: bytes of per-pair factors a fit keeps before it switches to recomputing them
 KRON_STORE_LIMIT = 2**30
 
+#: one batch's per-pair factors of the layers that need more than one pass: per such layer
+#: ``(g (2B, out), a (2B, in))``, and the pair weights ``(B,)``
+_Kept = tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+
 
 class PairKronFactors:
     """The whole-data ``kron`` curvature, fed batch by batch.
 
-    Keeps each batch's activations, output gradients and pair weights (``2 (in + out)``
-    numbers per pair and layer; the batches are never concatenated) up to
-    :data:`KRON_STORE_LIMIT` bytes. Past that it keeps nothing and :meth:`finish` recomputes
-    them with one more forward and backward pass over the pairs per alternating half-step,
-    so memory stays independent of the number of pairs.
+    What one pass over the pairs gives is summed as the batches arrive and never kept: the
+    exact block of a layer that is a Kronecker product already (one output or one input, such
+    as a reward model's head, so all of a last-layer fit), the exact bias blocks, and the first
+    alternating half-step of the other layers. Only those other layers' later half-steps need
+    the pairs again: their activations and output gradients (``2 (in + out)`` numbers per
+    pair and layer) and the pair weights (one a pair; the batches are never concatenated) are
+    kept up to :data:`KRON_STORE_LIMIT` bytes. Past that nothing is kept and :meth:`finish`
+    recomputes them with one more forward and backward pass over the pairs per further
+    half-step, so memory stays independent of the number of pairs.
 
     Args:
         recorder: The layer I/O recorder over the posterior's parameters.
         iterations: Alternating half-steps of :func:`nearest_kronecker_factors`.
         store_limit: Bytes of factors to keep before recomputing instead.
+
+    Attributes:
+        stored_bytes: Bytes of per-pair factors kept now.
+        peak_bytes: The most bytes of per-pair factors kept at once.
+        recompute: Whether the factors passed ``store_limit`` and were dropped.
     """
 
     def __init__(
@@ -133,19 +149,48 @@ class PairKronFactors:
         self.recorder = recorder
         self.iterations = iterations
         self.store_limit = KRON_STORE_LIMIT if store_limit is None else store_limit
-        self.batches: list[tuple[LayerIO, torch.Tensor]] = []
+        self.batches: list[_Kept] = []
         self.stored_bytes = 0
+        self.peak_bytes = 0
         self.recompute = False
+        slots = recorder.slots
+        self._weights = sorted({s.layer for s in slots if s.kind == "weight"})
+        self._biases = sorted({s.layer for s in slots if s.kind == "bias"})
+        self._fits: dict[int, _AlternatingKron] = {}
+        self._bias_blocks: dict[int, torch.Tensor] = {}
 
     def add(self, result: LayerIO, weight: torch.Tensor) -> None:
-        """Keep the layer I/O of a batch of ``2B`` items and its pair weights ``(B,)``."""
-        if self.recompute:
+        """Sum what one pass gives of a batch of ``2B`` items with pair weights ``(B,)``, and
+        keep the per-pair factors that the later half-steps need."""
+        if not self._fits:  # the first batch: half-step 0 of every weight begins
+            for i in self._weights:
+                g, a = result.grads[i], result.acts[i]
+                self._fits[i] = _AlternatingKron(g.shape[-1], a.shape[-1], a)
+                self._fits[i].begin(0, self.iterations)
+        for i, fit in self._fits.items():
+            g0, g1 = pair_split(result.grads[i])
+            a0, a1 = pair_split(result.acts[i])
+            fit.add(g0, g1, a0, a1, weight)
+        for i in self._biases:
+            g0, g1 = pair_split(result.grads[i])
+            d = bias_jacobian(g1) - bias_jacobian(g0)
+            block = (d * weight[:, None]).T @ d
+            self._bias_blocks[i] = self._bias_blocks[i] + block if i in self._bias_blocks else block
+        kept = self._kept(result, weight)
+        if self.recompute or not kept[0]:
             return
-        self.stored_bytes += sum(t.numel() * t.element_size() for t in result.acts + result.grads)
+        tensors = [t for g_a in kept[0].values() for t in g_a] + [weight]
+        self.stored_bytes += sum(t.numel() * t.element_size() for t in tensors)
         if self.stored_bytes > self.store_limit:
-            self.batches, self.recompute = [], True
+            self.batches, self.stored_bytes, self.recompute = [], 0, True
             return
-        self.batches.append((result, weight))
+        self.batches.append(kept)
+        self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
+
+    def _kept(self, result: LayerIO, weight: torch.Tensor) -> _Kept:
+        """The factors of a batch that the half-steps after the first need."""
+        later = [i for i, f in self._fits.items() if f.passes(self.iterations) > 1]
+        return {i: (result.grads[i], result.acts[i]) for i in later}, weight
 
     def finish(
         self,
@@ -164,41 +209,37 @@ class PairKronFactors:
                 call; needed when the factors were not kept (:attr:`recompute`).
         """
         reduce = reduce or _identity
-        if self.recompute:
+        if not self._fits and not self._bias_blocks:
+            raise RuntimeError("no pairs were added; call add() on the batches first.")
+        fits = self._fits
+        for fit in fits.values():
+            fit.end(reduce)
+
+        def source() -> Iterable[_Kept]:  # one pass over the kept or recomputed factors
+            if not self.recompute:
+                return self.batches
             if batches is None:
                 raise RuntimeError("the pair factors were not kept; pass `batches`.")
-            source = batches
-        else:
-            source = lambda: self.batches  # noqa: E731
-        slots = self.recorder.slots
-        layers = {s.layer for s in slots if s.kind == "weight"}
-        first, _ = next(iter(source()))
-        fits = {
-            i: _AlternatingKron(first.grads[i].shape[-1], first.acts[i].shape[-1], first.acts[i])
-            for i in layers
-        }
-        bias = {s.layer for s in slots if s.kind == "bias"}
-        bias_blocks: dict[int, torch.Tensor] = {}
+            return (self._kept(result, w) for result, w in batches())
+
         passes = max([f.passes(self.iterations) for f in fits.values()] + [1])
-        for k in range(passes):
+        for k in range(1, passes):
             active = [i for i, f in fits.items() if f.begin(k, self.iterations)]
-            for result, w in source():
+            if not active:
+                break
+            for kept, w in source():
                 for i in active:
-                    g0, g1 = pair_split(result.grads[i])
-                    a0, a1 = pair_split(result.acts[i])
+                    g, a = kept[i]
+                    g0, g1 = pair_split(g)
+                    a0, a1 = pair_split(a)
                     fits[i].add(g0, g1, a0, a1, w)
-                if k == 0:
-                    for i in bias:
-                        g0, g1 = pair_split(result.grads[i])
-                        d = bias_jacobian(g1) - bias_jacobian(g0)
-                        block = (d * w[:, None]).T @ d
-                        bias_blocks[i] = bias_blocks[i] + block if i in bias_blocks else block
             for i in active:
                 fits[i].end(reduce)
+        self.batches, self.stored_bytes = [], 0
         kfacs: list[Any] = []
-        for slot in slots:
+        for slot in self.recorder.slots:
             if slot.kind == "bias":
-                kfacs.append([reduce(bias_blocks[slot.layer])])
+                kfacs.append([reduce(self._bias_blocks[slot.layer])])
             else:  # G x A is the block of W (out, in); A x G that of a Conv1D's W (in, out)
                 g_fac, a_fac = fits[slot.layer].factors()
                 kfacs.append([a_fac, g_fac] if slot.transposed else [g_fac, a_fac])
