@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import command_line, environment_lines, md_table  # noqa: E402
+from _common import environment, environment_lines, md_table  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
 from bt_laplace.rlhf import rank_pairs_for_labeling  # noqa: E402
@@ -195,11 +195,12 @@ def full_pool(features, pool, pool_y, test, test_y, seed, args) -> dict[str, flo
 def measure(args) -> dict:
     torch.set_num_threads(1)
     start = time.perf_counter()
+    env = environment(1)
     features, _, labels = movie_features()
     pairs, y = preference_pairs(labels, args.pool + args.test, seed=0)
     result: dict = {
         "settings": vars(args) | {"items": features.shape[0], "features": features.shape[1]},
-        "environment": environment_lines(command_line(), 1),
+        "environment": env,  # loadavg_end is added when the run ends
         "runs": {s: [] for s in STRATEGIES},
         "full_pool": [],
     }
@@ -216,6 +217,7 @@ def measure(args) -> dict:
             result["runs"][strategy].append(run(strategy, *data, seed, args))
             print(f"seed {seed} {strategy:16s} {time.perf_counter() - t:5.1f} s", flush=True)
     result["seconds"] = time.perf_counter() - start
+    result["environment"]["loadavg_end"] = os.getloadavg()
     return result
 
 
@@ -352,7 +354,11 @@ def render(result: dict) -> None:
         "",
         "## Environment",
         "",
-        *result["environment"],
+        *(
+            environment_lines(result["environment"])
+            if isinstance(result["environment"], dict)
+            else result["environment"]  # pages measured before the environment was a dict
+        ),
         "",
     ]
     with open(PAGE, "w") as f:

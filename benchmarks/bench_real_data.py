@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import command_line, environment_lines, md_table, version  # noqa: E402
+from _common import environment, environment_lines, md_table, version  # noqa: E402
 from laplace import Laplace  # noqa: E402
 
 import bt_laplace as btl  # noqa: E402
@@ -1019,6 +1019,7 @@ def main() -> None:
         return
     n_seeds = args.seeds or (1 if args.quick else 3)
     t0 = time.perf_counter()
+    env = environment(THREADS)
     results: dict[str, list[dict[str, Any]]] = {}
     describe = {}
     for name in args.datasets.split(","):
@@ -1042,7 +1043,7 @@ def main() -> None:
                 )
     doc = {
         "meta": {
-            "environment": environment_lines(command_line(), THREADS),
+            "environment": environment_lines(dict(env, loadavg_end=os.getloadavg())),
             "total_s": time.perf_counter() - t0,
             "quick": args.quick,
             "seeds": n_seeds,
