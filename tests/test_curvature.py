@@ -434,3 +434,29 @@ def test_streamed_last_layer_kron_fit_reads_the_pairs_as_often_as_diag(reward_mo
         counts[structure] = Stream.passes
     assert counts["kron"] == counts["diag"]
     assert post.laplace.backend.kron_kept_bytes == 0
+
+
+@pytest.mark.parametrize("iterations", [2, 5])
+def test_sequence_kron_from_pair_jacobians_equals_layer_io(
+    sequence_model_and_pairs, iterations, monkeypatch
+):
+    """On sequences the later half-steps run on each pair's Jacobian D (smaller than the
+    per-position layer I/O for the 3 -> 4 body at 5 positions); the factors equal those from
+    the layer I/O, kept or recomputed past the store limit."""
+    import bt_laplace.structures.kron as kron
+
+    model, _, loader = sequence_model_and_pairs
+
+    def factors(store_limit):
+        la = fit_bt(model, loader, "all", "kron", prior_precision=1.0,
+                    backend_kwargs={"kron_iterations": iterations,
+                                    "kron_store_limit": store_limit})  # fmt: skip
+        return [f for fs in la.H_facs.kfacs for f in fs]
+
+    dense = factors(None)
+    recomputed = factors(0)
+    monkeypatch.setattr(kron, "_pair_jacobian_is_smaller", lambda g, a: False)  # layer I/O
+    io = factors(None)
+    for d, r, i in zip(dense, recomputed, io, strict=True):
+        torch.testing.assert_close(d, i, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r, i, rtol=1e-10, atol=1e-12)
