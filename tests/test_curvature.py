@@ -215,6 +215,33 @@ def test_sequence_kron_reaches_the_floor(sequence_model_and_pairs, iterations):
             assert floor * (1 - 1e-6) <= err <= (1.25 if iterations == 2 else 1.001) * floor
 
 
+@pytest.mark.parametrize("iterations", [2, 5])
+def test_sequence_pair_jacobians_give_the_factors_of_the_layer_io(
+    sequence_model_and_pairs, iterations
+):
+    """On sequences the fit keeps each pair's Jacobian D = J1 - J0 where it is smaller than
+    the per-position I/O (here the 4 x 3 body at L = 5: 12 against 70 numbers): the half-steps
+    on D give the factors of the half-steps on the I/O."""
+    from bt_laplace._layer_io import pair_split
+    from bt_laplace.structures.kron import PairKronFactors
+
+    model, _, loader = sequence_model_and_pairs
+    backend = BradleyTerryGGN(model, "classification")
+    store = PairKronFactors(backend.layer_io, iterations)
+    io: list[list[torch.Tensor]] = [[], [], [], [], []]
+    for xb, yb in loader:
+        _, w, result, _ = backend._pair_pass(xb, yb, kron=True)
+        store.add(result, w)
+        parts = [*pair_split(result.grads[0]), *pair_split(result.acts[0]), w]
+        for chunks, t in zip(io, parts, strict=True):
+            chunks.append(t)
+    kept, _ = store.batches[0]  # the body keeps D; the one-output head is summed in the pass
+    assert set(kept) == {0} and len(kept[0]) == 1 and kept[0][0].shape == (5, 4, 3)
+    g, a = store.finish().kfacs[0]  # the body weight (slots: body.weight, body.bias, head...)
+    want_g, want_a = nearest_kronecker_factors(*io, iterations=iterations)
+    torch.testing.assert_close(torch.kron(g, a), torch.kron(want_g, want_a), rtol=1e-10, atol=0)
+
+
 def test_reused_layer_refuses_kron_with_the_reason(reused_model_and_pairs):
     model, _, loader = reused_model_and_pairs
     with pytest.raises(NotImplementedError, match=r"kron.*called 2 times.*'diag' or 'full'"):
@@ -460,3 +487,17 @@ def test_sequence_kron_from_pair_jacobians_equals_layer_io(
     for d, r, i in zip(dense, recomputed, io, strict=True):
         torch.testing.assert_close(d, i, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(r, i, rtol=1e-10, atol=1e-12)
+
+
+def test_kron_recomputing_pair_jacobians_equals_keeping_them(sequence_model_and_pairs):
+    """The same on sequences, where the fit keeps pair Jacobians: recomputed, they are made
+    the same way."""
+    model, _, loader = sequence_model_and_pairs
+    kw = {"subset_of_weights": "all", "prior_precision": 1.0}
+    kept = btl.fit_reward_posterior(model, loader, **kw)
+    recomputed = btl.fit_reward_posterior(
+        model, loader, **kw, backend_kwargs={"kron_store_limit": 0}
+    )
+    for a, b in zip(kept.laplace.H_facs.kfacs, recomputed.laplace.H_facs.kfacs, strict=True):
+        for fa, fb in zip(a, b, strict=True):
+            torch.testing.assert_close(fa, fb, rtol=1e-12, atol=0)

@@ -6,12 +6,17 @@ import math
 
 import pytest
 import torch
-from conftest import fit_bt
+from conftest import fit_bt, make_net
 from laplace import Laplace
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
-from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
+from bt_laplace.evidence import (
+    exact_evidence_prior_precision,
+    exact_ggn_eigenvalues,
+    fitted_ggn_eigenvalues,
+)
 from bt_laplace.testing import exact_ggn
 
 
@@ -116,6 +121,52 @@ def test_exact_evidence_prior_is_the_determinant_optimum(
         ggn = ggn[-8:, -8:]
     want = brute_force_optimum(ggn, theta_sq_of(post.laplace))
     assert abs(float(post.prior_precision) / want - 1) < 1e-6
+
+
+@pytest.mark.parametrize("structure", ["kron", "full"])
+def test_fitted_exact_curvature_gives_the_spectrum_without_a_pass(
+    reward_model, pair_loader, structure
+):
+    """A last-layer kron posterior over a one-output head whose bias cancels, and a full one
+    with P = 8 <= N = 60, hold the exact GGN: its spectrum is read off them."""
+    la = fit_bt(reward_model, pair_loader, "last_layer", structure)
+    fitted = fitted_ggn_eigenvalues(la)
+    assert fitted is not None
+    want = exact_ggn_eigenvalues(la, pair_loader)
+    torch.testing.assert_close(fitted.sort().values, want, rtol=1e-10, atol=1e-12)
+
+
+def test_fitted_curvature_that_is_not_exact_needs_the_pass(reward_model, pair_loader):
+    assert fitted_ggn_eigenvalues(fit_bt(reward_model, pair_loader, "last_layer", "diag")) is None
+    assert fitted_ggn_eigenvalues(fit_bt(reward_model, pair_loader, "all", "kron")) is None
+    # full with P = 106 > N = 60: the pair kernel is the cheaper route
+    assert fitted_ggn_eigenvalues(fit_bt(reward_model, pair_loader, "all", "full")) is None
+    # a squashed head: its output gradient differs between the items of a pair, so its bias
+    # has curvature and the weight-bias block that kron drops is not zero
+    squashed = btl.PairwiseRewardModel(nn.Sequential(make_net(), nn.Tanh())).eval()
+    la = fit_bt(squashed, pair_loader, "last_layer", "kron", last_layer_name="net.0.4")
+    assert float(la.H_facs.kfacs[1][0]) > 0  # the bias block
+    assert fitted_ggn_eigenvalues(la) is None
+
+
+@pytest.mark.parametrize("structure, passes", [("kron", False), ("full", False), ("diag", True)])
+def test_last_layer_fit_reads_the_exact_evidence_off_its_curvature(
+    reward_model, pair_loader, monkeypatch, structure, passes
+):
+    """The default last-layer posterior (kron) sets the exact-evidence prior from its own
+    curvature: no second pass over the pairs (half the cost of a fit through a large model)."""
+    calls = []
+    monkeypatch.setattr(
+        "bt_laplace.fit.exact_ggn_eigenvalues",
+        lambda la, loader, **kw: calls.append(1) or exact_ggn_eigenvalues(la, loader),
+    )
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="last_layer", hessian_structure=structure
+    )
+    assert bool(calls) == passes
+    la = post.laplace
+    want = exact_evidence_prior_precision(exact_ggn_eigenvalues(la, pair_loader), theta_sq_of(la))
+    assert float(post.prior_precision) == pytest.approx(want, rel=1e-10)
 
 
 def test_full_posterior_evidence_agrees_with_laplace_torch(reward_model, pair_loader):

@@ -31,16 +31,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from laplace.baselaplace import ParametricLaplace
+from laplace.baselaplace import FullLaplace, ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import is_sequence, pair_split
 from bt_laplace._loader import batch_on
-from bt_laplace.curvature import BradleyTerryGGN
+from bt_laplace.curvature import BradleyTerryGGN, PairKronLLLaplace
 
-__all__ = ["exact_ggn_eigenvalues", "exact_evidence_prior_precision", "EVIDENCE_MEMORY_LIMIT"]
+__all__ = [
+    "exact_ggn_eigenvalues",
+    "fitted_ggn_eigenvalues",
+    "exact_evidence_prior_precision",
+    "EVIDENCE_MEMORY_LIMIT",
+]
 
 #: largest dense matrix (``P x P`` GGN or ``N x N`` pair kernel) the exact evidence builds, bytes
 EVIDENCE_MEMORY_LIMIT = 4 * 2**30
@@ -127,6 +132,43 @@ def exact_ggn_eigenvalues(
             backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
         )
     eigs = torch.linalg.eigvalsh(mat.cpu())
+    return (eigs * float(laplace._H_factor)).clamp_min(0.0)
+
+
+def fitted_ggn_eigenvalues(laplace: ParametricLaplace) -> torch.Tensor | None:
+    """The eigenvalues of :func:`exact_ggn_eigenvalues` read off the fitted curvature when it
+    already is the exact GGN, so that no pass over the pairs is needed; None otherwise.
+
+    That is the case for a ``full`` posterior fitted with :class:`BradleyTerryGGN` on at most
+    as many parameters as pairs (its ``H`` is the exact GGN; with more parameters the pair
+    kernel is the cheaper route), and for a last-layer ``kron`` posterior over a head with one
+    output whose bias, if any, has no curvature: the weight block is then exactly ``G x A``
+    with a 1 x 1 ``G``, and the weight-bias block, which the Kronecker form drops, is zero
+    (it is bounded by the bias block: ``|H_wb|^2 <= H_ww H_bb``). A reward head's bias always
+    cancels in ``r(x_1) - r(x_0)``, so this is the default last-layer posterior.
+
+    Returns:
+        The ``P`` eigenvalues (float64, CPU, ascending per block, clamped at 0), tempered as
+        those of :func:`exact_ggn_eigenvalues`; None when the pass is needed.
+    """
+    if not isinstance(getattr(laplace, "backend", None), BradleyTerryGGN):
+        return None
+    if isinstance(laplace, FullLaplace):
+        if int(laplace.n_params) > int(laplace.n_data):
+            return None
+        eigs = torch.linalg.eigvalsh(laplace.H.detach().to("cpu", torch.float64))
+    elif isinstance(laplace, PairKronLLLaplace) and not laplace.damping:
+        kfacs = laplace.H_facs.kfacs
+        weights = [fs for fs in kfacs if len(fs) == 2]
+        biases = [fs[0] for fs in kfacs if len(fs) == 1]
+        if len(weights) != 1 or weights[0][0].shape != (1, 1) or any(b.any() for b in biases):
+            return None
+        g, a = (f.detach().to("cpu", torch.float64) for f in weights[0])
+        eigs = torch.cat(
+            [g.reshape(1) * torch.linalg.eigvalsh(a), *(torch.zeros(len(b)) for b in biases)]
+        )
+    else:
+        return None
     return (eigs * float(laplace._H_factor)).clamp_min(0.0)
 
 

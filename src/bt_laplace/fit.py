@@ -33,7 +33,11 @@ from bt_laplace.bradley_terry import (
     mc_preference_probability,
     probit_preference_probability,
 )
-from bt_laplace.evidence import exact_evidence_prior_precision, exact_ggn_eigenvalues
+from bt_laplace.evidence import (
+    exact_evidence_prior_precision,
+    exact_ggn_eigenvalues,
+    fitted_ggn_eigenvalues,
+)
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import LINK_APPROXIMATIONS, FitOptions
 from bt_laplace.posterior import RewardPosterior
@@ -90,7 +94,9 @@ def fit_reward_posterior(
             ``hessian_structure``; scalar prior only, solved to 1e-12. Costs one more pass
             over ``train_loader`` and a dense ``min(N, P)``-square eigendecomposition (``N``
             pairs, ``P`` parameters; 2 s at 3,000 pairs, 51 s at 10,000 on 2 cores), refused
-            above 4 GiB. See :mod:`bt_laplace.evidence`.
+            above 4 GiB; no pass where the fitted curvature already is the exact GGN (the
+            last-layer ``kron`` of a one-output head, ``full`` with ``P <= N``: through a
+            transformer that halves the fit). See :mod:`bt_laplace.evidence`.
         val_loader: Validation pairs for ``"gridsearch"``.
         link_approx: Pair probability used to score the grid search.
         progress_bar: Show tqdm progress bars over the fit and the prior optimization.
@@ -199,9 +205,11 @@ def _set_prior(
         assert options.prior_value is not None
         la.prior_precision = options.prior_value
     elif options.prior_method == "marglik" and options.resolve_evidence(la) == "exact":
-        eigenvalues = exact_ggn_eigenvalues(
-            la, train_loader, progress_bar=progress_bar, processes=processes
-        )
+        eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
+        if eigenvalues is None:
+            eigenvalues = exact_ggn_eigenvalues(
+                la, train_loader, progress_bar=progress_bar, processes=processes
+            )
         theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
         la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
     elif options.prior_method == "marglik":

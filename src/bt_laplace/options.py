@@ -412,14 +412,23 @@ def _last_layer(model: nn.Module, x: Any, name: str | None) -> tuple[str, nn.Mod
         if not list(m.children())
     ]
     try:
-        with torch.no_grad():
-            model(x[:1] if isinstance(x, torch.Tensor) else x)
+        with torch.no_grad():  # one pair: through a transformer a batch costs 1/N of the fit
+            model(_first_pair(x))
     finally:
         for h in handles:
             h.remove()
     if not order:
         raise ValueError("`model` called no leaf module on a pair; it has no last layer.")
     return order[-1], modules[order[-1]]
+
+
+def _first_pair(x: Any) -> Any:
+    """The first pair of a batch: a tensor ``(B, 2, ...)`` or a token dict of them."""
+    if isinstance(x, torch.Tensor):
+        return x[:1]
+    if isinstance(x, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x
 
 
 def _check_prior_structure(subset: str, structure: str, prior_structure: str) -> None:
