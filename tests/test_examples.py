@@ -111,6 +111,7 @@ def test_trl_minilm_notebook_executes_small(tmp_path, monkeypatch):
         pytest.importorskip(module)
     sizes = {"PAIRS": SMALL_TRL["n_pairs"], "STEPS": SMALL_TRL["steps"]}
     sizes["QUESTIONS"] = SMALL_TRL["n_questions"]
+    sizes["LORA"] = "diag"  # the kron LoRA posterior is the script test's subject too
     for name, value in sizes.items():
         monkeypatch.setenv(f"TRL_MINILM_{name}", str(value))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
