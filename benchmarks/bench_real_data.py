@@ -918,9 +918,11 @@ def notes(doc: dict[str, Any]) -> list[str]:
         f"{f(ml, fe, 'auroc_abs', digits=2)} AUROC) and separates OOD movies better: the "
         "paired differences above put NLL and ECE within one standard error of zero, AUROC "
         "+0.04 for kron. Its ECE gap to diag with the exact evidence is seed noise on "
-        "MovieLens and 0.012 on Warriner, where the prior that validation pairs choose is "
-        "60 times weaker than any evidence's: no evidence-based prior fixes an overfitted "
-        "MAP's overconfidence, validation pairs do.",
+        "MovieLens and 0.012 on Warriner. There the exact Laplace posterior at the same "
+        "prior is calibrated (test NLL / ECE .676 / .023, docs/prior_sweep.md): the gap is "
+        "the block-diagonal covariance, which gives new items too little variance at the "
+        "evidence's prior and needs one about 60-100 times weaker; validation pairs find it, "
+        "training pairs cannot.",
         f"- **Why kron with its own evidence is less calibrated than diag here: the prior is "
         f"too strong.** Its marglik prior is {f(ml, kd, 'prior', digits=1)} (MovieLens) and "
         f"{f(wa, kd, 'prior', digits=1)} (Warriner) against {f(ml, ke, 'prior', digits=1)} "
@@ -935,8 +937,9 @@ def notes(doc: dict[str, Any]) -> list[str]:
         f"- **Validation pairs beat every evidence**: the gridsearch row ({row(gs)}) is the "
         f"best on all three on Warriner and on MovieLens within the seed noise of the "
         f"default (paired differences above), with priors far weaker "
-        f"than any marglik ({f(wa, gs, 'prior', digits=3)} on Warriner, where the MAP is "
-        "far from a posterior mode that a Gaussian prior explains).",
+        f"than any marglik ({f(wa, gs, 'prior', digits=3)} on Warriner: what kron's "
+        "block-diagonal covariance needs there, docs/prior_sweep.md). A posterior fitted "
+        "without them takes them later: `post.optimize_prior_precision(val_loader=...)`.",
         "- **Absolute std or std relative to training items: the same ranking for a "
         "whole-network posterior** (AUROC identical to 0.01 in every all-weights row): the "
         "offset pairs cannot identify is the output bias and the directions the items share, "

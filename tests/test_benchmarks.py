@@ -69,3 +69,52 @@ def test_every_benchmark_script_starts():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+
+
+def test_prior_sweep_exact_posterior_is_the_full_ggn_posterior(benchmarks_on_path):
+    """The exact-Laplace reference of docs/prior_sweep.md (pair-kernel form, Woodbury) equals
+    bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins of
+    new pairs and rewards of new items."""
+    pytest.importorskip("matplotlib")
+    torch = pytest.importorskip("torch")
+    default_dtype = torch.get_default_dtype()
+    try:  # bench_real_data sets float64 as the default dtype for its runs, on import
+        import bench_prior_sweep as sweep
+    finally:
+        torch.set_default_dtype(default_dtype)
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import bt_laplace as btl
+
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.float64
+
+    def pairs(n):
+        x = torch.randn(n, 2, 3, generator=g, dtype=dtype)
+        return x, torch.randint(0, 2, (n,), generator=g), None
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).to(dtype)
+    model = btl.PairwiseRewardModel(net)
+    split = {
+        "train": pairs(40),
+        "val": pairs(7),
+        "test": pairs(9),
+        "score_in": torch.randn(4, 3, generator=g, dtype=dtype),
+        "score_out": 3 * torch.randn(5, 3, generator=g, dtype=dtype),
+    }
+    exact = sweep.ExactLaplace(model, split)
+    loader = DataLoader(TensorDataset(*split["train"][:2]), batch_size=16)
+    for delta in (0.05, 3.0):
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights="all", hessian_structure="full",
+            prior_precision=delta,
+        )  # fmt: skip
+        var = exact.variances(delta)
+        for what in ("val", "test"):
+            _, ref = post._predictive.difference_moments(split[what][0])
+            torch.testing.assert_close(var[what], ref.reshape(-1), rtol=1e-9, atol=1e-12)
+        items = torch.cat([split["score_in"], split["score_out"]])
+        ref = post(items).variance.reshape(-1)
+        torch.testing.assert_close(var["score"], ref, rtol=1e-9, atol=1e-12)

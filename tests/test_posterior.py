@@ -405,3 +405,65 @@ def test_last_layer_called_twice_says_what_to_do():
     )
     with pytest.raises(NotImplementedError, match=r"last-layer posterior .*called 2 times"):
         btl.fit_reward_posterior(model, loader, hessian_structure="diag")
+
+
+@pytest.mark.parametrize(
+    "subset,structure", [("all", "kron"), ("all", "diag"), ("last_layer", "kron")]
+)
+def test_optimize_prior_precision_after_the_fit_equals_the_fit_with_it(
+    reward_model, pairs, subset, structure
+):
+    x, y = pairs
+    train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
+    kw = {"subset_of_weights": subset, "hessian_structure": structure}
+    post = btl.fit_reward_posterior(reward_model, train, prior_precision=1.0, **kw)
+    grid = btl.fit_reward_posterior(reward_model, train, val_loader=val, grid_size=17, **kw)
+    got = post.optimize_prior_precision(val_loader=val, grid_size=17)
+    assert torch.equal(got, grid.prior_precision)
+    assert torch.equal(post.prior_precision, grid.prior_precision)
+    exact = btl.fit_reward_posterior(reward_model, train, evidence="exact", **kw)
+    got = post.optimize_prior_precision("marglik", train_loader=train)
+    torch.testing.assert_close(got, exact.prior_precision, rtol=1e-10, atol=0)
+    own = btl.fit_reward_posterior(reward_model, train, evidence="posterior", **kw)
+    got = post.optimize_prior_precision("marglik")
+    torch.testing.assert_close(got, own.prior_precision, rtol=1e-6, atol=0)
+
+
+def test_optimize_prior_precision_on_a_loaded_posterior(reward_model, pairs, tmp_path):
+    x, y = pairs
+    train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
+    post = btl.fit_reward_posterior(reward_model, train)
+    loaded = btl.load_reward_posterior(post.save(tmp_path / "post"), reward_model)
+    tuned = loaded.optimize_prior_precision(val_loader=val, grid_size=9)
+    assert torch.equal(tuned, post.optimize_prior_precision(val_loader=val, grid_size=9))
+    assert loaded.validation_nll(val) == post.validation_nll(val)
+
+
+def test_optimize_prior_precision_errors(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(reward_model, pair_loader, hessian_structure="diag")
+    with pytest.raises(ValueError, match="`method` must be 'gridsearch' or 'marglik', got 'cv'"):
+        post.optimize_prior_precision("cv")
+    with pytest.raises(ValueError, match="gridsearch.*needs `val_loader`"):
+        post.optimize_prior_precision()
+    with pytest.raises(ValueError, match="`val_loader` is only used by method='gridsearch'"):
+        post.optimize_prior_precision("marglik", val_loader=pair_loader)
+    with pytest.raises(ValueError, match="`train_loader` is only used by method='marglik'"):
+        post.optimize_prior_precision(val_loader=pair_loader, train_loader=pair_loader)
+    with pytest.raises(ValueError, match="grid_sise"):
+        post.optimize_prior_precision(val_loader=pair_loader, grid_sise=3)
+
+
+def test_auto_subset_takes_the_last_layer_above_the_parameter_limit(
+    reward_model, pair_loader, monkeypatch
+):
+    from bt_laplace import options
+
+    n = sum(p.numel() for p in reward_model.parameters())
+    monkeypatch.setattr(options, "AUTO_ALL_WEIGHTS_LIMIT", n)
+    at = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
+    assert isinstance(at.laplace, PairKronLaplace)
+    monkeypatch.setattr(options, "AUTO_ALL_WEIGHTS_LIMIT", n - 1)
+    above = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
+    assert isinstance(above.laplace, PairKronLLLaplace)

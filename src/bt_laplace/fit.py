@@ -71,9 +71,9 @@ def fit_reward_posterior(
             the number of pairs.
         subset_of_weights: ``"auto"`` (default): ``"all"`` when every trainable parameter
             is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path and there are at
-            most 1,000,000 of them
-            (a reward MLP, or a head on a frozen encoder), else ``"last_layer"`` (a
-            fine-tuned transformer); or either explicitly. On real preference data the
+            most 5,000,000 of them (a reward MLP, or a head on a frozen encoder;
+            docs/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer); or either
+            explicitly. On real preference data the
             all-weights posterior improves NLL and calibration over MAP and tells unfamiliar
             items apart, where a last layer on learned features barely moves the MAP model
             (docs/real_data.md).

@@ -611,6 +611,103 @@ class RewardPosterior:
         """The prior precision of the laplace-torch posterior."""
         return self.laplace.prior_precision
 
+    def optimize_prior_precision(
+        self,
+        method: str = "gridsearch",
+        *,
+        val_loader: Iterable[Any] | None = None,
+        train_loader: Iterable[Any] | None = None,
+        link_approx: str = "probit",
+        progress_bar: bool = False,
+        distributed: bool = True,
+        **prior_kwargs: Any,
+    ) -> torch.Tensor:
+        """Set the prior precision again, after the fit or on a loaded posterior (laplace-torch's
+        ``optimize_prior_precision``, with the rules of :func:`~bt_laplace.fit_reward_posterior`).
+
+        The curvature does not change, so no pass over the training pairs is needed except for
+        the exact evidence. The usual case: validation pairs of unseen items arrive after the
+        fit (an eval split, fresh labels). On real ratings the structured posteriors need a
+        prior well below the evidence's to be calibrated on new items, and validation pairs
+        find it (docs/prior_sweep.md).
+
+        Args:
+            method: ``"gridsearch"`` (default; minimize the validation NLL of the pair
+                probabilities over ``log_prior_prec_min``..``log_prior_prec_max`` in
+                ``grid_size`` steps, needs ``val_loader``) or ``"marglik"`` (maximize the
+                Laplace evidence: the exact Bradley-Terry GGN's when ``train_loader`` is
+                given, else the fitted structure's own, laplace-torch's procedure).
+            val_loader: Validation pairs ``(x, y)`` for ``"gridsearch"``.
+            train_loader: The pairs the posterior was fitted on, every one once, for the
+                exact evidence of ``"marglik"``.
+            link_approx: Pair probability that scores the grid search.
+            progress_bar: Show a tqdm bar.
+            distributed: Sum the validation NLL or the exact evidence across the ranks of an
+                initialized ``torch.distributed`` process group, as the fit does.
+            **prior_kwargs: Settings of the method (``grid_size``, ``log_prior_prec_min``,
+                ``log_prior_prec_max``; ``n_steps``, ``lr``, ``prior_structure`` for the
+                structure's own evidence).
+
+        Returns:
+            The new prior precision (also in :attr:`prior_precision`).
+
+        Raises:
+            ValueError: If ``method`` is not one of the two, ``"gridsearch"`` has no
+                ``val_loader``, or a setting does not belong to the method.
+        """
+        from bt_laplace._distributed import Processes
+        from bt_laplace._loader import CheckedPairLoader
+        from bt_laplace.fit import _set_prior
+        from bt_laplace.options import PRIOR_KWARGS, FitOptions
+        from bt_laplace.structures import structure_class
+
+        if method not in ("gridsearch", "marglik"):
+            raise ValueError(
+                f"`method` must be 'gridsearch' or 'marglik', got {method!r}; to set a number, "
+                "assign it: post.laplace.prior_precision = value."
+            )
+        if method == "marglik" and val_loader is not None:
+            raise ValueError(
+                "`val_loader` is only used by method='gridsearch'; drop it, or pass "
+                "method='gridsearch'."
+            )
+        if method == "gridsearch" and train_loader is not None:
+            raise ValueError(
+                "`train_loader` is only used by method='marglik' (the exact evidence); drop "
+                "it, or pass method='marglik'."
+            )
+        unknown = sorted(set(prior_kwargs) - set(PRIOR_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"optimize_prior_precision got unknown settings {unknown}; the prior methods "
+                f"take {list(PRIOR_KWARGS)}."
+            )
+        la = self.laplace
+        options = FitOptions.from_arguments(
+            subset_of_weights="last_layer" if hasattr(la.model, "last_layer") else "all",
+            hessian_structure=structure_class(la).name,
+            prior_precision=method,
+            evidence="exact" if train_loader is not None else "posterior",
+            val_loader=val_loader,
+            link_approx=link_approx,
+            laplace_kwargs={**prior_kwargs, "backend": la._backend_cls},
+        )
+        train = None
+        if train_loader is not None:
+            train = CheckedPairLoader(
+                train_loader, "train_loader", options.dict_key_y, margin=options.pair_backend
+            )
+        val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
+        _set_prior(
+            self,
+            options,
+            train,  # type: ignore[arg-type]
+            val,
+            processes=Processes(distributed),
+            progress_bar=progress_bar,
+        )
+        return self.prior_precision
+
     def log_marginal_likelihood(self) -> torch.Tensor:
         """Laplace approximation of the log marginal likelihood at the current prior."""
         return self.laplace.log_marginal_likelihood().detach()
