@@ -249,3 +249,29 @@ def test_loader_that_skips_pairs_is_refused(reward_model, subset, n_pairs, yield
     la = fit_bt(reward_model, loader, subset, "diag")
     with pytest.raises(ValueError, match=f"yielded {yielded} pairs but its dataset has {n_pairs}"):
         exact_ggn_eigenvalues(la, loader)
+
+
+def test_exact_pair_variances_equal_the_full_posterior_in_float64():
+    """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
+    ``full`` posterior (P x P covariance) at every prior, tempered too."""
+    from bt_laplace.evidence import exact_pair_variances
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    x = torch.randn(30, 2, 4, dtype=torch.float64)
+    y = torch.randint(0, 2, (30,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    xq = torch.randn(7, 2, 4, dtype=torch.float64)
+    for temperature in (1.0, 2.5):
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights="all", hessian_structure="full",
+            prior_precision=1.0, temperature=temperature,
+        )  # fmt: skip
+        query = post._predictive.jacobians(xq, pairs=True)
+        eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
+        assert eigs.shape == (30,)
+        for delta in (0.01, 0.7, 40.0):
+            post.laplace.prior_precision = delta
+            _, ref = post._predictive.difference_moments(xq)
+            torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)

@@ -38,7 +38,10 @@ def test_default_is_all_weights_kron_with_the_exact_evidence_for_an_mlp(reward_m
     exact = btl.fit_reward_posterior(
         reward_model, pair_loader, subset_of_weights="all", evidence="exact"
     )
-    assert torch.equal(post.prior_precision, exact.prior_precision)
+    calibration = 1.0 if post.prior_calibration is None else post.prior_calibration
+    torch.testing.assert_close(
+        post.prior_precision, exact.prior_precision * calibration, rtol=1e-12, atol=0
+    )
 
 
 def test_default_takes_the_last_layer_when_not_every_weight_is_linear(pair_loader):
@@ -467,3 +470,45 @@ def test_auto_subset_takes_the_last_layer_above_the_parameter_limit(
     monkeypatch.setattr(options, "AUTO_ALL_WEIGHTS_LIMIT", n - 1)
     above = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
     assert isinstance(above.laplace, PairKronLLLaplace)
+
+
+def test_default_prior_gives_held_out_items_the_exact_posteriors_variance():
+    """The default (no prior options) scales the exact evidence's prior for an all-weights
+    kron / diag posterior so that, fitted on the pairs without the held-out items, its mean
+    log variance of pairs of held-out items equals the exact Laplace posterior's (the full
+    GGN, here bt_laplace's ``full`` posterior, at its own exact-evidence prior)."""
+    from bt_laplace.fit import held_out_items
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    items = torch.randn(120, 5, dtype=torch.float64)
+    x = items[torch.randint(120, (300, 2))]
+    y = torch.randint(0, 2, (300,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    keep, query = held_out_items(x)
+    rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=64)
+    exact = btl.fit_reward_posterior(model, rest, hessian_structure="full", evidence="exact")
+    _, v_exact = exact._predictive.difference_moments(query)
+    target = v_exact.log().mean()
+    for structure in ("kron", "diag"):
+        default = btl.fit_reward_posterior(model, loader, hessian_structure=structure)
+        evidence = btl.fit_reward_posterior(
+            model, loader, hessian_structure=structure, prior_precision="marglik"
+        )
+        ratio = default.prior_calibration
+        assert ratio is not None and ratio != pytest.approx(1.0, rel=1e-2)
+        torch.testing.assert_close(
+            default.prior_precision, evidence.prior_precision * ratio, rtol=1e-12, atol=0
+        )
+        part = btl.fit_reward_posterior(
+            model, rest, hessian_structure=structure,
+            prior_precision=float(exact.prior_precision) * ratio,
+        )  # fmt: skip
+        _, v_part = part._predictive.difference_moments(query)
+        assert float(v_part.log().mean() - target) == pytest.approx(0.0, abs=2e-3)
+    # explicit choices are taken as they are: no calibration
+    for kwargs in ({"prior_precision": "marglik"}, {"evidence": "exact"}, {"val_loader": loader}):
+        assert btl.fit_reward_posterior(model, loader, **kwargs).prior_calibration is None
+    last = btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer")
+    assert last.prior_calibration is None  # a one-output head's kron is exact

@@ -36,7 +36,7 @@ from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
-from bt_laplace._layer_io import is_sequence, pair_split
+from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, PairKronLLLaplace
 
@@ -44,6 +44,7 @@ __all__ = [
     "exact_ggn_eigenvalues",
     "fitted_ggn_eigenvalues",
     "exact_evidence_prior_precision",
+    "exact_pair_variances",
     "EVIDENCE_MEMORY_LIMIT",
 ]
 
@@ -216,27 +217,149 @@ def _pair_kernel(
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
-    kernel = torch.zeros(n_pairs, n_pairs, dtype=torch.float64, device=device)
-    step = max(1, _KERNEL_BLOCK // n_pairs)
+    sides = _pair_sides(backend, acts, grads, processes)
+    return _pair_gram(backend, sides, sides, n_pairs, device)
+
+
+#: one side of a pair Gram product: per layer ``(a0, a1, g0, g1)`` of the pairs' two items
+_Sides = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _pair_sides(
+    backend: BradleyTerryGGN,
+    acts: list[list[torch.Tensor]],
+    grads: list[list[torch.Tensor]],
+    processes: Processes,
+) -> _Sides:
+    """Per layer, the activations and output gradients of items 0 and 1 of every pair
+    (gathered from every process in rank order)."""
+    sides = []
+    for layer in range(len(backend.layer_io.layers)):
+        a0, a1 = pair_split(processes.gather_rows(torch.cat(acts[layer])))
+        g0, g1 = pair_split(processes.gather_rows(torch.cat(grads[layer])))
+        sides.append((a0, a1, g0, g1))
+    return sides
+
+
+def _pair_gram(
+    backend: BradleyTerryGGN, left: _Sides, right: _Sides, rows: int, device: Any
+) -> torch.Tensor:
+    """``dJ_left dJ_right^T`` ``(rows, cols)`` of the reward differences of two sets of pairs
+    from their layer I/O: for a weight, ``(g . g')(a . a')`` summed with signs over the items
+    ``i, j in {0, 1}``; for a bias, ``(g1 - g0) . (g1' - g0')``."""
+    cols = right[0][0].shape[0] if right else 0
+    gram = torch.zeros(rows, cols, dtype=torch.float64, device=device)
+    step = max(1, _KERNEL_BLOCK // max(cols, 1))
     layer_kinds: dict[int, set[str]] = {}
     for slot in backend.layer_io.slots:
         layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
     for layer, kinds in layer_kinds.items():
-        g0, g1 = pair_split(processes.gather_rows(torch.cat(grads[layer])))
-        a0, a1 = pair_split(processes.gather_rows(torch.cat(acts[layer])))
-        for start in range(0, n_pairs, step):
+        a0, a1, g0, g1 = left[layer]
+        b0, b1, h0, h1 = right[layer]
+        for start in range(0, rows, step):
             r = slice(start, start + step)
-            if "weight" in kinds:  # (g_i . g_j')(a_i . a_j') summed with signs over i, j in {0,1}
-                kernel[r] += (
-                    (g1[r] @ g1.T) * (a1[r] @ a1.T)
-                    + (g0[r] @ g0.T) * (a0[r] @ a0.T)
-                    - (g1[r] @ g0.T) * (a1[r] @ a0.T)
-                    - (g0[r] @ g1.T) * (a0[r] @ a1.T)
+            if "weight" in kinds:
+                gram[r] += (
+                    (g1[r] @ h1.T) * (a1[r] @ b1.T)
+                    + (g0[r] @ h0.T) * (a0[r] @ b0.T)
+                    - (g1[r] @ h0.T) * (a1[r] @ b0.T)
+                    - (g0[r] @ h1.T) * (a0[r] @ b1.T)
                 )
             if "bias" in kinds:
-                d = g1 - g0
-                kernel[r] += d[r] @ d.T
-    return kernel
+                gram[r] += (g1[r] - g0[r]) @ (h1 - h0).T
+    return gram
+
+
+def _pair_gram_diagonal(backend: BradleyTerryGGN, sides: _Sides) -> torch.Tensor:
+    """``|dJ_n|^2`` ``(N,)`` for each pair: the diagonal of :func:`_pair_gram` of ``sides``
+    with itself, without the ``N x N`` matrix."""
+    out = torch.zeros(sides[0][0].shape[0], dtype=torch.float64, device=sides[0][0].device)
+    layer_kinds: dict[int, set[str]] = {}
+    for slot in backend.layer_io.slots:
+        layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
+    for layer, kinds in layer_kinds.items():
+        a0, a1, g0, g1 = sides[layer]
+        if "weight" in kinds:
+            out += (
+                g1.square().sum(1) * a1.square().sum(1)
+                + g0.square().sum(1) * a0.square().sum(1)
+                - 2 * (g1 * g0).sum(1) * (a1 * a0).sum(1)
+            )
+        if "bias" in kinds:
+            out += (g1 - g0).square().sum(1)
+    return out
+
+
+def exact_pair_variances(
+    laplace: ParametricLaplace,
+    train_loader: Iterable[Any],
+    query: tuple[Any, Any],
+    *,
+    memory_limit: int = EVIDENCE_MEMORY_LIMIT,
+) -> tuple[torch.Tensor, Any] | None:
+    """The exact Laplace posterior of ``laplace``'s pairs, through its pair kernel: the
+    eigenvalues of the tempered GGN and the margin variances of ``query`` pairs as a function
+    of the prior precision.
+
+    With ``A = sqrt(T^-1) W^1/2 dJ`` ``(N, P)`` over the training pairs and ``j`` the Jacobian
+    of a query pair's reward difference, ``var(delta) = |j|^2 / delta - (A j)^T
+    (A A^T + delta)^-1 (A j) / delta`` (Woodbury), evaluated from one eigendecomposition
+    ``A A^T = U diag(e) U^T`` for every ``delta``; no ``P x P`` matrix.
+
+    Args:
+        laplace: A fitted all-weights posterior whose parameters are all on the fast path.
+        train_loader: Its training pairs, every one once.
+        query: Layer I/O of items 0 and 1 of the query pairs (``Predictive.jacobians(x,
+            pairs=True)``).
+        memory_limit: Largest ``N x N`` kernel to build, in bytes.
+
+    Returns:
+        ``(e, variances)``: the ``N`` kernel eigenvalues (float64, the exact evidence's), and
+        a function of ``delta`` giving the query pairs' variances ``(Q,)``; None when the
+        kernel would exceed ``memory_limit`` or a parameter is off the fast path (a sequence
+        model, a layer called more than once).
+    """
+    n_pairs = int(laplace.n_data)
+    if n_pairs * n_pairs * 8 > memory_limit or not all(isinstance(q, LayerIO) for q in query):
+        return None
+    backend = _pair_backend(laplace)
+    device = laplace._device
+    n_layers = len(backend.layer_io.layers)
+    acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    seen = 0
+    for data in train_loader:
+        x, y = batch_on(data, laplace.dict_key_y, device)
+        _, w, result, _ = backend._pair_pass(x, y)
+        if result is None or any(is_sequence(a) for a in result.acts):
+            return None
+        root = w.to(torch.float64).sqrt().repeat_interleave(2)[:, None]
+        seen += w.shape[0]
+        for i in range(n_layers):
+            acts[i].append(result.acts[i].to(torch.float64))
+            grads[i].append(result.grads[i].to(torch.float64) * root)
+    _check_count(seen, n_pairs)
+    if any(is_sequence(a) for q in query for a in q.acts):
+        return None
+    train = _pair_sides(backend, acts, grads, Processes(enabled=False))
+    q0, q1 = query
+    queried = [
+        (q0.acts[i].double(), q1.acts[i].double(), q0.grads[i].double(), q1.grads[i].double())
+        for i in range(n_layers)
+    ]
+    temper = float(laplace._H_factor)
+    kernel = _pair_gram(backend, train, train, n_pairs, device).cpu() * temper
+    cross = _pair_gram(backend, train, queried, n_pairs, device).cpu()  # A j / sqrt(temper)
+    sq = _pair_gram_diagonal(backend, queried)
+    eigs, vecs = torch.linalg.eigh(kernel)
+    eigs = eigs.clamp_min(0.0)
+    proj = (vecs.T @ cross).square() * temper  # (N, Q)
+    sq = sq.cpu()
+
+    def variances(delta: float) -> torch.Tensor:
+        return (sq - (proj / (eigs + delta)[:, None]).sum(0)) / delta
+
+    return eigs, variances
 
 
 def _check_count(seen: int, n_pairs: int) -> None:

@@ -111,6 +111,9 @@ class FitOptions:
         link_approx: ``"probit"`` or ``"mc"`` (scores the grid search).
         laplace_kwargs: Keywords for the laplace-torch Laplace class (``backend`` filled in).
         prior_kwargs: Keywords for the prior method.
+        calibrate: ``prior_precision="auto"`` without validation pairs: after the exact
+            evidence, scale a block-diagonal all-weights posterior's prior to match the exact
+            posterior on held-out items (``bt_laplace.fit``, docs/prior_sweep.md).
     """
 
     subset_of_weights: str
@@ -121,6 +124,7 @@ class FitOptions:
     link_approx: str
     laplace_kwargs: dict[str, Any] = field(default_factory=dict)
     prior_kwargs: dict[str, Any] = field(default_factory=dict)
+    calibrate: bool = False
 
     @property
     def pair_backend(self) -> bool:
@@ -206,7 +210,20 @@ class FitOptions:
             prior_structure = prior_kwargs.get("prior_structure", "scalar")
             _check_prior_structure(subset, structure, prior_structure)
         laplace_kwargs.setdefault("backend", BradleyTerryGGN)
-        return cls(subset, structure, method, value, evidence, link, laplace_kwargs, prior_kwargs)
+        calibrate = (
+            prior_precision == "auto" and evidence == "auto" and val_loader is None
+        ) and not prior_kwargs
+        return cls(
+            subset,
+            structure,
+            method,
+            value,
+            evidence,
+            link,
+            laplace_kwargs,
+            prior_kwargs,
+            calibrate=calibrate,
+        )
 
     # ------------------------------------------------------------------ model and data
     def check_model(self, model: Any, train_loader: Any) -> FitOptions:

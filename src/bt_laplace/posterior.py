@@ -218,6 +218,10 @@ class RewardPosterior:
         self._weights = _weights_key(self._network)
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
         self.item_shape: tuple[int, ...] | None = None
+        #: the factor the default fit scaled the exact evidence's prior by so that this
+        #: block-diagonal posterior gives held-out items the exact posterior's variance
+        #: (None: not calibrated, docs/prior_sweep.md)
+        self.prior_calibration: float | None = None
         #: turns texts into token batches (set by :meth:`set_tokenizer`, or taken from a
         #: :func:`~bt_laplace.text_preference_dataloader` by the fit)
         self.text_collator: Any = None
