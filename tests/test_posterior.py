@@ -431,6 +431,7 @@ def test_optimize_prior_precision_after_the_fit_equals_the_fit_with_it(
     own = btl.fit_reward_posterior(reward_model, train, evidence="posterior", **kw)
     got = post.optimize_prior_precision("marglik")
     torch.testing.assert_close(got, own.prior_precision, rtol=1e-6, atol=0)
+    assert post.prior_calibration is None
 
 
 def test_optimize_prior_precision_on_a_loaded_posterior(reward_model, pairs, tmp_path):
@@ -441,6 +442,7 @@ def test_optimize_prior_precision_on_a_loaded_posterior(reward_model, pairs, tmp
     loaded = btl.load_reward_posterior(post.save(tmp_path / "post"), reward_model)
     tuned = loaded.optimize_prior_precision(val_loader=val, grid_size=9)
     assert torch.equal(tuned, post.optimize_prior_precision(val_loader=val, grid_size=9))
+    assert post.prior_calibration is None and loaded.prior_calibration is None
     assert loaded.validation_nll(val) == post.validation_nll(val)
 
 

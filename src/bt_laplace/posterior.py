@@ -710,6 +710,7 @@ class RewardPosterior:
             processes=Processes(distributed),
             progress_bar=progress_bar,
         )
+        self.prior_calibration = None  # the prior is now the method's, as it finds it
         return self.prior_precision
 
     def log_marginal_likelihood(self) -> torch.Tensor:
