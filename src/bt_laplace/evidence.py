@@ -27,7 +27,7 @@ of parameters), whose left side falls and right side grows with ``delta``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -190,35 +190,59 @@ def _pair_kernel(
     grads: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
     rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
     seen = 0
-    for data in batches:
-        x, y = batch_on(data, laplace.dict_key_y, device)
-        _, w, result, d_jac = backend._pair_pass(x, y)
-        root = w.to(torch.float64).sqrt()
-        seen += root.shape[0]
-        if result is not None and any(is_sequence(a) for a in result.acts):
-            j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
-            d_jac = j1 - j0
-            result = None
-        if result is None:
-            assert d_jac is not None
+    for count, batch_acts, batch_grads, batch_rows in _weighted_pair_io(backend, batches, laplace):
+        seen += count
+        if batch_rows is not None:
             if not rows:
                 what = (
                     "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
                     "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
                 )
                 _check_size(n_pairs, n_params, what, fix, memory_limit)
-            rows.append(d_jac.to(torch.float64) * root[:, None])
+            rows.append(batch_rows)
             continue
-        per_item = root.repeat_interleave(2)[:, None]
         for i in range(len(backend.layer_io.layers)):
-            acts[i].append(result.acts[i].to(torch.float64))
-            grads[i].append(result.grads[i].to(torch.float64) * per_item)
+            acts[i].append(batch_acts[i])
+            grads[i].append(batch_grads[i])
     _check_count(int(processes.sum_number(seen)), n_pairs)
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
     sides = _pair_sides(backend, acts, grads, processes)
     return _pair_gram(backend, sides, sides, n_pairs, device)
+
+
+def _weighted_pair_io(
+    backend: BradleyTerryGGN, batches: Iterable[Any], laplace: ParametricLaplace
+) -> Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]]:
+    """Per batch of pairs: its number of pairs ``B`` and, in float64, the per-item
+    activations and output gradients of each layer, the gradients times ``sqrt(w)`` of their
+    pair (``W^1/2 dJ`` factors), or, where the Gram-matrix shortcut does not apply (a
+    parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)`` of the pair
+    Jacobian instead (then the lists are empty)."""
+    for data in batches:
+        x, y = batch_on(data, laplace.dict_key_y, laplace._device)
+        _, w, result, d_jac = backend._pair_pass(x, y)
+        root = w.to(torch.float64).sqrt()
+        if result is not None and any(is_sequence(a) for a in result.acts):
+            j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
+            d_jac = j1 - j0
+            result = None
+        if result is None:
+            assert d_jac is not None
+            yield len(root), [], [], d_jac.to(torch.float64) * root[:, None]
+            continue
+        per_item = root.repeat_interleave(2)[:, None]
+        acts = [a.to(torch.float64) for a in result.acts]
+        yield len(root), acts, [g.to(torch.float64) * per_item for g in result.grads], None
+
+
+def _layer_kinds(backend: BradleyTerryGGN) -> dict[int, set[str]]:
+    """The kinds (``"weight"``, ``"bias"``) of posterior parameters of each tapped layer."""
+    kinds: dict[int, set[str]] = {}
+    for slot in backend.layer_io.slots:
+        kinds.setdefault(slot.layer, set()).add(slot.kind)
+    return kinds
 
 
 #: one side of a pair Gram product: per layer ``(a0, a1, g0, g1)`` of the pairs' two items
@@ -250,10 +274,7 @@ def _pair_gram(
     cols = right[0][0].shape[0] if right else 0
     gram = torch.zeros(rows, cols, dtype=torch.float64, device=device)
     step = max(1, _KERNEL_BLOCK // max(cols, 1))
-    layer_kinds: dict[int, set[str]] = {}
-    for slot in backend.layer_io.slots:
-        layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
-    for layer, kinds in layer_kinds.items():
+    for layer, kinds in _layer_kinds(backend).items():
         a0, a1, g0, g1 = left[layer]
         b0, b1, h0, h1 = right[layer]
         for start in range(0, rows, step):
@@ -274,10 +295,7 @@ def _pair_gram_diagonal(backend: BradleyTerryGGN, sides: _Sides) -> torch.Tensor
     """``|dJ_n|^2`` ``(N,)`` for each pair: the diagonal of :func:`_pair_gram` of ``sides``
     with itself, without the ``N x N`` matrix."""
     out = torch.zeros(sides[0][0].shape[0], dtype=torch.float64, device=sides[0][0].device)
-    layer_kinds: dict[int, set[str]] = {}
-    for slot in backend.layer_io.slots:
-        layer_kinds.setdefault(slot.layer, set()).add(slot.kind)
-    for layer, kinds in layer_kinds.items():
+    for layer, kinds in _layer_kinds(backend).items():
         a0, a1, g0, g1 = sides[layer]
         if "weight" in kinds:
             out += (
@@ -320,7 +338,9 @@ def exact_pair_variances(
         model, a layer called more than once).
     """
     n_pairs = int(laplace.n_data)
-    if n_pairs * n_pairs * 8 > memory_limit or not all(isinstance(q, LayerIO) for q in query):
+    if n_pairs * n_pairs * 8 > memory_limit or not all(
+        isinstance(q, LayerIO) and not any(is_sequence(a) for a in q.acts) for q in query
+    ):
         return None
     backend = _pair_backend(laplace)
     device = laplace._device
@@ -328,19 +348,16 @@ def exact_pair_variances(
     acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     seen = 0
-    for data in train_loader:
-        x, y = batch_on(data, laplace.dict_key_y, device)
-        _, w, result, _ = backend._pair_pass(x, y)
-        if result is None or any(is_sequence(a) for a in result.acts):
+    for count, batch_acts, batch_grads, batch_rows in _weighted_pair_io(
+        backend, train_loader, laplace
+    ):
+        if batch_rows is not None:
             return None
-        root = w.to(torch.float64).sqrt().repeat_interleave(2)[:, None]
-        seen += w.shape[0]
+        seen += count
         for i in range(n_layers):
-            acts[i].append(result.acts[i].to(torch.float64))
-            grads[i].append(result.grads[i].to(torch.float64) * root)
+            acts[i].append(batch_acts[i])
+            grads[i].append(batch_grads[i])
     _check_count(seen, n_pairs)
-    if any(is_sequence(a) for q in query for a in q.acts):
-        return None
     train = _pair_sides(backend, acts, grads, Processes(enabled=False))
     q0, q1 = query
     queried = [

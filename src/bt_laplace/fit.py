@@ -316,15 +316,12 @@ def _held_out_prior_ratio(
     split = held_out_items(x)
     if split is None:
         return None
-    keep, query_x = split
-    la = posterior.laplace
-    query_x = query_x.to(la._device)
+    keep, query_x = split  # on the posterior's device, as x
     rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=512)
     part_la = options.build_laplace(posterior.model)
     _fit(part_la, CheckedPairLoader(rest, "train_loader", options.dict_key_y), options,
          Processes(enabled=False), progress_bar=False)  # fmt: skip
     part = RewardPosterior(part_la, posterior.model, batch_size=posterior.batch_size)
-    part_la.model.eval()
     query = part._predictive.jacobians(query_x, pairs=True)
     exact = exact_pair_variances(part_la, rest, (query[0], query[1]))
     if exact is None:
