@@ -241,7 +241,7 @@ def test_threads_get_the_serial_answers_and_leave_the_fast_path_on(reward_model,
         t.join()
     for i, v in enumerate(serial):
         assert torch.equal(results[i], v)
-    assert post._predictive.structure.recorder.supported
+    assert post.predictive.structure.recorder.supported
 
 
 # ---------------------------------------------------------------- kron and batching

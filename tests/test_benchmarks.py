@@ -113,7 +113,7 @@ def test_prior_sweep_exact_posterior_is_the_full_ggn_posterior(benchmarks_on_pat
         )  # fmt: skip
         var = exact.variances(delta)
         for what in ("val", "test"):
-            _, ref = post._predictive.difference_moments(split[what][0])
+            _, ref = post.predictive.difference_moments(split[what][0])
             torch.testing.assert_close(var[what], ref.reshape(-1), rtol=1e-9, atol=1e-12)
         items = torch.cat([split["score_in"], split["score_out"]])
         ref = post(items).variance.reshape(-1)

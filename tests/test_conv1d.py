@@ -180,7 +180,7 @@ def test_predictive_is_jacrev_with_laplace_torchs_covariance(
     item_var = ((jac[:, 0] @ sigma) * jac[:, 0]).sum(-1)
     torch.testing.assert_close(post(x[:, 0]).variance, item_var, rtol=1e-9, atol=1e-12)
     d = jac[:, 1] - jac[:, 0]
-    _, diff_var = post._difference_moments(x)
+    _, diff_var = post.difference_moments(x)
     torch.testing.assert_close(diff_var, ((d @ sigma) * d).sum(-1), rtol=1e-9, atol=1e-12)
     d = jac[:, 0] - jac_ref.mean(0)  # r(x) - mean r(ref): the mean Jacobian in each layout
     rel_var = post.relative_reward(x[:, 0], reference=ref).variance
@@ -310,7 +310,7 @@ def test_gpt2_predictive_is_jacrev_with_laplace_torchs_covariance(gpt2, no_jacob
         variance, ((jac[:, 1] @ sigma) * jac[:, 1]).sum(-1), rtol=1e-9, atol=0
     )
     d = jac[:, 1] - jac[:, 0]
-    _, diff_var = post._difference_moments(x)
+    _, diff_var = post.difference_moments(x)
     torch.testing.assert_close(diff_var, ((d @ sigma) * d).sum(-1), rtol=1e-9, atol=1e-12)
     la = post.laplace
     draws = post.sample(chosen, 4, generator=torch.Generator().manual_seed(5))

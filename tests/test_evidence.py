@@ -268,10 +268,10 @@ def test_exact_pair_variances_equal_the_full_posterior_in_float64():
             model, loader, subset_of_weights="all", hessian_structure="full",
             prior_precision=1.0, temperature=temperature,
         )  # fmt: skip
-        query = post._predictive.jacobians(xq, pairs=True)
+        query = post.predictive.jacobians(xq, pairs=True)
         eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
         assert eigs.shape == (30,)
         for delta in (0.01, 0.7, 40.0):
             post.laplace.prior_precision = delta
-            _, ref = post._predictive.difference_moments(xq)
+            _, ref = post.predictive.difference_moments(xq)
             torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)

@@ -491,7 +491,7 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance():
     keep, query = held_out_items(x)
     rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=64)
     exact = btl.fit_reward_posterior(model, rest, hessian_structure="full", evidence="exact")
-    _, v_exact = exact._predictive.difference_moments(query)
+    _, v_exact = exact.predictive.difference_moments(query)
     target = v_exact.log().mean()
     for structure in ("kron", "diag"):
         default = btl.fit_reward_posterior(model, loader, hessian_structure=structure)
@@ -507,7 +507,7 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance():
             model, rest, hessian_structure=structure,
             prior_precision=float(exact.prior_precision) * ratio,
         )  # fmt: skip
-        _, v_part = part._predictive.difference_moments(query)
+        _, v_part = part.predictive.difference_moments(query)
         assert float(v_part.log().mean() - target) == pytest.approx(0.0, abs=2e-3)
     # explicit choices are taken as they are: no calibration
     for kwargs in ({"prior_precision": "marglik"}, {"evidence": "exact"}, {"val_loader": loader}):

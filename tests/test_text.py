@@ -493,7 +493,7 @@ def test_lora_adapter_posterior_is_on_the_fast_path_and_exact(hessian) -> None:
     enc = tok(texts[:4], padding=True, return_tensors="pt")
     items = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     _, variance = post(items)
-    assert post._predictive.structure.recorder.supported
+    assert post.predictive.structure.recorder.supported
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

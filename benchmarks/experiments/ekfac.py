@@ -89,7 +89,7 @@ for _s, vals in zip(shapes, la.H.eigenvalues, strict=False):
 lam = torch.cat(lam) * float(la._H_factor)
 # sanity: kron variance via my rotation equals post's
 la.prior_precision = d_ev
-_, v_post = post._predictive.difference_moments(xt)
+_, v_post = post.predictive.difference_moments(xt)
 v_mine = (Rte.square() / (lam + d_ev)).sum(1)
 print(
     "kron check max rel err",

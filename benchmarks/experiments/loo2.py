@@ -31,7 +31,7 @@ model = B.train_map(xtr, ytr, seed)
 loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
 post = btl.fit_reward_posterior(model, loader, prior_precision="marglik")  # the exact evidence
 la = post.laplace
-pred = post._predictive
+pred = post.predictive
 print("default prior", float(post.prior_precision.mean()), "P", la.n_params, "N", la.n_data)
 t = time.perf_counter()
 K = E._pair_kernel(

@@ -30,7 +30,7 @@ model = B.train_map(xtr, ytr, seed)
 loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
 post = btl.fit_reward_posterior(model, loader, hessian_structure=structure, evidence="exact")
 la = post.laplace
-pred = post._predictive
+pred = post.predictive
 d_ev = float(post.prior_precision)
 K = E._pair_kernel(
     E._pair_backend(la),

@@ -70,7 +70,7 @@ for cut in [1e-4, 1e-6, 1e-8, 1e-10]:
     d = E.exact_evidence_prior_precision(e, tr)
     la.prior_precision = d
     te = B.prob_metrics(post.preference_probability(xt), yt)
-    _, var = post._predictive.item_moments(xall)
+    _, var = post.predictive.item_moments(xall)
     s = var.sqrt().squeeze()
     print(
         f"cut {cut:g} kept {int(keep.sum())} range theta_sq {tr:.3f} -> prior {d:.4f} test nll {te['nll']:.4f} ece {te['ece']:.4f} auroc {B.ood_auroc(s[:n_in], s[n_in:]):.3f}",
@@ -86,7 +86,7 @@ for _it in range(50):
     d = dn
 la.prior_precision = d
 te = B.prob_metrics(post.preference_probability(xt), yt)
-_, var = post._predictive.item_moments(xall)
+_, var = post.predictive.item_moments(xall)
 s = var.sqrt().squeeze()
 print(
     f"soft fixed point prior {d:.4f} theta_sq {tr:.3f} test nll {te['nll']:.4f} ece {te['ece']:.4f} auroc {B.ood_auroc(s[:n_in], s[n_in:]):.3f}"

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from bt_laplace.choices import Choice
+
 __all__ = [
     "group_index",
     "BTLaplaceWarning",
@@ -27,8 +29,11 @@ class BTLaplaceWarning(UserWarning):
     """Category of every warning bt_laplace emits."""
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """Return ``value`` as a string if it is one of ``choices``, else raise ``ValueError``."""
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | type[Choice]) -> str:
+    """Return ``value`` if it is one of ``choices`` (a :class:`~bt_laplace.choices.Choice`
+    class: its member), else raise ``ValueError`` naming ``name``."""
+    if isinstance(choices, type) and issubclass(choices, Choice):
+        return choices.check(name, value)
     value = getattr(value, "value", value)
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")

@@ -322,7 +322,7 @@ def _held_out_prior_ratio(
     _fit(part_la, CheckedPairLoader(rest, "train_loader", options.dict_key_y), options,
          Processes(enabled=False), progress_bar=False)  # fmt: skip
     part = RewardPosterior(part_la, posterior.model, batch_size=posterior.batch_size)
-    query = part._predictive.jacobians(query_x, pairs=True)
+    query = part.predictive.jacobians(query_x, pairs=True)
     exact = exact_pair_variances(part_la, rest, (query[0], query[1]))
     if exact is None:
         return None
@@ -335,7 +335,7 @@ def _held_out_prior_ratio(
 
     def excess(log_prior: float) -> float:  # decreasing in the prior
         part_la.prior_precision = math.exp(log_prior)
-        _, var = part._predictive.difference_moments_from(query[0], query[1])
+        _, var = part.predictive.difference_moments_from(query[0], query[1])
         return float(var.double().clamp_min(tiny).log().mean()) - target
 
     lo, hi = math.log(part_prior) - 30.0, math.log(part_prior) + 30.0
@@ -369,7 +369,7 @@ def _gridsearch(
     they are computed once; each grid point then costs only the quadratic forms.
     """
     la = posterior.laplace
-    predictive = posterior._predictive
+    predictive = posterior.predictive
     link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
     la.model.eval()
     batches = []

@@ -41,6 +41,7 @@ from torch import nn
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
 from bt_laplace._layer_io import LayerIORecorder, is_linear_layer, posterior_parameters
+from bt_laplace.choices import Evidence, LinkApprox, PriorMethod, SubsetOfWeights
 from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.structures import STRUCTURES, PosteriorStructure
@@ -57,10 +58,10 @@ __all__ = [
     "FULL_MEMORY_LIMIT",
 ]
 
-SUBSETS = ("auto", "all", "last_layer")
+SUBSETS = SubsetOfWeights.values()
 HESSIAN_STRUCTURES = tuple(STRUCTURES)
-PRIOR_METHODS = ("auto", "marglik", "gridsearch")
-EVIDENCES = ("auto", "posterior", "exact")
+PRIOR_METHODS = PriorMethod.values()[:-1]  # "fixed" is what a number becomes
+EVIDENCES = Evidence.values()
 #: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
 #: largest MLP measured (docs/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
 #: one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
@@ -69,7 +70,7 @@ AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
 #: (about 5 s on 2 cores): up to ~4,600 pairs for an all-weights MLP, ~600,000 pairs for a
 #: 385-parameter last layer
 AUTO_EXACT_EVIDENCE_FLOPS = 1e11
-LINK_APPROXIMATIONS = ("probit", "mc")
+LINK_APPROXIMATIONS = LinkApprox.values()
 #: optimizer settings each way of setting the prior takes, by (method, evidence)
 PRIOR_SETTINGS: dict[tuple[str, str], tuple[str, ...]] = {
     ("marglik", "posterior"): ("n_steps", "lr", "init_prior_prec", "prior_structure"),

@@ -39,6 +39,7 @@ from bt_laplace.bradley_terry import (
     mc_preference_probability,
     probit_preference_probability,
 )
+from bt_laplace.choices import Reference
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import LINK_APPROXIMATIONS
 from bt_laplace.predictive import Predictive
@@ -155,7 +156,7 @@ def _autograd_query(method: _F) -> _F:
 
     @functools.wraps(method)
     def wrapper(self: RewardPosterior, *args: Any, **kwargs: Any) -> Any:
-        with self._lock, torch.inference_mode(False):
+        with self.lock, torch.inference_mode(False):
             self._check_weights()
             return method(self, *args, **kwargs)
 
@@ -212,8 +213,11 @@ class RewardPosterior:
         self.laplace = laplace
         self.model = model
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self._predictive = Predictive(laplace)
-        self._lock = threading.RLock()
+        #: mean and covariances from layer inputs and output gradients (the query engine)
+        self.predictive = Predictive(laplace)
+        #: held by every query (they share hooks on one model); hold it to run several
+        #: queries as one, e.g. a server's scoring step
+        self.lock = threading.RLock()
         self._network: nn.Module = getattr(laplace.model, "model", laplace.model)
         self._weights = _weights_key(self._network)
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
@@ -406,7 +410,7 @@ class RewardPosterior:
         """
         x = self._items(x)
         self.laplace.model.eval()
-        mean, variance = _per_batch(self._predictive.item_moments, x, self.batch_size)
+        mean, variance = _per_batch(self.predictive.item_moments, x, self.batch_size)
         return RewardPrediction(mean, _finite(variance))
 
     predict = __call__
@@ -424,17 +428,20 @@ class RewardPosterior:
         x = self._pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
-        mean, var, cov = _per_batch(self._predictive.pair_moments, x, size)
+        mean, var, cov = _per_batch(self.predictive.pair_moments, x, size)
         dtype = self.laplace._dtype
         return mean.to(dtype), _finite(var.to(dtype)), cov.to(dtype)
 
     @_autograd_query
-    def _difference_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance ``(B,)`` of ``r(x_1) - r(x_0)``, in float64 on the fast path."""
+    def difference_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``(B,)`` of the reward difference ``r(x_1) - r(x_0)`` of each pair
+        of ``x`` ``(B, 2, *item)``, in float64 on the fast path: the variance
+        ``S_00 + S_11 - 2 S_01`` cancels, and differencing float32 pair moments loses it for
+        near-duplicate items."""
         x = self._pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
-        mean, var = _per_batch(self._predictive.difference_moments, x, size)
+        mean, var = _per_batch(self.predictive.difference_moments, x, size)
         return mean, var
 
     def preference_probability(
@@ -465,7 +472,7 @@ class RewardPosterior:
         if link == "mc":
             n_samples = check_positive_int("n_samples", n_samples)
         # the variance of the difference cancels (v0 + v1 - 2 cov): it comes in float64
-        mean_diff, var_diff = self._difference_moments(x)
+        mean_diff, var_diff = self.difference_moments(x)
         if link == "probit":
             p = probit_preference_probability(mean_diff, var_diff)
         else:
@@ -504,7 +511,7 @@ class RewardPosterior:
         x = self._items(x)
         ref: Any = None
         if isinstance(reference, str):
-            check_choice("reference", reference, ("group",))
+            check_choice("reference", reference, Reference)
         else:
             if groups is not None:
                 raise ValueError(
@@ -533,14 +540,14 @@ class RewardPosterior:
             index, keys = group_index(groups, n_rows(x))
             return self._relative_by_group(x, index, len(keys))
         refs = None if ref is None else list(_batches(ref, self.batch_size))
-        mean, variance = self._predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
+        mean, variance = self.predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
         return RewardPrediction(mean, _finite(variance))
 
     def _relative_by_group(self, x: Any, index: torch.Tensor, n_groups: int) -> RewardPrediction:
         """Each item relative to its own group: one pass when ``x`` fits one batch on the fast
         path, else one :meth:`~bt_laplace.predictive.Predictive.relative_moments` per group."""
         if n_rows(x) <= self.batch_size:
-            moments = self._predictive.grouped_relative_moments(x, index, n_groups)
+            moments = self.predictive.grouped_relative_moments(x, index, n_groups)
             if moments is not None:
                 return RewardPrediction(moments[0], _finite(moments[1]))
         dtype, device = self.laplace._dtype, self.laplace._device
@@ -549,7 +556,7 @@ class RewardPosterior:
         for g in range(n_groups):
             rows = (index == g).nonzero().flatten()
             members = _take(x, rows.to(device))
-            m, v = self._predictive.relative_moments(list(_batches(members, self.batch_size)), None)
+            m, v = self.predictive.relative_moments(list(_batches(members, self.batch_size)), None)
             mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
         return RewardPrediction(mean, _finite(variance))
 
@@ -607,7 +614,7 @@ class RewardPosterior:
                 f"most batch_size={self.batch_size}; pass fewer items or raise `batch_size`."
             )
         self.laplace.model.eval()
-        return self._predictive.samples(x, n_samples, generator)
+        return self.predictive.samples(x, n_samples, generator)
 
     # ------------------------------------------------------------------ hyperparameters
     @property
@@ -734,7 +741,7 @@ class RewardPosterior:
             if shift is None:
                 p = self.preference_probability(x, link_approx=link_approx)
             else:
-                mean_diff, var_diff = self._difference_moments(x)
+                mean_diff, var_diff = self.difference_moments(x)
                 mean_diff = mean_diff - shift.to(mean_diff)
                 if link_approx == "mc":
                     p = mc_preference_probability(mean_diff, var_diff, n_samples=20_000)

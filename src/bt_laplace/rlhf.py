@@ -59,7 +59,7 @@ from bt_laplace._checks import (
     group_index,
     n_rows,
 )
-from bt_laplace.bradley_terry import pair_difference_moments
+from bt_laplace.choices import PairMethod, Penalty
 from bt_laplace.posterior import RewardPosterior, RewardPrediction
 
 __all__ = [
@@ -78,9 +78,9 @@ __all__ = [
 ]
 
 #: penalties of :func:`penalize`
-PENALTIES = ("std", "variance", "quantile", "kl", "kl_optimistic")
+PENALTIES = Penalty.values()
 #: methods of :func:`rank_pairs_for_labeling`
-PAIR_METHODS = ("bald", "variance", "thompson", "double_thompson")
+PAIR_METHODS = PairMethod.values()
 #: lower tail probability of ``penalty="quantile"`` when ``level`` is not given
 DEFAULT_QUANTILE_LEVEL = 0.05
 
@@ -443,13 +443,6 @@ def preference_uncertainty_from_moments(
     return PreferenceUncertainty(prob, bald, (second - prob.square()).clamp_min(0.0))
 
 
-def _difference_moments(
-    posterior: RewardPosterior, x_pairs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, variance, covariance = posterior.pair_moments(x_pairs)
-    return pair_difference_moments(mean.double(), variance.double(), covariance.double())
-
-
 def preference_uncertainty(
     posterior: RewardPosterior, x_pairs: torch.Tensor, *, n_nodes: int = DEFAULT_NODES
 ) -> PreferenceUncertainty:
@@ -481,7 +474,8 @@ def preference_uncertainty(
         >>> u.bald.shape, bool((u.bald >= 0).all())
         (torch.Size([6]), True)
     """
-    mean_diff, var_diff = _difference_moments(posterior, x_pairs)
+    mean_diff, var_diff = posterior.difference_moments(x_pairs)  # float64 on the fast path
+    mean_diff, var_diff = mean_diff.double(), var_diff.double()
     return preference_uncertainty_from_moments(mean_diff, var_diff, n_nodes=n_nodes)
 
 

@@ -72,6 +72,7 @@ import torch
 from bt_laplace._batcher import MicroBatcher
 from bt_laplace._checks import check_finite, check_positive_int
 from bt_laplace._protocol import RequestError, read_request, response_body
+from bt_laplace.choices import Truncation
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.rlhf import PENALTIES, penalize
 
@@ -128,7 +129,7 @@ class _Scorer:
         post = self.posterior
         if self.bare:
             device = next(post.model.parameters()).device
-            with post._lock, torch.inference_mode():
+            with post.lock, torch.inference_mode():
                 mean = post.model({k: v.to(device) for k, v in tokens.items()}).reshape(-1)
             reward, std = mean, None
         else:
@@ -310,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-request-size", type=int, default=1024, help="most texts per request")
     add("--max-length", type=int, help="longest text in tokens (default: as saved, else the "
         "model's max_position_embeddings)")  # fmt: skip
-    add("--truncation", choices=("error", "left", "right"), help="longer texts: refuse (422) "
+    add("--truncation", choices=Truncation.values(), help="longer texts: refuse (422) "
         "or cut tokens on that side (default: as saved)")  # fmt: skip
     add("--append-eos", action=argparse.BooleanOptionalAction, default=None,
         help="append the eos token to texts not ending with it (default: as saved)")  # fmt: skip

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bt_laplace._checks import check_positive_int
+from bt_laplace.choices import Truncation
 from bt_laplace.data import _Batch, _check_loader_options, _pair_dataloader, _PairSource
 
 __all__ = ["TextPairCollator", "text_preference_dataloader"]
@@ -46,7 +47,7 @@ ID_COLUMNS = (
     ("chosen_input_ids", "rejected_input_ids"),
     ("input_ids_chosen", "input_ids_rejected"),
 )
-TRUNCATION = ("error", "left", "right")
+TRUNCATION = Truncation.values()
 _FORMATS = (
     "TRL's preference formats: 'chosen' and 'rejected' (text or messages, with an optional "
     "'prompt'), or token ids in 'chosen_ids' and 'rejected_ids'"

@@ -1,0 +1,132 @@
+"""Every string option of bt_laplace, defined once as a str-Enum (as laplace-torch and curvlinops
+name theirs).
+
+A member is a ``str``: ``HessianStructure.KRON == "kron"``, so plain strings work wherever an
+option is taken, and what an option resolved to reads as the string it stands for. Each class
+checks a value with :meth:`Choice.check`, which names the argument, the allowed values and what
+arrived.
+
+Example:
+    >>> from bt_laplace.choices import LinkApprox
+    >>> LinkApprox.check("link_approx", "probit")
+    <LinkApprox.PROBIT: 'probit'>
+    >>> LinkApprox.values()
+    ('probit', 'mc')
+    >>> LinkApprox.check("link_approx", "bogus")
+    Traceback (most recent call last):
+    ...
+    ValueError: `link_approx` must be one of ('probit', 'mc'), got 'bogus'.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+__all__ = [
+    "Choice",
+    "SubsetOfWeights",
+    "PriorMethod",
+    "Evidence",
+    "LinkApprox",
+    "Truncation",
+    "Penalty",
+    "PairMethod",
+    "Reference",
+]
+
+_C = TypeVar("_C", bound="Choice")
+
+
+class Choice(str, Enum):
+    """A string option: a ``str`` that is one of the class's values."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The allowed strings, in order."""
+        return tuple(str(m.value) for m in cls)
+
+    @classmethod
+    def check(cls: type[_C], name: str, value: Any) -> _C:
+        """``value`` as a member, or ``ValueError`` naming ``name``, the allowed values and
+        what arrived."""
+        raw = getattr(value, "value", value)
+        if isinstance(raw, str):
+            for member in cls:
+                if member.value == raw:
+                    return member
+        raise ValueError(f"`{name}` must be one of {cls.values()}, got {raw!r}.")
+
+
+class SubsetOfWeights(Choice):
+    """``subset_of_weights``: which parameters the posterior covers (laplace-torch's names)."""
+
+    AUTO = "auto"
+    ALL = "all"
+    LAST_LAYER = "last_layer"
+
+
+class PriorMethod(Choice):
+    """``prior_precision`` given as a method (a positive number fixes it instead)."""
+
+    AUTO = "auto"
+    MARGLIK = "marglik"
+    GRIDSEARCH = "gridsearch"
+    #: a number was given (never passed by a user)
+    FIXED = "fixed"
+
+
+class Evidence(Choice):
+    """``evidence``: which Laplace evidence ``prior_precision="marglik"`` maximizes."""
+
+    AUTO = "auto"
+    POSTERIOR = "posterior"
+    EXACT = "exact"
+
+
+class LinkApprox(Choice):
+    """``link_approx``: how a pair probability integrates the logistic over the Gaussian
+    reward difference."""
+
+    PROBIT = "probit"
+    MC = "mc"
+
+
+class Truncation(Choice):
+    """``truncation``: what a text longer than ``max_length`` gets."""
+
+    ERROR = "error"
+    LEFT = "left"
+    RIGHT = "right"
+
+
+class Penalty(Choice):
+    """``penalty``: how :func:`bt_laplace.rlhf.penalize` turns a reward's mean and variance
+    into one number."""
+
+    STD = "std"
+    VARIANCE = "variance"
+    QUANTILE = "quantile"
+    KL = "kl"
+    KL_OPTIMISTIC = "kl_optimistic"
+
+
+class PairMethod(Choice):
+    """``method`` of :func:`bt_laplace.rank_pairs_for_labeling`."""
+
+    BALD = "bald"
+    VARIANCE = "variance"
+    THOMPSON = "thompson"
+    DOUBLE_THOMPSON = "double_thompson"
+
+
+class Reference(Choice):
+    """``reference`` given as a word (reference items are passed as items instead)."""
+
+    GROUP = "group"
