@@ -157,7 +157,7 @@ def test_last_layer_fit_reads_the_exact_evidence_off_its_curvature(
     curvature: no second pass over the pairs (half the cost of a fit through a large model)."""
     calls = []
     monkeypatch.setattr(
-        "bt_laplace.fit.exact_ggn_eigenvalues",
+        "bt_laplace.prior.precision.exact_ggn_eigenvalues",
         lambda la, loader, **kw: calls.append(1) or exact_ggn_eigenvalues(la, loader),
     )
     post = btl.fit_reward_posterior(

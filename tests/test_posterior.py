@@ -479,7 +479,7 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance():
     kron / diag posterior so that, fitted on the pairs without the held-out items, its mean
     log variance of pairs of held-out items equals the exact Laplace posterior's (the full
     GGN, here bt_laplace's ``full`` posterior, at its own exact-evidence prior)."""
-    from bt_laplace.fit import held_out_items
+    from bt_laplace.prior.calibration import held_out_items
 
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 1)).double()

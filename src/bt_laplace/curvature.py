@@ -43,7 +43,13 @@ from bt_laplace.structures.kron import (
     nearest_kronecker_factors,
 )
 
-__all__ = ["BradleyTerryGGN", "PairKronLaplace", "PairKronLLLaplace", "nearest_kronecker_factors"]
+__all__ = [
+    "BradleyTerryGGN",
+    "PairKronLaplace",
+    "PairKronLLLaplace",
+    "is_pair_backend",
+    "nearest_kronecker_factors",
+]
 
 
 class BradleyTerryGGN(CurvatureInterface):
@@ -123,7 +129,7 @@ class BradleyTerryGGN(CurvatureInterface):
         return self._layer_io
 
     # ------------------------------------------------------------------ pair factors
-    def _pair_pass(
+    def pair_pass(
         self, x: torch.Tensor | MutableMapping[str, Any], y: torch.Tensor, *, kron: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, LayerIO | None, torch.Tensor | None]:
         """One pass over a batch of pairs.
@@ -177,7 +183,7 @@ class BradleyTerryGGN(CurvatureInterface):
     def _curvature(
         self, structure: type[PosteriorStructure], x: Any, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, w, result, d_jac = self._pair_pass(x, y)
+        loss, w, result, d_jac = self.pair_pass(x, y)
         if d_jac is not None:
             return loss, structure.jacobian_curvature(d_jac, w)
         assert result is not None
@@ -199,7 +205,7 @@ class BradleyTerryGGN(CurvatureInterface):
         Returns the loss and an all-zero :class:`~laplace.utils.Kron` so that laplace-torch's
         batch loop can run unchanged.
         """
-        loss, w, result, _ = self._pair_pass(x, y, kron=True)
+        loss, w, result, _ = self.pair_pass(x, y, kron=True)
         assert result is not None
         if self._kron_store is None:
             self.reset_kron()
@@ -225,6 +231,14 @@ class BradleyTerryGGN(CurvatureInterface):
             raise RuntimeError("no pairs were stored; call kron() on the batches first.")
         self.kron_kept_bytes = stored.peak_bytes
         return stored.finish(reduce, batches)
+
+
+def is_pair_backend(backend: Any) -> bool:
+    """Whether ``backend`` (a backend class or instance) is bt_laplace's exact pair curvature,
+    :class:`BradleyTerryGGN` or a subclass: the one rule the fit, the prior and a loaded
+    posterior use."""
+    cls = backend if isinstance(backend, type) else type(backend)
+    return issubclass(cls, BradleyTerryGGN)
 
 
 class _ZeroKron(Kron):

@@ -3,47 +3,38 @@
 Shape legend: ``B`` pairs, ``2`` the two items of a pair, ``*item`` one item.
 
 :class:`FitOptions` states every allowed combination and routes every keyword; nothing is
-silently dropped. The combinations:
-
-===================  ============  ==========================================================
-``prior_precision``  ``evidence``  optimizer settings it takes (``**laplace_kwargs``)
-===================  ============  ==========================================================
-``"marglik"``        posterior     ``n_steps``, ``lr``, ``init_prior_prec``, ``prior_structure``
-``"marglik"``        exact         ``prior_structure`` (``"scalar"`` only)
-``"gridsearch"``     posterior     ``grid_size``, ``log_prior_prec_min``, ``log_prior_prec_max``,
-                                   ``log_prior_prec_base``, ``prior_structure`` (scalar only);
-                                   needs ``val_loader``
-a positive number    posterior     none
-===================  ============  ==========================================================
-
-``prior_structure`` other than ``"scalar"`` is for ``"marglik"`` with the posterior's own
-evidence, and only where laplace-torch's class for the subset and structure takes it
-(:data:`PRIOR_STRUCTURES`): all weights ``diag``/``full`` take ``"layerwise"`` and ``"diag"``,
-all weights ``kron`` ``"layerwise"``, last layer ``diag``/``full`` ``"diag"``, last layer
-``kron`` neither. Every other keyword goes to the laplace-torch Laplace class (``backend``,
-``temperature``, ``prior_mean``, ``backend_kwargs``, ``last_layer_name``,
-``feature_reduction``, ...); ``backend`` defaults to the exact
-:class:`~bt_laplace.curvature.BradleyTerryGGN` and ``likelihood`` is always
-``"reward_modeling"``.
+silently dropped. What concerns the prior (``prior_precision``, ``evidence``, ``val_loader``,
+``link_approx`` and the optimizer settings) is one :class:`~bt_laplace.prior.PriorSetting`,
+whose table says which settings each method takes (:mod:`bt_laplace.prior.settings`). Every
+other keyword goes to the laplace-torch Laplace class (``backend``, ``temperature``,
+``prior_mean``, ``backend_kwargs``, ``last_layer_name``, ``feature_reduction``, ...);
+``backend`` defaults to the exact :class:`~bt_laplace.curvature.BradleyTerryGGN` and
+``likelihood`` is always ``"reward_modeling"``.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from laplace import Laplace
 from torch import nn
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
-from bt_laplace._layer_io import LayerIORecorder, is_linear_layer, posterior_parameters
+from bt_laplace._layer_io import LayerIORecorder, is_linear_layer
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod, SubsetOfWeights
-from bt_laplace.curvature import BradleyTerryGGN
+from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
+from bt_laplace.prior.settings import (
+    AUTO_EXACT_EVIDENCE_FLOPS,
+    METHODS,
+    PRIOR_KWARGS,
+    PRIOR_SETTINGS,
+    PRIOR_STRUCTURES,
+    PriorSetting,
+)
 from bt_laplace.structures import STRUCTURES, PosteriorStructure
 
 __all__ = [
@@ -56,45 +47,20 @@ __all__ = [
     "PRIOR_SETTINGS",
     "PRIOR_STRUCTURES",
     "FULL_MEMORY_LIMIT",
+    "AUTO_ALL_WEIGHTS_LIMIT",
+    "AUTO_EXACT_EVIDENCE_FLOPS",
+    "PRIOR_KWARGS",
 ]
 
 SUBSETS = SubsetOfWeights.values()
 HESSIAN_STRUCTURES = tuple(STRUCTURES)
-PRIOR_METHODS = PriorMethod.values()[:-1]  # "fixed" is what a number becomes
+PRIOR_METHODS = METHODS
 EVIDENCES = Evidence.values()
 #: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
 #: largest MLP measured (docs/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
 #: one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
 AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
-#: ``evidence="auto"`` takes the exact evidence up to this many floating-point operations
-#: (about 5 s on 2 cores): up to ~4,600 pairs for an all-weights MLP, ~600,000 pairs for a
-#: 385-parameter last layer
-AUTO_EXACT_EVIDENCE_FLOPS = 1e11
 LINK_APPROXIMATIONS = LinkApprox.values()
-#: optimizer settings each way of setting the prior takes, by (method, evidence)
-PRIOR_SETTINGS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("marglik", "posterior"): ("n_steps", "lr", "init_prior_prec", "prior_structure"),
-    ("marglik", "exact"): ("prior_structure",),
-    ("gridsearch", "posterior"): (
-        "grid_size",
-        "log_prior_prec_min",
-        "log_prior_prec_max",
-        "log_prior_prec_base",
-        "prior_structure",
-    ),
-    ("fixed", "posterior"): (),
-}
-#: every keyword of ``**laplace_kwargs`` that goes to the prior, not to the Laplace class
-PRIOR_KWARGS = tuple(dict.fromkeys(k for keys in PRIOR_SETTINGS.values() for k in keys))
-#: prior structures laplace-torch's classes take, by (subset_of_weights, hessian_structure)
-PRIOR_STRUCTURES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("all", "diag"): ("scalar", "layerwise", "diag"),
-    ("all", "kron"): ("scalar", "layerwise"),
-    ("all", "full"): ("scalar", "layerwise", "diag"),
-    ("last_layer", "diag"): ("scalar", "diag"),
-    ("last_layer", "kron"): ("scalar",),
-    ("last_layer", "full"): ("scalar", "diag"),
-}
 #: largest dense posterior ``full`` builds, in bytes (P x P matrix)
 FULL_MEMORY_LIMIT = 4 * 2**30
 
@@ -104,34 +70,23 @@ class FitOptions:
     """Validated options of one fit. Build with :meth:`from_arguments`.
 
     Attributes:
-        subset_of_weights: ``"all"`` or ``"last_layer"``.
+        subset_of_weights: ``"auto"`` (until :meth:`check_model`), ``"all"`` or
+            ``"last_layer"``.
         hessian_structure: ``"diag"``, ``"kron"`` or ``"full"``.
-        prior_method: ``"marglik"``, ``"gridsearch"`` or ``"fixed"``.
-        prior_value: The prior precision when ``prior_method == "fixed"``.
-        evidence: ``"posterior"`` or ``"exact"``.
-        link_approx: ``"probit"`` or ``"mc"`` (scores the grid search).
         laplace_kwargs: Keywords for the laplace-torch Laplace class (``backend`` filled in).
-        prior_kwargs: Keywords for the prior method.
-        calibrate: ``prior_precision="auto"`` without validation pairs: after the exact
-            evidence, scale a block-diagonal all-weights posterior's prior to match the exact
-            posterior on held-out items (``bt_laplace.fit``, docs/prior_sweep.md).
+        prior: How to set the prior precision; its held-out calibration is kept only where it
+            applies, an all-weights ``kron`` or ``diag`` posterior from the pair backend.
     """
 
-    subset_of_weights: str
+    subset_of_weights: SubsetOfWeights
     hessian_structure: str
-    prior_method: str
-    prior_value: float | None
-    evidence: str
-    link_approx: str
     laplace_kwargs: dict[str, Any] = field(default_factory=dict)
-    prior_kwargs: dict[str, Any] = field(default_factory=dict)
-    calibrate: bool = False
+    prior: PriorSetting = field(default_factory=lambda: PriorSetting(PriorMethod.MARGLIK))
 
     @property
     def pair_backend(self) -> bool:
         """Whether the curvature comes from bt_laplace's exact pair backend."""
-        backend = self.laplace_kwargs.get("backend", BradleyTerryGGN)
-        return isinstance(backend, type) and issubclass(backend, BradleyTerryGGN)
+        return is_pair_backend(self.laplace_kwargs.get("backend", BradleyTerryGGN))
 
     @property
     def dict_key_y(self) -> str:
@@ -142,6 +97,27 @@ class FitOptions:
     def structure(self) -> type[PosteriorStructure]:
         """The :mod:`bt_laplace.structures` class of the posterior."""
         return STRUCTURES[self.hessian_structure]
+
+    # the prior's parts under their old names
+    @property
+    def prior_method(self) -> PriorMethod:
+        """``prior.method``."""
+        return self.prior.method
+
+    @property
+    def evidence(self) -> Evidence:
+        """``prior.evidence``."""
+        return self.prior.evidence
+
+    @property
+    def link_approx(self) -> LinkApprox:
+        """``prior.link_approx``."""
+        return self.prior.link_approx
+
+    @property
+    def calibrate(self) -> bool:
+        """``prior.calibrate``."""
+        return self.prior.calibrate
 
     @classmethod
     def from_arguments(
@@ -157,74 +133,29 @@ class FitOptions:
     ) -> FitOptions:
         """Check the arguments of :func:`~bt_laplace.fit_reward_posterior` and route
         ``laplace_kwargs``; raises ``ValueError`` naming the argument and the fix."""
-        subset = check_choice("subset_of_weights", subset_of_weights, SUBSETS)
+        subset = SubsetOfWeights.check("subset_of_weights", subset_of_weights)
         structure = check_choice("hessian_structure", hessian_structure, HESSIAN_STRUCTURES)
-        value: float | None = None
-        if isinstance(prior_precision, str):
-            method = check_choice("prior_precision", prior_precision, PRIOR_METHODS)
-            if method == "auto":
-                method = "marglik" if val_loader is None else "gridsearch"
-            if method == "gridsearch" and val_loader is None:
-                raise ValueError(
-                    "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of "
-                    "validation pairs; pass one or use prior_precision='marglik'."
-                )
-        elif (
-            isinstance(prior_precision, bool)
-            or not isinstance(prior_precision, (int, float))
-            or (not math.isfinite(prior_precision) or prior_precision <= 0)
-        ):
-            raise ValueError(
-                f"`prior_precision` must be 'marglik', 'gridsearch' or a positive number, got "
-                f"{prior_precision!r}."
-            )
-        else:
-            method, value = "fixed", float(prior_precision)
-        evidence = check_choice("evidence", evidence, EVIDENCES)
-        if evidence == "auto" and method != "marglik":
-            evidence = "posterior"  # the evidence is only used by marglik
-        if evidence == "exact" and method != "marglik":
-            raise ValueError(
-                f"`evidence='exact'` chooses the evidence that prior_precision='marglik' "
-                f"maximizes, but prior_precision={prior_precision!r}; use "
-                "prior_precision='marglik' or leave evidence at 'posterior'."
-            )
-        if val_loader is not None and method != "gridsearch":
-            warnings.warn(
-                "`val_loader` is only used with prior_precision='gridsearch'; it is ignored.",
-                BTLaplaceWarning,
-                stacklevel=3,
-            )
-        link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
         laplace_kwargs = dict(laplace_kwargs)
         if "likelihood" in laplace_kwargs:
             raise ValueError("`likelihood` is always 'reward_modeling'; do not pass it.")
-        prior_kwargs = {k: laplace_kwargs.pop(k) for k in PRIOR_KWARGS if k in laplace_kwargs}
-        if evidence == "auto" and any(
-            k != "prior_structure" or v != "scalar" for k, v in prior_kwargs.items()
-        ):
-            evidence = "posterior"  # optimizer settings or a vector prior: laplace-torch's way
-        _check_prior_kwargs(method, "posterior" if evidence == "auto" else evidence, prior_kwargs)
-        if subset == "auto" and "last_layer_name" in laplace_kwargs:
-            subset = "last_layer"
-        if subset != "auto":
-            prior_structure = prior_kwargs.get("prior_structure", "scalar")
-            _check_prior_structure(subset, structure, prior_structure)
-        laplace_kwargs.setdefault("backend", BradleyTerryGGN)
-        calibrate = (
-            prior_precision == "auto" and evidence == "auto" and val_loader is None
-        ) and not prior_kwargs
-        return cls(
-            subset,
-            structure,
-            method,
-            value,
-            evidence,
-            link,
-            laplace_kwargs,
-            prior_kwargs,
-            calibrate=calibrate,
+        prior = PriorSetting.from_arguments(
+            prior_precision=prior_precision,
+            evidence=evidence,
+            val_loader=val_loader,
+            link_approx=link_approx,
+            kwargs=laplace_kwargs,
         )
+        if subset is SubsetOfWeights.AUTO and "last_layer_name" in laplace_kwargs:
+            subset = SubsetOfWeights.LAST_LAYER
+        if subset is not SubsetOfWeights.AUTO:
+            prior.check_structure(subset, structure)
+        laplace_kwargs.setdefault("backend", BradleyTerryGGN)
+        return cls(subset, structure, laplace_kwargs, prior)
+
+    def resolve_evidence(self, laplace: Any) -> Evidence:
+        """``evidence="auto"`` once the fit has counted the pairs
+        (:meth:`~bt_laplace.prior.PriorSetting.resolve_evidence`)."""
+        return self.prior.resolve_evidence(laplace, self.pair_backend)
 
     # ------------------------------------------------------------------ model and data
     def check_model(self, model: Any, train_loader: Any) -> FitOptions:
@@ -288,32 +219,21 @@ class FitOptions:
         fix = f"model.to({x_dtype}), or preference_dataloader(..., dtype={dtype})"
         check_input_dtype(first_x, dtype, "`train_loader` yields x of", fix)
         options = self
-        if self.subset_of_weights == "auto":
+        if self.subset_of_weights is SubsetOfWeights.AUTO:
             options = replace(self, subset_of_weights=_auto_subset(model, first_x, self))
-            prior_structure = self.prior_kwargs.get("prior_structure", "scalar")
-            _check_prior_structure(
-                options.subset_of_weights, self.hessian_structure, prior_structure
-            )
-        if options.subset_of_weights == "last_layer":
+            self.prior.check_structure(options.subset_of_weights, self.hessian_structure)
+        if options.subset_of_weights is SubsetOfWeights.LAST_LAYER:
             options = options._check_last_layer(model, first_x)
         if options.hessian_structure == "full":
             options._check_full_memory(model, first_x)
+        calibrated = (
+            options.subset_of_weights is SubsetOfWeights.ALL
+            and options.hessian_structure != "full"
+            and options.pair_backend
+        )
+        if options.prior.calibrate and not calibrated:  # exact already, or not ours to match
+            options = replace(options, prior=replace(options.prior, calibrate=False))
         return options
-
-    def resolve_evidence(self, laplace: Any) -> str:
-        """``evidence="auto"`` once the fit has counted the pairs: ``"exact"`` when its
-        estimated cost is at most :data:`AUTO_EXACT_EVIDENCE_FLOPS`, else ``"posterior"``."""
-        if self.evidence != "auto":
-            return self.evidence
-        if not self.pair_backend:  # another backend: laplace-torch's procedure, as it does
-            return "posterior"
-        n, p = int(laplace.n_data), int(laplace.n_params)
-        if p <= n:  # P x P GGN from N rows, then its eigendecomposition
-            flops = n * p * p + p**3
-        else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
-            widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
-            flops = n * n * widths + n**3
-        return "exact" if flops <= AUTO_EXACT_EVIDENCE_FLOPS else "posterior"
 
     def _check_last_layer(self, model: nn.Module, first_x: Any) -> FitOptions:
         given = self.laplace_kwargs.get("last_layer_name")
@@ -363,19 +283,12 @@ class FitOptions:
     # ------------------------------------------------------------------ build
     def build_laplace(self, model: nn.Module) -> Any:
         """The unfitted laplace-torch posterior for these options."""
-        cls = self.structure.laplace_class(self.subset_of_weights, self.pair_backend)
-        if cls is None:
-            return Laplace(
-                model,
-                "reward_modeling",
-                subset_of_weights=self.subset_of_weights,
-                hessian_structure=self.hessian_structure,
-                **self.laplace_kwargs,
-            )
-        return cls(model, "reward_modeling", **self.laplace_kwargs)
+        return self.structure.build_laplace(
+            model, self.subset_of_weights, pair_backend=self.pair_backend, **self.laplace_kwargs
+        )
 
 
-def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
+def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetOfWeights:
     """``subset_of_weights="auto"``: all weights when every trainable parameter sits in a
     linear layer (``nn.Linear`` or transformers' ``Conv1D``) on the fast path (one call per
     forward) and there are at most
@@ -389,11 +302,11 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
         options.hessian_structure == "full" and n * n * params[0].element_size() > FULL_MEMORY_LIMIT
     )
     if too_big or not options.pair_backend:
-        return "last_layer"
+        return SubsetOfWeights.LAST_LAYER
     recorder = LayerIORecorder(model, params)
     x = first_x[:1] if isinstance(first_x, torch.Tensor) else first_x
     fits = recorder.try_run(lambda: model(x)) is not None
-    return "all" if fits else "last_layer"
+    return SubsetOfWeights.ALL if fits else SubsetOfWeights.LAST_LAYER
 
 
 def _first_inputs(loader: Iterable[Any]) -> Any:
@@ -448,37 +361,3 @@ def _first_pair(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
     return x
-
-
-def _check_prior_structure(subset: str, structure: str, prior_structure: str) -> None:
-    """Refuse a prior structure laplace-torch's class for the subset and structure cannot take."""
-    allowed = PRIOR_STRUCTURES[(subset, structure)]
-    if prior_structure not in allowed:
-        raise ValueError(
-            f"`prior_structure={prior_structure!r}` is not available with "
-            f"subset_of_weights={subset!r} and hessian_structure={structure!r} (laplace-torch's "
-            f"classes for them take {' or '.join(repr(a) for a in allowed)}); use one of those."
-        )
-
-
-def _check_prior_kwargs(method: str, evidence: str, prior_kwargs: dict[str, Any]) -> None:
-    """Refuse prior settings the chosen method would not use (nothing is silently dropped)."""
-    allowed = PRIOR_SETTINGS[(method, evidence)]
-    how = {
-        "marglik": f"prior_precision='marglik', evidence={evidence!r}",
-        "gridsearch": "prior_precision='gridsearch'",
-        "fixed": "a fixed prior_precision",
-    }[method]
-    unused = sorted(k for k in prior_kwargs if k not in allowed)
-    if unused:
-        takes = ", ".join(f"`{k}`" for k in allowed) or "no optimizer settings"
-        raise ValueError(
-            f"{', '.join(f'`{k}`' for k in unused)} not used with {how}, which takes {takes}; "
-            "drop them or choose the method they belong to."
-        )
-    structure = prior_kwargs.get("prior_structure", "scalar")
-    if structure != "scalar" and (method != "marglik" or evidence != "posterior"):
-        raise ValueError(
-            f"`prior_structure={structure!r}` needs prior_precision='marglik' with "
-            f"evidence='posterior'; {how} sets one scalar prior precision."
-        )

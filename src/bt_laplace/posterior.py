@@ -32,17 +32,16 @@ from bt_laplace._checks import (
     group_index,
     n_rows,
 )
-from bt_laplace._loader import split_batch
-from bt_laplace.bradley_terry import (
-    bradley_terry_nll,
-    margin_shift,
-    mc_preference_probability,
-    probit_preference_probability,
-)
-from bt_laplace.choices import Reference
+from bt_laplace._distributed import Processes
+from bt_laplace._loader import CheckedPairLoader
+from bt_laplace.bradley_terry import mc_preference_probability, probit_preference_probability
+from bt_laplace.choices import LinkApprox, Reference
+from bt_laplace.curvature import is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.options import LINK_APPROXIMATIONS
+from bt_laplace.persistence import laplace_record, restore_laplace, write_record
 from bt_laplace.predictive import Predictive
+from bt_laplace.prior import PriorSetting, set_prior_precision
+from bt_laplace.prior.gridsearch import pair_nll_sum
 
 __all__ = ["RewardPrediction", "RewardPosterior"]
 
@@ -239,6 +238,42 @@ class RewardPosterior:
             )
 
     # ------------------------------------------------------------------ saving
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The configuration (JSON-able) and tensors that define this posterior: the
+        laplace-torch posterior's record (:func:`~bt_laplace.persistence.laplace_record`) and
+        the settings of its queries (``batch_size``, ``item_shape``, how texts are read)."""
+        config, tensors = laplace_record(self.laplace)
+        config["batch_size"] = self.batch_size
+        config["item_shape"] = None if self.item_shape is None else list(self.item_shape)
+        collator = self.text_collator
+        if collator is not None:  # how queries turn texts into tokens (not the tokenizer)
+            config["text"] = {
+                "max_length": collator.max_length,
+                "truncation": str(collator.truncation),
+                "append_eos": collator.append_eos,
+            }
+        return config, tensors
+
+    @classmethod
+    def from_state(
+        cls,
+        model: PairwiseRewardModel,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        *,
+        strict: bool = True,
+        batch_size: int | None = None,
+    ) -> RewardPosterior:
+        """The posterior of a :meth:`state`, rebuilt on ``model`` (refused when its
+        parameters or, with ``strict``, its weights differ from those it was fitted on)."""
+        la = restore_laplace(model, config, tensors, strict=strict)
+        posterior = cls(
+            la, model, batch_size=config["batch_size"] if batch_size is None else batch_size
+        )
+        shape = config.get("item_shape")
+        posterior.item_shape = None if shape is None else tuple(shape)
+        return posterior
+
     def save(self, path: str | Path) -> Path:
         """Write the posterior into the folder ``path`` as safetensors plus a small JSON file
         (beside a Hugging Face model's ``save_pretrained`` files, if you like); load it with
@@ -247,19 +282,15 @@ class RewardPosterior:
         Returns:
             The folder.
         """
-        from bt_laplace.io import save_reward_posterior
-
-        return save_reward_posterior(self, path)
+        return write_record(path, *self.state())
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the model plus the saved record, rebuilt on unpickling (laplace-torch's
         last-layer objects hold local hooks that do not pickle), e.g. to send the posterior
         to a worker process. For files, use :meth:`save`: loading a pickle runs code."""
-        from bt_laplace.io import posterior_record, rebuild_posterior
-
-        config, tensors = posterior_record(self)
+        config, tensors = self.state()
         return (
-            rebuild_posterior,
+            type(self).from_state,
             (self.model, config, tensors),
             {"text_collator": self.text_collator},
         )
@@ -468,7 +499,7 @@ class RewardPosterior:
         Returns:
             Probabilities ``(B,)``.
         """
-        link = check_choice("link_approx", link_approx, LINK_APPROXIMATIONS)
+        link = LinkApprox.check("link_approx", link_approx)
         if link == "mc":
             n_samples = check_positive_int("n_samples", n_samples)
         # the variance of the difference cancels (v0 + v1 - 2 cov): it comes in float64
@@ -666,17 +697,6 @@ class RewardPosterior:
             ValueError: If ``method`` is not one of the two, ``"gridsearch"`` has no
                 ``val_loader``, or a setting does not belong to the method.
         """
-        from bt_laplace._distributed import Processes
-        from bt_laplace._loader import CheckedPairLoader
-        from bt_laplace.fit import _set_prior
-        from bt_laplace.options import PRIOR_KWARGS, FitOptions
-        from bt_laplace.structures import structure_class
-
-        if method not in ("gridsearch", "marglik"):
-            raise ValueError(
-                f"`method` must be 'gridsearch' or 'marglik', got {method!r}; to set a number, "
-                "assign it: post.laplace.prior_precision = value."
-            )
         if method == "marglik" and val_loader is not None:
             raise ValueError(
                 "`val_loader` is only used by method='gridsearch'; drop it, or pass "
@@ -687,36 +707,34 @@ class RewardPosterior:
                 "`train_loader` is only used by method='marglik' (the exact evidence); drop "
                 "it, or pass method='marglik'."
             )
-        unknown = sorted(set(prior_kwargs) - set(PRIOR_KWARGS))
-        if unknown:
-            raise ValueError(
-                f"optimize_prior_precision got unknown settings {unknown}; the prior methods "
-                f"take {list(PRIOR_KWARGS)}."
-            )
-        la = self.laplace
-        options = FitOptions.from_arguments(
-            subset_of_weights="last_layer" if hasattr(la.model, "last_layer") else "all",
-            hessian_structure=structure_class(la).name,
-            prior_precision=method,
-            evidence="exact" if train_loader is not None else "posterior",
-            val_loader=val_loader,
+        setting = PriorSetting.for_method(
+            method,
+            exact=train_loader is not None,
+            has_val=val_loader is not None,
             link_approx=link_approx,
-            laplace_kwargs={**prior_kwargs, "backend": la._backend_cls},
+            settings=prior_kwargs,
         )
+        la = self.laplace
+        subset = "last_layer" if hasattr(la.model, "last_layer") else "all"
+        setting.check_structure(subset, self.predictive.structure.name)
+        pair_backend = is_pair_backend(la._backend_cls)
         train = None
         if train_loader is not None:
             train = CheckedPairLoader(
-                train_loader, "train_loader", options.dict_key_y, margin=options.pair_backend
+                train_loader, "train_loader", la.dict_key_y, margin=pair_backend
             )
         val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
-        _set_prior(
-            self,
-            options,
-            train,  # type: ignore[arg-type]
-            val,
-            processes=Processes(distributed),
-            progress_bar=progress_bar,
-        )
+        with self.lock:
+            self._check_weights()
+            set_prior_precision(
+                self.predictive,
+                setting,
+                train_loader=train,
+                val_loader=val,
+                read_pairs=self._pairs,
+                processes=Processes(distributed),
+                progress_bar=progress_bar,
+            )
         self.prior_calibration = None  # the prior is now the method's, as it finds it
         return self.prior_precision
 
@@ -725,31 +743,17 @@ class RewardPosterior:
         return self.laplace.log_marginal_likelihood().detach()
 
     def validation_nll(self, loader: Iterable[Any], *, link_approx: str = "probit") -> float:
-        """Mean negative log likelihood of the labels of a loader of pairs ``(x, y)``."""
-        total, count = self._nll_sum(loader, link_approx)
+        """Mean negative log likelihood of the labels of a loader of pairs ``(x, y)``; a
+        batch's ``margin`` (TRL's) shifts the logit as in the likelihood the model was trained
+        with, and ``link_approx="mc"`` draws from a generator seeded 0 (the grid search's
+        scoring, :func:`~bt_laplace.prior.gridsearch.pair_nll_sum`)."""
+        link = LinkApprox.check("link_approx", link_approx)
+        with self.lock:
+            self._check_weights()
+            total, count = pair_nll_sum(self.predictive, loader, self._pairs, link)
         if count == 0:
             raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
         return total / count
-
-    def _nll_sum(self, loader: Iterable[Any], link_approx: str) -> tuple[float, int]:
-        """Summed NLL and count of the labels; a batch's ``margin`` (TRL's) shifts the logit
-        as in the likelihood the model was trained with."""
-        total, count = 0.0, 0
-        for batch in loader:
-            x, y = split_batch(batch)
-            shift = margin_shift(x, y)
-            if shift is None:
-                p = self.preference_probability(x, link_approx=link_approx)
-            else:
-                mean_diff, var_diff = self.difference_moments(x)
-                mean_diff = mean_diff - shift.to(mean_diff)
-                if link_approx == "mc":
-                    p = mc_preference_probability(mean_diff, var_diff, n_samples=20_000)
-                else:
-                    p = probit_preference_probability(mean_diff, var_diff)
-            total += float(bradley_terry_nll(p, y.to(p.device))) * len(y)
-            count += len(y)
-        return total, count
 
 
 def __getattr__(name: str) -> object:
@@ -758,7 +762,7 @@ def __getattr__(name: str) -> object:
     if name == "fit_reward_posterior":
         import warnings
 
-        from bt_laplace import fit
+        import bt_laplace  # the package top, complete by the time a module attribute is read
 
         warnings.warn(
             "bt_laplace.posterior.fit_reward_posterior moved to bt_laplace.fit; use "
@@ -766,5 +770,5 @@ def __getattr__(name: str) -> object:
             DeprecationWarning,
             stacklevel=2,
         )
-        return fit.fit_reward_posterior
+        return bt_laplace.fit_reward_posterior
     raise AttributeError(f"module 'bt_laplace.posterior' has no attribute {name!r}")

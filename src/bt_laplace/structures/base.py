@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from laplace import Laplace
 from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
@@ -98,11 +99,53 @@ class PosteriorStructure(ABC):
         self._cache_key: Any = None
         self._cast: tuple[Any, torch.dtype, Any] | None = None
 
+    #: settings of laplace-torch's class that a saved posterior records by name (``kron``:
+    #: ``damping``), passed back to the class when it is loaded
+    saved_settings: ClassVar[tuple[str, ...]] = ()
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type | None:
         """The laplace-torch class to build for this structure, or None for the class
         laplace-torch's own ``Laplace`` factory picks."""
+        return None
+
+    @classmethod
+    def build_laplace(
+        cls, model: Any, subset_of_weights: str, *, pair_backend: bool, **laplace_kwargs: Any
+    ) -> Any:
+        """The unfitted laplace-torch posterior of this structure over ``model`` (the fit and
+        a loaded posterior build it here alike)."""
+        laplace_cls = cls.laplace_class(subset_of_weights, pair_backend)
+        if laplace_cls is None:
+            return Laplace(
+                model,
+                "reward_modeling",
+                subset_of_weights=str(subset_of_weights),
+                hessian_structure=cls.name,
+                **laplace_kwargs,
+            )
+        return laplace_cls(model, "reward_modeling", **laplace_kwargs)
+
+    # ------------------------------------------------------------------ saved state
+    @classmethod
+    def saved_state(cls, laplace: Any) -> dict[str, torch.Tensor]:
+        """The tensors a saved posterior stores for its curvature, by name: its
+        :meth:`curvature_state` under ``curvature.``, and whatever else makes a loaded
+        posterior's predictions bit-identical."""
+        return {f"curvature.{k}": v for k, v in cls.curvature_state(laplace).items()}
+
+    @classmethod
+    def restore_state(cls, laplace: Any, state: dict[str, torch.Tensor]) -> None:
+        """Set the fitted curvature of an unfitted ``laplace`` from :meth:`saved_state`."""
+        laplace.H = state["curvature.H"]
+
+    @staticmethod
+    def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:
+        """The eigenvalues of the exact tempered Bradley-Terry GGN (float64, CPU, clamped at
+        0) read off the fitted curvature where it already is that GGN, so that the exact
+        evidence needs no pass over the pairs; None otherwise (the default). Called only for
+        posteriors fitted with bt_laplace's pair backend."""
         return None
 
     # ------------------------------------------------------------------ fit side

@@ -47,6 +47,15 @@ class FullStructure(PosteriorStructure):
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
         return {"H": laplace.H}
 
+    @staticmethod
+    def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:
+        """Its ``H`` is the exact GGN; read off it up to as many parameters as pairs (with
+        more, the pair kernel is the cheaper route)."""
+        if int(laplace.n_params) > int(laplace.n_data):
+            return None
+        eigs = torch.linalg.eigvalsh(laplace.H.detach().to("cpu", torch.float64))
+        return (eigs * float(laplace._H_factor)).clamp_min(0.0)
+
     def _pieces(self) -> torch.Tensor:
         return self.laplace.posterior_covariance
 

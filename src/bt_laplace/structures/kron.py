@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from laplace.baselaplace import KronLaplace
 from laplace.lllaplace import KronLLLaplace
-from laplace.utils import Kron
+from laplace.utils import Kron, KronDecomposed
 from torch.utils.data import DataLoader
 
 from bt_laplace._layer_io import (
@@ -94,6 +94,49 @@ class KronStructure(EigenbasisStructure):
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
         kfacs = laplace.H_facs.kfacs
         return {f"H_facs.{i}.{j}": f for i, fs in enumerate(kfacs) for j, f in enumerate(fs)}
+
+    saved_settings: ClassVar[tuple[str, ...]] = ("damping",)
+
+    @classmethod
+    def saved_state(cls, laplace: Any) -> dict[str, torch.Tensor]:
+        """The factors and their eigendecomposition (``eig.i.vectors.j``,
+        ``eig.i.values.j``), so that a loaded posterior predicts bit-identically without
+        decomposing them again."""
+        state = super().saved_state(laplace)
+        h = laplace.H
+        for i, (vecs, vals) in enumerate(zip(h.eigenvectors, h.eigenvalues, strict=True)):
+            for j, (q, v) in enumerate(zip(vecs, vals, strict=True)):
+                state[f"eig.{i}.vectors.{j}"], state[f"eig.{i}.values.{j}"] = q, v
+        return state
+
+    @classmethod
+    def restore_state(cls, laplace: Any, state: dict[str, torch.Tensor]) -> None:
+        laplace.H_facs = Kron(_indexed(state, "curvature.H_facs"))
+        laplace.H = KronDecomposed(
+            _indexed(state, "eig", "vectors"),  # type: ignore[arg-type]
+            _indexed(state, "eig", "values"),  # type: ignore[arg-type]
+            damping=laplace.damping,
+        )
+
+    @staticmethod
+    def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:
+        """A last-layer posterior over a head with one output whose bias, if any, has no
+        curvature: the weight block is then exactly ``G x A`` with a 1 x 1 ``G``, and the
+        weight-bias block, which the Kronecker form drops, is zero (it is bounded by the bias
+        block: ``|H_wb|^2 <= H_ww H_bb``). A reward head's bias always cancels in
+        ``r(x_1) - r(x_0)``, so this is the default last-layer posterior."""
+        if not isinstance(laplace, PairKronLLLaplace) or laplace.damping:
+            return None
+        kfacs = laplace.H_facs.kfacs
+        weights = [fs for fs in kfacs if len(fs) == 2]
+        biases = [fs[0] for fs in kfacs if len(fs) == 1]
+        if len(weights) != 1 or weights[0][0].shape != (1, 1) or any(b.any() for b in biases):
+            return None
+        g, a = (f.detach().to("cpu", torch.float64) for f in weights[0])
+        eigs = torch.cat(
+            [g.reshape(1) * torch.linalg.eigvalsh(a), *(torch.zeros(len(b)) for b in biases)]
+        )
+        return (eigs * float(laplace._H_factor)).clamp_min(0.0)
 
     def _pieces(self) -> list[SlotCovariance]:
         prec: Any = self.laplace.posterior_precision
@@ -465,6 +508,11 @@ def nearest_kronecker_factors(
 class _PairKronFit:
     """Extends laplace-torch's Kron ``fit``: one pass stores pair factors, then ``finish_kron``."""
 
+    #: sums a tensor across the processes the pairs are split over (an all-reduce), set by
+    #: :func:`~bt_laplace.fit_reward_posterior` under ``torch.distributed``: each alternating
+    #: step of the factors then sums over all pairs; None for one process
+    reduce_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     backend: Any
     _device: Any
     H: Any
@@ -487,12 +535,10 @@ class _PairKronFit:
         def batches() -> Iterator[tuple[LayerIO, torch.Tensor]]:  # one more pass, recomputed
             for data in train_loader:
                 x, y = batch_on(data, backend.dict_key_y, self._device)
-                _, w, result, _ = backend._pair_pass(x, y, kron=True)
+                _, w, result, _ = backend.pair_pass(x, y, kron=True)
                 yield result, w
 
-        # bt_laplace's fit sets _sum_across_processes when the pairs are split over ranks
-        reduce = getattr(self, "_sum_across_processes", None)
-        self.H_facs = backend.finish_kron(reduce=reduce, batches=batches)
+        self.H_facs = backend.finish_kron(reduce=self.reduce_across_processes, batches=batches)
         self.H = self.H_facs.decompose(damping=self.damping)
 
 
@@ -523,3 +569,20 @@ class PairKronLLLaplace(_PairKronFit, KronLLLaplace):
     """laplace-torch's ``KronLLLaplace`` fitted with pair-correct Kronecker factors."""
 
     _key = ("bt_laplace", "last_layer_kron")
+
+
+def _indexed(state: dict[str, torch.Tensor], prefix: str, middle: str | None = None) -> Any:
+    """``prefix.i[.middle].j`` tensors of a saved state as a list of lists, in index order."""
+    head = prefix.split(".")
+    groups: dict[int, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[: len(head)] != head:
+            continue
+        rest = parts[len(head) :]
+        if middle is not None:
+            if len(rest) != 3 or rest[1] != middle:
+                continue
+            rest = [rest[0], rest[2]]
+        groups.setdefault(int(rest[0]), {})[int(rest[1])] = value
+    return [[g[j] for j in sorted(g)] for _, g in sorted(groups.items())]

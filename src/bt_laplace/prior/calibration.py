@@ -1,0 +1,147 @@
+"""The default prior's held-out calibration: scale the exact evidence's prior so that a
+block-diagonal all-weights posterior gives new items the exact posterior's variance.
+
+Shape legend: ``N`` pairs, ``2`` the two items of a pair, ``*item`` one item, ``Q`` query pairs.
+
+The exact evidence's prior suits the exact posterior (the full GGN); a ``kron`` or ``diag``
+posterior drops the covariance between layers and at the same prior can give pairs of unseen
+items far too little variance (docs/prior_sweep.md: about 100 times too strong a prior on
+Warriner valence ratings). Training pairs cannot show it, their items are seen, so
+:func:`held_out_prior_ratio` holds out :data:`CALIBRATION_HELD_OUT` of the training *items*
+(fixed seed), fits the same structure and the exact posterior (through its pair kernel,
+:func:`~bt_laplace.prior.evidence.exact_pair_variances`) on the pairs among the others, sets
+the exact one's prior by its exact evidence, and finds by bisection the prior at which the
+structure's mean log variance over :data:`CALIBRATION_QUERIES` random pairs of held-out items
+equals the exact one's. No labels are used: only variances are compared, never the MAP
+model's predictions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bt_laplace._distributed import Processes
+from bt_laplace._loader import split_batch
+from bt_laplace.bradley_terry import margin_shift
+from bt_laplace.predictive import Predictive
+from bt_laplace.prior.evidence import exact_evidence_prior_precision, exact_pair_variances
+
+__all__ = [
+    "CALIBRATION_HELD_OUT",
+    "CALIBRATION_QUERIES",
+    "held_out_items",
+    "held_out_prior_ratio",
+]
+
+#: share of the training items that :func:`held_out_prior_ratio` holds out
+CALIBRATION_HELD_OUT = 0.2
+#: pairs of held-out items on which it compares the two posteriors
+CALIBRATION_QUERIES = 1024
+
+#: fits the posterior's structure, unfitted laplace-torch object and all, on a loader of pairs
+Refit = Callable[[DataLoader], Any]
+
+
+def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Hold out :data:`CALIBRATION_HELD_OUT` of the distinct items of pairs ``x`` ``(N, 2,
+    *item)`` (fixed seed): the mask ``(N,)`` of the pairs with no held-out item, and
+    :data:`CALIBRATION_QUERIES` random pairs of two different held-out items ``(Q, 2,
+    *item)``; None when fewer than two items or pairs remain on either side."""
+    items, index = torch.unique(x.reshape(2 * len(x), -1), dim=0, return_inverse=True)
+    index = index.reshape(-1, 2)
+    gen = torch.Generator().manual_seed(0)
+    held = (torch.rand(len(items), generator=gen) < CALIBRATION_HELD_OUT).to(index.device)
+    keep = ~held[index].any(1)
+    new = held.nonzero().reshape(-1)
+    if int(keep.sum()) < 2 or len(new) < 2:
+        return None
+    picks = new[torch.randint(len(new), (CALIBRATION_QUERIES, 2), generator=gen).to(new.device)]
+    picks = picks[picks[:, 0] != picks[:, 1]]
+    return keep, items[picks].reshape(len(picks), 2, *x.shape[2:])
+
+
+def _tensor_pairs(
+    train_loader: Iterable[Any], processes: Processes, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All training pairs ``x (N, 2, *item)``, ``y (N,)`` of every process, or None when some
+    process has inputs that are not tensors or carry TRL margins (every rank decides alike)."""
+    xs, ys, usable = [], [], True
+    for batch in train_loader:
+        x, y = split_batch(batch)
+        if not isinstance(x, torch.Tensor) or margin_shift(x, y) is not None:
+            usable = False
+            break
+        xs.append(x)
+        ys.append(y)
+    if processes.sum_number(0 if usable and xs else 1) > 0:
+        return None
+    x = processes.gather_rows(torch.cat(xs).to(device))
+    return x, processes.gather_rows(torch.cat(ys).to(device))
+
+
+def held_out_prior_ratio(
+    laplace: Any,
+    refit: Refit,
+    train_loader: Iterable[Any],
+    processes: Processes,
+    theta_sq: float,
+) -> float | None:
+    """How much to scale the exact evidence's prior of ``laplace`` (a fitted all-weights
+    ``kron`` or ``diag`` posterior) so that it gives new items the exact posterior's variance
+    (see the module doc).
+
+    Args:
+        laplace: The fitted posterior.
+        refit: Fits the same structure on a loader of pairs (one process).
+        train_loader: The pairs it was fitted on.
+        processes: The process group they are split over; every rank gathers all pairs and
+            computes the same ratio.
+        theta_sq: ``||theta* - mu_0||^2`` over the posterior parameters.
+
+    Returns:
+        The matched prior over the held-out fit's exact-evidence prior; None (the exact
+        evidence's prior stays) for inputs that are not tensors, TRL margins, a model off the
+        fast path, or too few items to hold out.
+    """
+    pairs = _tensor_pairs(train_loader, processes, laplace._device)
+    if pairs is None:
+        return None
+    x, y = pairs
+    split = held_out_items(x)
+    if split is None:
+        return None
+    keep, query_x = split  # on the posterior's device, as x
+    rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=512)
+    part_la = refit(rest)
+    part = Predictive(part_la)
+    query = part.jacobians(query_x, pairs=True)
+    exact = exact_pair_variances(part_la, rest, (query[0], query[1]))
+    if exact is None:
+        return None
+    eigenvalues, exact_variances = exact
+    if not float(eigenvalues.sum()) > 0:  # no curvature among the remaining pairs
+        return None
+    part_prior = exact_evidence_prior_precision(eigenvalues, theta_sq)
+    tiny = torch.finfo(torch.float64).tiny
+    target = float(exact_variances(part_prior).clamp_min(tiny).log().mean())
+
+    def excess(log_prior: float) -> float:  # decreasing in the prior
+        part_la.prior_precision = math.exp(log_prior)
+        _, var = part.difference_moments_from(query[0], query[1])
+        return float(var.double().clamp_min(tiny).log().mean()) - target
+
+    lo, hi = math.log(part_prior) - 30.0, math.log(part_prior) + 30.0
+    if excess(lo) < 0 or excess(hi) > 0:
+        return None  # the structure's variance never meets the exact one: leave the prior
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2) / part_prior

@@ -1,0 +1,119 @@
+"""Set the prior precision of a fitted posterior: one entry point for the fit and for
+:meth:`~bt_laplace.RewardPosterior.optimize_prior_precision`.
+
+Shape legend: ``B`` pairs, ``2`` the two items of a pair, ``*item`` one item.
+
+It takes plain objects: the laplace-torch posterior, its :class:`~bt_laplace.predictive.
+Predictive`, a :class:`~bt_laplace.prior.PriorSetting`, and what it cannot make itself, handed
+in by the caller: the loaders, a reader that checks validation inputs, and for the held-out
+calibration a function that fits the same structure on other pairs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bt_laplace._distributed import Processes
+from bt_laplace.choices import Evidence, PriorMethod
+from bt_laplace.curvature import is_pair_backend
+from bt_laplace.predictive import Predictive
+from bt_laplace.prior.calibration import Refit, held_out_prior_ratio
+from bt_laplace.prior.evidence import (
+    exact_evidence_prior_precision,
+    exact_ggn_eigenvalues,
+    fitted_ggn_eigenvalues,
+)
+from bt_laplace.prior.gridsearch import gridsearch
+from bt_laplace.prior.marglik import optimize_marglik
+from bt_laplace.prior.settings import PriorSetting
+
+__all__ = ["set_prior_precision"]
+
+
+def set_prior_precision(
+    predictive: Predictive,
+    setting: PriorSetting,
+    *,
+    train_loader: Iterable[Any] | None = None,
+    val_loader: Iterable[Any] | None = None,
+    read_pairs: Callable[[Any], Any] | None = None,
+    processes: Processes | None = None,
+    progress_bar: bool = False,
+    refit: Refit | None = None,
+) -> float | None:
+    """Set ``predictive.laplace.prior_precision`` as ``setting`` says.
+
+    Args:
+        predictive: The predictive of the fitted laplace-torch posterior.
+        setting: How: a fixed number, the marginal likelihood (the structure's own evidence
+            or the exact Bradley-Terry one), or a grid search on validation pairs.
+        train_loader: The pairs the posterior was fitted on, every one once (checked), for
+            the exact evidence and the held-out calibration.
+        val_loader: Validation pairs ``(x (B, 2, *item), y (B,))`` for the grid search.
+        read_pairs: Checks a validation batch's ``x`` and puts it on the posterior's device.
+        processes: The process group the pairs are split over (sums across ranks).
+        progress_bar: Show tqdm bars.
+        refit: Fits the same structure on a loader of pairs; with it (and
+            ``setting.calibrate``), the exact evidence's prior of an all-weights ``kron`` or
+            ``diag`` posterior is calibrated on held-out items.
+
+    Returns:
+        The held-out calibration factor applied to the exact evidence's prior, or None.
+    """
+    la = predictive.laplace
+    processes = processes or Processes(enabled=False)
+    if setting.method is PriorMethod.FIXED:
+        assert setting.value is not None
+        la.prior_precision = setting.value
+        return None
+    if setting.method is PriorMethod.GRIDSEARCH:
+        if val_loader is None or read_pairs is None:
+            raise ValueError("the grid search needs `val_loader`, validation pairs; pass one.")
+        gridsearch(
+            predictive,
+            val_loader,
+            read_pairs=read_pairs,
+            processes=processes,
+            link_approx=setting.link_approx,
+            progress_bar=progress_bar,
+            **setting.settings,
+        )
+        return None
+    if setting.resolve_evidence(la, is_pair_backend(la._backend_cls)) is Evidence.EXACT:
+        return _exact_evidence(la, setting, train_loader, processes, progress_bar, refit)
+    with warnings.catch_warnings():
+        # laplace-torch warns about its own link_approx default, which marglik never uses
+        warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
+        optimize_marglik(la, progress_bar=progress_bar, **setting.settings)
+    return None
+
+
+def _exact_evidence(
+    la: Any,
+    setting: PriorSetting,
+    train_loader: Iterable[Any] | None,
+    processes: Processes,
+    progress_bar: bool,
+    refit: Refit | None,
+) -> float | None:
+    """The prior maximizing the exact evidence, calibrated on held-out items if asked."""
+    eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
+    if eigenvalues is None:
+        if train_loader is None:
+            raise ValueError(
+                "the exact evidence needs the training pairs; pass `train_loader`, the pairs "
+                "the posterior was fitted on, or use the structure's own evidence."
+            )
+        eigenvalues = exact_ggn_eigenvalues(
+            la, train_loader, progress_bar=progress_bar, processes=processes
+        )
+    theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
+    la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
+    if not setting.calibrate or refit is None or train_loader is None:
+        return None
+    ratio = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq)
+    if ratio is not None:
+        la.prior_precision = float(la.prior_precision) * ratio
+    return ratio
