@@ -42,7 +42,7 @@ SIZES = [(8, 32), (16, 64), (32, 128), (64, 256)]
 def pair_kernels(model: PairwiseRewardModel, x: torch.Tensor, y: torch.Tensor):
     """One ``N x N`` kernel per parameter tensor: ``K_t = W^1/2 dJ_t dJ_t^T W^1/2``."""
     backend = BradleyTerryGGN(model, "classification")
-    _, w, taps, _ = backend._pair_pass(x, y)
+    _, w, taps, _ = backend.pair_pass(x, y)
     assert taps is not None
     root = w.sqrt()[:, None]
     kernels = []

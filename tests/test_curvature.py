@@ -230,7 +230,7 @@ def test_sequence_pair_jacobians_give_the_factors_of_the_layer_io(
     store = PairKronFactors(backend.layer_io, iterations)
     io: list[list[torch.Tensor]] = [[], [], [], [], []]
     for xb, yb in loader:
-        _, w, result, _ = backend._pair_pass(xb, yb, kron=True)
+        _, w, result, _ = backend.pair_pass(xb, yb, kron=True)
         store.add(result, w)
         parts = [*pair_split(result.grads[0]), *pair_split(result.acts[0]), w]
         for chunks, t in zip(io, parts, strict=True):
@@ -281,7 +281,7 @@ def test_any_number_of_half_steps_is_a_projection_near_the_floor(reward_model, p
 
     x, y = pairs
     backend = BradleyTerryGGN(reward_model, "classification")
-    _, w, taps, _ = backend._pair_pass(x, y)
+    _, w, taps, _ = backend.pair_pass(x, y)
     g0, g1 = pair_split(taps.grads[1])
     a0, a1 = pair_split(taps.acts[1])
     d = (torch.einsum("bo,bi->boi", g1, a1) - torch.einsum("bo,bi->boi", g0, a0)).flatten(1)
@@ -470,7 +470,7 @@ def test_sequence_kron_from_pair_jacobians_equals_layer_io(
     """On sequences the later half-steps run on each pair's Jacobian D (smaller than the
     per-position layer I/O for the 3 -> 4 body at 5 positions); the factors equal those from
     the layer I/O, kept or recomputed past the store limit."""
-    import bt_laplace.structures.kron as kron
+    import bt_laplace.structures.kron_factors as kron
 
     model, _, loader = sequence_model_and_pairs
 

@@ -36,12 +36,8 @@ from torch import nn
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, backend_jacobians
 from bt_laplace.bradley_terry import bradley_terry_weight, margin_shift
 from bt_laplace.structures import DiagStructure, FullStructure, PosteriorStructure
-from bt_laplace.structures.kron import (
-    PairKronFactors,
-    PairKronLaplace,
-    PairKronLLLaplace,
-    nearest_kronecker_factors,
-)
+from bt_laplace.structures.kron import PairKronLaplace, PairKronLLLaplace
+from bt_laplace.structures.kron_factors import PairKronFactors, nearest_kronecker_factors
 
 __all__ = [
     "BradleyTerryGGN",

@@ -12,6 +12,7 @@ precision (marglik with the structure's own or the exact evidence, grid search, 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -60,29 +61,17 @@ def fit_reward_posterior(
             (docs/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
-            given, else ``"marglik"``, and where that used the exact evidence (``evidence``
-            left at ``"auto"``) for an all-weights ``kron`` or ``diag`` posterior, its prior
-            scaled so that, fitted without a fifth of the training items, the structure gives
-            pairs of those items the exact Laplace posterior's mean log variance (no labels
-            used; the factor is ``post.prior_calibration``; docs/prior_sweep.md: on Warriner
-            ratings ECE .066 -> .029); ``"marglik"`` (maximize the Laplace marginal
-            likelihood), ``"gridsearch"`` (minimize validation NLL of the pair
-            probabilities, needs ``val_loader``), or a positive number.
-        evidence: Which Laplace evidence ``"marglik"`` maximizes. ``"auto"`` (default):
-            ``"exact"`` when its estimated cost is at most 1e11 floating-point operations
-            (about 5 s on 2 cores: up to about 4,600 pairs for an all-weights MLP, 600,000
-            for a 385-parameter last layer) and no optimizer settings or vector prior are
-            passed, else ``"posterior"``. ``"posterior"`` (laplace-torch's): the fitted
-            structure's own, from the eigenvalues of its curvature, a few milliseconds; it
-            puts the prior too high with ``kron`` (24-40% above the exact optimum,
-            docs/prior.md), so the posterior is too narrow. ``"exact"``: the exact
-            Bradley-Terry GGN's over all posterior parameters, whatever
-            ``hessian_structure``; scalar prior only, solved to 1e-12. Costs one more pass
-            over ``train_loader`` and a dense ``min(N, P)``-square eigendecomposition (``N``
-            pairs, ``P`` parameters; 2 s at 3,000 pairs, 51 s at 10,000 on 2 cores), refused
-            above 4 GiB; no pass where the fitted curvature already is the exact GGN (the
-            last-layer ``kron`` of a one-output head, ``full`` with ``P <= N``: through a
-            transformer that halves the fit). See :mod:`bt_laplace.evidence`.
+            given, else ``"marglik"``, with the exact evidence's prior of an all-weights
+            ``kron`` or ``diag`` posterior calibrated on held-out items (no labels used; the
+            factor is ``post.prior_calibration``; docs/prior_sweep.md: on Warriner ratings ECE
+            .066 -> .029); ``"marglik"``, ``"gridsearch"`` (needs ``val_loader``), or a
+            positive number. Every way, and what each costs: :mod:`bt_laplace.prior`.
+        evidence: Which Laplace evidence ``"marglik"`` maximizes: ``"auto"`` (default;
+            ``"exact"`` up to about 5 s of work, else ``"posterior"``), ``"posterior"`` (the
+            fitted structure's own, laplace-torch's; too high a prior with ``kron``,
+            docs/prior.md) or ``"exact"`` (the exact Bradley-Terry GGN's, whatever
+            ``hessian_structure``; one more pass where the fit is not already exact). See
+            :class:`~bt_laplace.choices.Evidence`.
         val_loader: Validation pairs for ``"gridsearch"``.
         link_approx: Pair probability used to score the grid search.
         progress_bar: Show tqdm progress bars over the fit and the prior optimization.
@@ -128,6 +117,20 @@ def fit_reward_posterior(
         laplace_kwargs=laplace_kwargs,
     )
     options = options.check_model(model, train_loader)
+    return _fitted(model, train_loader, val_loader, options, distributed, batch_size, progress_bar)
+
+
+def _fitted(
+    model: PairwiseRewardModel,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    options: FitOptions,
+    distributed: bool,
+    batch_size: int,
+    progress_bar: bool,
+) -> RewardPosterior:
+    """The fit's steps after the options are checked: fit the curvature on checked batches
+    (summed across processes), build the posterior, set its prior."""
     processes = Processes(distributed)
     if processes.active and not options.pair_backend:
         raise NotImplementedError(
@@ -145,14 +148,8 @@ def fit_reward_posterior(
     if isinstance(getattr(train_loader, "collate_fn", None), TextPairCollator):
         posterior.text_collator = train_loader.collate_fn  # queries take texts as trained
     val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
-
-    def refit(pairs: DataLoader) -> Any:  # the same structure on other pairs, one process
-        part = options.build_laplace(model)
-        checked = CheckedPairLoader(pairs, "train_loader", options.dict_key_y)
-        _fit(part, checked, options, Processes(enabled=False), progress_bar=False)
-        return part
-
-    ratio = set_prior_precision(
+    # None unless the held-out calibration scaled the exact evidence's prior
+    posterior.prior_calibration = set_prior_precision(
         posterior.predictive,
         options.prior,
         train_loader=loader,
@@ -160,10 +157,17 @@ def fit_reward_posterior(
         read_pairs=posterior._pairs,  # TODO(merge): the reader's public name
         processes=processes,
         progress_bar=progress_bar,
-        refit=refit,
+        refit=functools.partial(_refit, model, options),
     )
-    posterior.prior_calibration = ratio  # None unless the held-out calibration scaled it
     return posterior
+
+
+def _refit(model: PairwiseRewardModel, options: FitOptions, pairs: DataLoader) -> Any:
+    """The same structure fitted on other pairs, in one process (the held-out calibration)."""
+    la = options.build_laplace(model)
+    checked = CheckedPairLoader(pairs, "train_loader", options.dict_key_y)
+    _fit(la, checked, options, Processes(enabled=False), progress_bar=False)
+    return la
 
 
 def _fit(

@@ -224,11 +224,11 @@ class FitOptions:
             self.prior.check_structure(options.subset_of_weights, self.hessian_structure)
         if options.subset_of_weights is SubsetOfWeights.LAST_LAYER:
             options = options._check_last_layer(model, first_x)
-        if options.hessian_structure == "full":
+        if options.structure.dense_covariance:
             options._check_full_memory(model, first_x)
         calibrated = (
             options.subset_of_weights is SubsetOfWeights.ALL
-            and options.hessian_structure != "full"
+            and not options.structure.dense_covariance
             and options.pair_backend
         )
         if options.prior.calibrate and not calibrated:  # exact already, or not ours to match
@@ -264,7 +264,7 @@ class FitOptions:
         return self
 
     def _check_full_memory(self, model: nn.Module, first_x: Any) -> None:
-        if self.subset_of_weights == "all":
+        if self.subset_of_weights is SubsetOfWeights.ALL:
             n = sum(p.numel() for p in model.parameters() if p.requires_grad)
             what, fix = f"all {n:,} parameters", "or subset_of_weights='last_layer'"
         else:
@@ -299,7 +299,7 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetO
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (
-        options.hessian_structure == "full" and n * n * params[0].element_size() > FULL_MEMORY_LIMIT
+        options.structure.dense_covariance and n * n * params[0].element_size() > FULL_MEMORY_LIMIT
     )
     if too_big or not options.pair_backend:
         return SubsetOfWeights.LAST_LAYER

@@ -36,9 +36,10 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from bt_laplace._layer_io import posterior_parameters
+from bt_laplace.choices import SubsetOfWeights
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.structures import STRUCTURES, structure_class
+from bt_laplace.structures import STRUCTURES, structure_class, subset_of_weights
 
 __all__ = [
     "CONFIG_FILE",
@@ -106,13 +107,13 @@ def laplace_record(laplace: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor
     """The configuration (JSON-able) and tensors that define a fitted laplace-torch posterior."""
     la = laplace
     cls = structure_class(la)
-    last_layer = hasattr(la.model, "last_layer")
+    subset = subset_of_weights(la)
     kwargs = dict(la._backend_kwargs)
     kwargs.pop("last_layer", None)
     config: dict[str, Any] = {
         "format": FORMAT,
         "laplace_class": type(la).__name__,
-        "subset_of_weights": "last_layer" if last_layer else "all",
+        "subset_of_weights": subset.value,
         "hessian_structure": cls.name,
         "temperature": float(la.temperature),
         "n_data": int(la.n_data),
@@ -124,7 +125,7 @@ def laplace_record(laplace: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor
         "parameters": _covered(la),
         "fingerprint": weights_fingerprint(_network(la)),
     }
-    if last_layer:
+    if subset is SubsetOfWeights.LAST_LAYER:
         config["last_layer_name"] = la.model._last_layer_name
         reduction = la.model.feature_reduction
         config["feature_reduction"] = None if reduction is None else str(reduction)
@@ -221,7 +222,7 @@ def restore_laplace(
         "dict_key_x": config["dict_key_x"],
         "dict_key_y": config["dict_key_y"],
     }
-    if subset == "last_layer":
+    if subset == SubsetOfWeights.LAST_LAYER:
         kwargs["last_layer_name"] = config["last_layer_name"]
         kwargs["feature_reduction"] = config["feature_reduction"]
     kwargs.update({k: config[k] for k in structure.saved_settings if k in config})

@@ -42,6 +42,7 @@ from bt_laplace.persistence import laplace_record, restore_laplace, write_record
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior import PriorSetting, set_prior_precision
 from bt_laplace.prior.gridsearch import pair_nll_sum
+from bt_laplace.structures import subset_of_weights
 
 __all__ = ["RewardPrediction", "RewardPosterior"]
 
@@ -500,11 +501,11 @@ class RewardPosterior:
             Probabilities ``(B,)``.
         """
         link = LinkApprox.check("link_approx", link_approx)
-        if link == "mc":
+        if link is LinkApprox.MC:
             n_samples = check_positive_int("n_samples", n_samples)
         # the variance of the difference cancels (v0 + v1 - 2 cov): it comes in float64
         mean_diff, var_diff = self.difference_moments(x)
-        if link == "probit":
+        if link is LinkApprox.PROBIT:
             p = probit_preference_probability(mean_diff, var_diff)
         else:
             p = mc_preference_probability(
@@ -715,8 +716,7 @@ class RewardPosterior:
             settings=prior_kwargs,
         )
         la = self.laplace
-        subset = "last_layer" if hasattr(la.model, "last_layer") else "all"
-        setting.check_structure(subset, self.predictive.structure.name)
+        setting.check_structure(subset_of_weights(la), self.predictive.structure.name)
         pair_backend = is_pair_backend(la._backend_cls)
         train = None
         if train_loader is not None:

@@ -8,7 +8,9 @@ entry in :data:`STRUCTURES`; the predictive, the fit options and the prior read 
 """
 
 from laplace.baselaplace import ParametricLaplace
+from laplace.lllaplace import LLLaplace
 
+from bt_laplace.choices import SubsetOfWeights
 from bt_laplace.structures.base import DenseJacobians, Jacobians, PosteriorStructure
 from bt_laplace.structures.diag import DiagStructure
 from bt_laplace.structures.full import FullStructure
@@ -24,6 +26,7 @@ __all__ = [
     "STRUCTURES",
     "structure_class",
     "structure_for",
+    "subset_of_weights",
 ]
 
 #: the structures by ``hessian_structure`` name
@@ -41,6 +44,11 @@ def structure_class(laplace: ParametricLaplace) -> type[PosteriorStructure]:
         f"bt_laplace supports laplace-torch's diag, kron and full posteriors, got "
         f"{type(laplace).__name__}; use hessian_structure='diag', 'kron' or 'full'."
     )
+
+
+def subset_of_weights(laplace: ParametricLaplace) -> SubsetOfWeights:
+    """Which parameters a laplace-torch posterior covers: ``LAST_LAYER`` or ``ALL``."""
+    return SubsetOfWeights.LAST_LAYER if isinstance(laplace, LLLaplace) else SubsetOfWeights.ALL
 
 
 def structure_for(laplace: ParametricLaplace) -> PosteriorStructure:

@@ -99,6 +99,9 @@ class PosteriorStructure(ABC):
         self._cache_key: Any = None
         self._cast: tuple[Any, torch.dtype, Any] | None = None
 
+    #: whether the covariance is one dense ``P x P`` matrix (its memory is checked before a
+    #: fit; it keeps the covariance between layers, so the exact evidence's prior suits it)
+    dense_covariance: ClassVar[bool] = False
     #: settings of laplace-torch's class that a saved posterior records by name (``kron``:
     #: ``damping``), passed back to the class when it is loaded
     saved_settings: ClassVar[tuple[str, ...]] = ()

@@ -26,6 +26,7 @@ class FullStructure(PosteriorStructure):
 
     name: ClassVar[str] = "full"
     laplace_type: ClassVar[type] = FullLaplace
+    dense_covariance: ClassVar[bool] = True
 
     @staticmethod
     def batch_curvature(

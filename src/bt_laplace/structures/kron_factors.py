@@ -1,0 +1,383 @@
+"""Pair Kronecker factors: the nearest Kronecker product of each weight's exact pair GGN block,
+summed over batches of pairs and finished by alternating least squares.
+
+Shape legend: ``B`` pairs, ``2`` the two items of a pair, ``in``/``out`` the sizes of a linear
+layer, ``L`` positions of a sequence.
+
+Whole-data Kronecker factors cannot be summed batch by batch beyond the first half-step, so
+:class:`PairKronFactors` sums what one pass gives (exact blocks, bias blocks, the first
+half-step) as the batches arrive and keeps the per-pair factors of the layers that need more
+(``2 (in + out)`` numbers per pair and layer, up to a limit, then recomputed);
+:func:`nearest_kronecker_factors` is the same alternating least squares on given per-pair
+factors (Van Loan & Pitsianis, 1993). The posterior that uses them:
+:mod:`bt_laplace.structures.kron`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from laplace.utils import Kron
+
+from bt_laplace._layer_io import (
+    LayerIO,
+    LayerIORecorder,
+    bias_jacobian,
+    is_sequence,
+    pair_split,
+    weight_jacobian,
+)
+
+__all__ = ["KRON_STORE_LIMIT", "PairKronFactors", "Reduce", "nearest_kronecker_factors"]
+
+#: bytes of per-pair factors a fit keeps before it switches to recomputing them
+KRON_STORE_LIMIT = 2**30
+
+#: one batch's per-pair factors of the layers that need more than one pass: per such layer
+#: ``(g (2B, out), a (2B, in))``, or on sequences the pair Jacobian ``D = J_1 - J_0``
+#: ``(B, out, in)`` where it is smaller; and the pair weights ``(B,)``
+_Kept = tuple[dict[int, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+class PairKronFactors:
+    """The whole-data ``kron`` curvature, fed batch by batch.
+
+    What one pass over the pairs gives is summed as the batches arrive and never kept: the
+    exact block of a layer that is a Kronecker product already (one output or one input, such
+    as a reward model's head, so all of a last-layer fit), the exact bias blocks, and the first
+    alternating half-step of the other layers. Only those other layers' later half-steps need
+    the pairs again: their activations and output gradients (``2 (in + out)`` numbers per
+    pair and layer) and the pair weights (one a pair; the batches are never concatenated) are
+    kept up to :data:`KRON_STORE_LIMIT` bytes. Past that nothing is kept and :meth:`finish`
+    recomputes them with one more forward and backward pass over the pairs per further
+    half-step, so memory stays independent of the number of pairs.
+
+    Args:
+        recorder: The layer I/O recorder over the posterior's parameters.
+        iterations: Alternating half-steps of :func:`nearest_kronecker_factors`.
+        store_limit: Bytes of factors to keep before recomputing instead.
+
+    Attributes:
+        stored_bytes: Bytes of per-pair factors kept now.
+        peak_bytes: The most bytes of per-pair factors kept at once.
+        recompute: Whether the factors passed ``store_limit`` and were dropped.
+    """
+
+    def __init__(
+        self, recorder: LayerIORecorder, iterations: int, store_limit: int | None = None
+    ) -> None:
+        self.recorder = recorder
+        self.iterations = iterations
+        self.store_limit = KRON_STORE_LIMIT if store_limit is None else store_limit
+        self.batches: list[_Kept] = []
+        self.stored_bytes = 0
+        self.peak_bytes = 0
+        self.recompute = False
+        slots = recorder.slots
+        self._weights = sorted({s.layer for s in slots if s.kind == "weight"})
+        self._biases = sorted({s.layer for s in slots if s.kind == "bias"})
+        self._fits: dict[int, _AlternatingKron] = {}
+        self._bias_blocks: dict[int, torch.Tensor] = {}
+
+    def add(self, result: LayerIO, weight: torch.Tensor) -> None:
+        """Sum what one pass gives of a batch of ``2B`` items with pair weights ``(B,)``, and
+        keep the per-pair factors that the later half-steps need."""
+        if not self._fits:  # the first batch: half-step 0 of every weight begins
+            for i in self._weights:
+                g, a = result.grads[i], result.acts[i]
+                self._fits[i] = _AlternatingKron(g.shape[-1], a.shape[-1], a)
+                self._fits[i].begin(0, self.iterations)
+        for i, fit in self._fits.items():
+            g0, g1 = pair_split(result.grads[i])
+            a0, a1 = pair_split(result.acts[i])
+            fit.add(g0, g1, a0, a1, weight)
+        for i in self._biases:
+            g0, g1 = pair_split(result.grads[i])
+            d = bias_jacobian(g1) - bias_jacobian(g0)
+            block = (d * weight[:, None]).T @ d
+            self._bias_blocks[i] = self._bias_blocks[i] + block if i in self._bias_blocks else block
+        kept = self._kept(result, weight)
+        if self.recompute or not kept[0]:
+            return
+        tensors = [t for factors in kept[0].values() for t in factors] + [weight]
+        self.stored_bytes += sum(t.numel() * t.element_size() for t in tensors)
+        if self.stored_bytes > self.store_limit:
+            self.batches, self.stored_bytes, self.recompute = [], 0, True
+            return
+        self.batches.append(kept)
+        self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
+
+    def _kept(self, result: LayerIO, weight: torch.Tensor) -> _Kept:
+        """The factors of a batch that the half-steps after the first need: a layer's
+        ``(g, a)``, or on sequences its pair Jacobian ``D`` where that is smaller than the
+        ``2 L (in + out)`` per-position numbers (a LoRA matrix of rank 8 next to 384 features
+        at 30 positions: 3,072 against 23,520 a pair), which also makes each later half-step
+        a batched product."""
+        kept: dict[int, tuple[torch.Tensor, ...]] = {}
+        for i, fit in self._fits.items():
+            if fit.passes(self.iterations) <= 1:
+                continue
+            g, a = result.grads[i], result.acts[i]
+            if _pair_jacobian_is_smaller(g, a):
+                (g0, g1), (a0, a1) = pair_split(g), pair_split(a)
+                kept[i] = (weight_jacobian(g1, a1) - weight_jacobian(g0, a0),)
+            else:
+                kept[i] = (g, a)
+        return kept, weight
+
+    def finish(
+        self,
+        reduce: Reduce | None = None,
+        batches: Callable[[], Iterable[tuple[LayerIO, torch.Tensor]]] | None = None,
+    ) -> Kron:
+        """Kronecker factors over all pairs, in laplace-torch's ``Kron`` layout: per weight
+        the nearest Kronecker product ``[G (out, out), A (in, in)]`` (for a ``Conv1D``
+        weight, stored ``(in, out)``: ``[A, G]``, the same product in the order of its
+        flattened parameters), per bias its exact dense block ``[(out, out)]``.
+
+        Args:
+            reduce: Sums a tensor over processes (each sum over pairs passes through it, so
+                every rank gets the factors of all ranks' pairs).
+            batches: Recomputes ``(layer I/O, pair weights)`` batch by batch, one pass per
+                call; needed when the factors were not kept (:attr:`recompute`).
+        """
+        reduce = reduce or _identity
+        if not self._fits and not self._bias_blocks:
+            raise RuntimeError("no pairs were added; call add() on the batches first.")
+        fits = self._fits
+        for fit in fits.values():
+            fit.end(reduce)
+
+        def source() -> Iterable[_Kept]:  # one pass over the kept or recomputed factors
+            if not self.recompute:
+                return self.batches
+            if batches is None:
+                raise RuntimeError("the pair factors were not kept; pass `batches`.")
+            return (self._kept(result, w) for result, w in batches())
+
+        passes = max([f.passes(self.iterations) for f in fits.values()] + [1])
+        for k in range(1, passes):
+            active = [i for i, f in fits.items() if f.begin(k, self.iterations)]
+            if not active:
+                break
+            for kept, w in source():
+                for i in active:
+                    if len(kept[i]) == 1:  # the pair Jacobians
+                        fits[i].add_dense(kept[i][0], w)
+                        continue
+                    g, a = kept[i]
+                    g0, g1 = pair_split(g)
+                    a0, a1 = pair_split(a)
+                    fits[i].add(g0, g1, a0, a1, w)
+            for i in active:
+                fits[i].end(reduce)
+        self.batches, self.stored_bytes = [], 0
+        kfacs: list[Any] = []
+        for slot in self.recorder.slots:
+            if slot.kind == "bias":
+                kfacs.append([reduce(self._bias_blocks[slot.layer])])
+            else:  # G x A is the block of W (out, in); A x G that of a Conv1D's W (in, out)
+                g_fac, a_fac = fits[slot.layer].factors()
+                kfacs.append([a_fac, g_fac] if slot.transposed else [g_fac, a_fac])
+        return Kron(kfacs)
+
+
+def _pair_jacobian_is_smaller(g: torch.Tensor, a: torch.Tensor) -> bool:
+    """Whether a layer's pair Jacobian ``(out, in)`` takes fewer numbers than its layer I/O
+    on sequences, ``2 L (in + out)`` a pair."""
+    n_out, n_in = g.shape[-1], a.shape[-1]
+    return is_sequence(a) and n_out * n_in < 2 * a.shape[1] * (n_in + n_out)
+
+
+class _AlternatingKron:
+    """The alternating least squares of one weight's nearest Kronecker product, fed the
+    per-pair factors batch by batch: one :meth:`begin` / :meth:`add`... / :meth:`end` round
+    per half-step (a single round, exact, when ``out == 1`` or ``in == 1``)."""
+
+    def __init__(self, n_out: int, n_in: int, like: torch.Tensor) -> None:
+        self.n_out, self.n_in = n_out, n_in
+        self.exact = n_out == 1 or n_in == 1
+        opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        self.a_fac = torch.eye(n_in, **opts) / n_in**0.5
+        self.g_fac = torch.zeros(n_out, n_out, **opts)
+        self.total: torch.Tensor | None = None
+        self.f: torch.Tensor | None = None
+        self.stopped = False
+
+    def passes(self, iterations: int) -> int:
+        return 1 if self.exact else max(iterations, 1)
+
+    def begin(self, step: int, iterations: int) -> bool:
+        """Prepare half-step ``step``; False when this weight has no such step."""
+        if self.stopped or step >= self.passes(iterations):
+            return False
+        self.step, self.total = step, None
+        if self.exact:
+            return True
+        # each half-step makes one factor optimal for the other (unit norm): the projection
+        # of H onto the Kronecker products with that factor
+        fac = self.a_fac if step % 2 == 0 else self.g_fac
+        if fac.norm() == 0:
+            self.stopped = True
+            return False
+        fac = fac / fac.norm()
+        if step % 2 == 0:
+            self.a_fac = fac
+            self.f = None if step == 0 else fac  # step 0: A = I / sqrt(in), no products
+        else:
+            self.g_fac = self.f = fac
+        return True
+
+    def add(
+        self,
+        g0: torch.Tensor,
+        g1: torch.Tensor,
+        a0: torch.Tensor,
+        a1: torch.Tensor,
+        w: torch.Tensor,
+    ) -> None:
+        if self.exact:  # the block is a Kronecker product: sum it
+            d = (weight_jacobian(g1, a1) - weight_jacobian(g0, a0)).flatten(1)
+            part = (d * w[:, None]).T @ d
+        elif self.step % 2 == 0:
+            part = _pair_step(self.f, [a0], [a1], [g0], [g1], [w])
+        else:
+            part = _pair_step(self.f, [g0], [g1], [a0], [a1], [w])
+        self.total = part if self.total is None else self.total + part
+
+    def add_dense(self, d: torch.Tensor, w: torch.Tensor) -> None:
+        """:meth:`add` from pair Jacobians ``D = J_1 - J_0`` ``(B, out, in)``: the half-steps
+        ``G <- sum_n w_n D_n A D_n^T`` and ``A <- sum_n w_n D_n^T G D_n``."""
+        if self.exact:
+            flat = d.flatten(1)
+            part = (flat * w[:, None]).T @ flat
+        elif self.step % 2 == 0:
+            part = torch.einsum("b,boi,bpi->op", w, d if self.f is None else d @ self.f, d)
+        else:
+            assert self.f is not None
+            part = torch.einsum("b,boi,boj->ij", w, d, self.f @ d)
+        self.total = part if self.total is None else self.total + part
+
+    def end(self, reduce: Reduce) -> None:
+        assert self.total is not None
+        total = reduce(self.total)
+        if self.exact:
+            self.block = total
+        elif self.step == 0:
+            self.g_fac = total / self.n_in**0.5
+        elif self.step % 2 == 0:
+            self.g_fac = total
+        else:
+            self.a_fac = total
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.exact:
+            one = torch.ones(1, 1, dtype=self.block.dtype, device=self.block.device)
+            return (one, self.block) if self.n_out == 1 else (self.block, one)
+        return self.g_fac, self.a_fac
+
+
+Chunks = list[torch.Tensor]
+#: sums a tensor over processes (the identity in one process)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _pair_step(
+    f: torch.Tensor | None, u0: Chunks, u1: Chunks, v0: Chunks, v1: Chunks, weight: Chunks
+) -> torch.Tensor:
+    """One side of the power iteration: ``sum_n Vhat_n C_n Vhat_n^T`` ``(e, e)``.
+
+    ``C_n = w_n [[u1^T F u1, -u1^T F u0], [-u1^T F u0, u0^T F u0]]`` and
+    ``Vhat_n = [v1_n, v0_n]``; per chunk of pairs, two products with ``F`` (none when ``F`` is
+    None, the identity) and two Gram products.
+    """
+    e = v0[0].shape[-1]
+    total = torch.zeros(e, e, dtype=v0[0].dtype, device=v0[0].device)
+    for u0_, u1_, v0_, v1_, w in zip(u0, u1, v0, v1, weight, strict=True):
+        if is_sequence(u0_):  # Uhat = [u1_t, -u0_t], Vhat = [v1_t, v0_t] over the L positions
+            uh, vh = torch.cat([u1_, -u0_], 1), torch.cat([v1_, v0_], 1)  # (B, 2L, .)
+            c = (uh if f is None else uh @ f) @ uh.transpose(1, 2) * w[:, None, None]
+            total += (vh.transpose(1, 2) @ c @ vh).sum(0)
+            continue
+        u1f, u0f = (u1_, u0_) if f is None else (u1_ @ f, u0_ @ f)
+        c11 = (w * (u1f * u1_).sum(-1))[:, None]
+        c00 = (w * (u0f * u0_).sum(-1))[:, None]
+        c10 = (w * (u1f * u0_).sum(-1))[:, None]
+        # Vhat C Vhat^T = v1 (c11 v1 - c10 v0)^T + v0 (c00 v0 - c10 v1)^T, summed over pairs
+        total += v1_.T @ (c11 * v1_ - c10 * v0_) + v0_.T @ (c00 * v0_ - c10 * v1_)
+    return total
+
+
+def _chunks(t: torch.Tensor | Chunks) -> Chunks:
+    return [t] if isinstance(t, torch.Tensor) else list(t)
+
+
+def nearest_kronecker_factors(
+    g0: torch.Tensor | Chunks,
+    g1: torch.Tensor | Chunks,
+    a0: torch.Tensor | Chunks,
+    a1: torch.Tensor | Chunks,
+    weight: torch.Tensor | Chunks,
+    *,
+    iterations: int = 2,
+    reduce: Reduce | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest Kronecker product ``G (out, out) x A (in, in)`` to a pair GGN block.
+
+    The exact block of a linear weight is
+    ``H = sum_n w_n vec(g1_n a1_n^T - g0_n a0_n^T) vec(.)^T``, a sum of four Kronecker products
+    per pair. Power iteration on Van Loan's rearrangement maximizes ``<H, G x A>``; each step
+    is ``G <- sum_n w_n Ghat_n (Ahat_n^T A Ahat_n) Ghat_n^T`` with ``Ghat_n = [g1_n, -g0_n]``,
+    ``Ahat_n = [a1_n, a0_n]`` (and the same with the roles swapped), which keeps both factors
+    positive semi-definite. It starts from ``A = I``: the first half-step gives the output factor
+    optimal for it (pair cross terms included), the second the input factor optimal for that,
+    each over all pairs, so the factors do not depend on how the pairs were batched or
+    ordered (beyond rounding). On the accuracy MLPs these two half-steps are within
+    0.01-0.25% of the nearest-Kronecker floor (the best any single Kronecker product can do),
+    against 0.3-5% for one half-step from KFAC's output factor and 6-40% from the item
+    difference in the input factor. A layer with one output (or one input) is a Kronecker
+    product already and is returned exactly, without iterating.
+
+    For a layer applied to the ``L`` positions of a sequence the per-pair block is
+    ``sum_t g1_t a1_t^T - sum_t g0_t a0_t^T``; the same steps run with ``Ghat_n`` and ``Ahat_n``
+    of ``2 L`` columns.
+
+    Args:
+        g0: Output gradients of item 0 ``(B, out)`` or ``(B, L, out)``, or a list of such
+            chunks of pairs.
+        g1: Output gradients of item 1 (same shape, or chunks).
+        a0: Input activations of item 0 ``(B, in)`` or ``(B, L, in)`` (or chunks).
+        a1: Input activations of item 1 (same shape, or chunks).
+        weight: Pair weights ``p (1 - p)`` ``(B,)`` (or chunks).
+        iterations: Alternating half-steps from ``A = I``, output factor first; each costs
+            one pass over the stored factors. 1 keeps ``A = I`` (a poor factor); use 2 or more.
+        reduce: Sums each half-step's sum over pairs across processes (pairs split over
+            ranks); None for one process.
+
+    Returns:
+        ``(G, A)`` with ``G x A`` the nearest Kronecker product to ``H`` in Frobenius norm.
+
+    Example:
+        >>> g = torch.ones(4, 1, dtype=torch.float64)
+        >>> a0, a1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+        >>> w = torch.full((4,), 0.25, dtype=torch.float64)
+        >>> G, A = nearest_kronecker_factors(g, g, a0, a1, w)
+        >>> torch.allclose(torch.kron(G, A), ((a1 - a0) * w[:, None]).T @ (a1 - a0))
+        True
+    """
+    reduce = reduce or _identity
+    g0, g1, a0, a1, weight = (_chunks(t) for t in (g0, g1, a0, a1, weight))
+    fit = _AlternatingKron(g0[0].shape[-1], a0[0].shape[-1], a0[0])
+    for step in range(fit.passes(iterations)):
+        if not fit.begin(step, iterations):
+            break
+        for chunk in zip(g0, g1, a0, a1, weight, strict=True):
+            fit.add(*chunk)
+        fit.end(reduce)
+    return fit.factors()
