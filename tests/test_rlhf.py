@@ -10,6 +10,7 @@ from conftest import D_IN
 
 import bt_laplace as btl
 from bt_laplace.rlhf import (
+    RewardPenalty,
     best_of_n,
     penalize,
     penalized_reward,
@@ -88,6 +89,53 @@ def test_effective_reward_equals_joint_monte_carlo(posterior, penalty, reference
     # and the closed form: the Gaussian's cumulant generating function at -1/beta (+1/beta)
     mean, var = posterior(x) if reference is None else posterior.relative_reward(x)
     torch.testing.assert_close(got, mean + sign * var / (2 * beta), rtol=1e-12, atol=1e-12)
+
+
+EVERY_PENALTY = [
+    ("std", {"k": 2.0}),
+    ("variance", {"k": -0.5}),
+    ("quantile", {}),
+    ("quantile", {"level": 0.2}),
+    ("kl", {"beta": 0.2}),
+    ("kl_optimistic", {"beta": 0.3}),
+]
+EVERY_PENALTY_IDS = ["std", "variance", "quantile-default", "quantile-0.2", "kl", "kl_optimistic"]
+
+
+@pytest.mark.parametrize("reference", [None, "group"], ids=["absolute", "relative"])
+@pytest.mark.parametrize("penalty,options", EVERY_PENALTY, ids=EVERY_PENALTY_IDS)
+def test_penalized_reward_method_and_function_agree_in_float64(
+    posterior, penalty, options, reference
+):
+    """One penalty: the method, the function, a RewardPenalty and penalize on the moments."""
+    x = items(9, seed=21)
+    groups = [0, 0, 0, 1, 1, 1, 1, 2, 2] if reference == "group" else None
+    where = {"reference": reference, "groups": groups}
+    got = posterior.penalized_reward(x, penalty=penalty, **options, **where)
+    assert got.dtype == torch.float64 and got.shape == (9,)
+    function = penalized_reward(posterior, x, penalty=penalty, **options, **where)
+    torch.testing.assert_close(function, got, rtol=0, atol=0)
+    rule = RewardPenalty(penalty, **options)
+    torch.testing.assert_close(posterior.penalized_reward(x, penalty=rule, **where), got)
+    torch.testing.assert_close(penalized_reward(posterior, x, penalty=rule, **where), got)
+    mean, var = posterior(x) if reference is None else posterior.relative_reward(x, groups=groups)
+    want = penalize(mean, var, penalty=penalty, **options)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(rule.apply(mean, var), want, rtol=0, atol=0)
+    if reference == "group":  # best-of-n scores with the same penalty
+        pick = best_of_n(posterior, x, groups=groups, penalty=rule)
+        torch.testing.assert_close(pick.scores, want, rtol=1e-12, atol=1e-12)
+
+
+def test_penalized_reward_method_refuses_what_the_function_refuses(posterior):
+    x = items(3, seed=22)
+    for call in (posterior.penalized_reward, lambda x, **kw: penalized_reward(posterior, x, **kw)):
+        with pytest.raises(ValueError, match=r"penalty='kl' needs `beta`"):
+            call(x, penalty="kl")
+        with pytest.raises(ValueError, match=r"`k` is used by penalty 'std' or 'variance'"):
+            call(x, k=2.0, penalty="quantile")
+        with pytest.raises(ValueError, match=r"`groups` needs reference='group'"):
+            call(x, groups=[0, 0, 1])
 
 
 @pytest.mark.parametrize("level", [0.5, 0.9, 0.99], ids=["50%", "90%", "99%"])
