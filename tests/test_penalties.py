@@ -1,4 +1,4 @@
-"""The penalty value: one RewardPenalty, checked once when made, applied by penalize."""
+"""Penalties (bt_laplace.penalties): the formulas in float64, the RewardPenalty value, errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,69 @@ from bt_laplace.choices import Penalty
 from bt_laplace.penalties import RewardPenalty, penalize
 
 
+def test_penalize_formulas_in_float64():
+    mean = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    var = torch.tensor([0.0, 0.5, 4.0], dtype=torch.float64)
+    std = var.sqrt()
+    torch.testing.assert_close(penalize(mean, var, k=1.5), mean - 1.5 * std, rtol=0, atol=0)
+    got = penalize(mean, var, penalty="variance", k=-2.0)
+    torch.testing.assert_close(got, mean + 2.0 * var, rtol=0, atol=0)
+    torch.testing.assert_close(penalize(mean, var, penalty="kl", beta=0.25), mean - 2.0 * var)
+    got = penalize(mean, var, penalty="kl_optimistic", beta=0.25)
+    torch.testing.assert_close(got, mean + 2.0 * var)
+
+
+@pytest.mark.parametrize("level", [0.01, 0.05, 0.3], ids=["1%", "5%", "30%"])
+def test_quantile_penalty_equals_normal_icdf(level):
+    mean = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    var = torch.tensor([1e-6, 0.5, 4.0], dtype=torch.float64)
+    want = torch.distributions.Normal(mean, var.sqrt()).icdf(
+        torch.tensor(level, dtype=torch.float64)
+    )
+    got = penalize(mean, var, penalty="quantile", level=level)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if level == 0.05:  # the default level
+        torch.testing.assert_close(penalize(mean, var, penalty="quantile"), want)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"penalty": "mad"}, ValueError, r"`penalty` must be one of .*'kl'.*got 'mad'"),
+        ({"penalty": "kl"}, ValueError, r"penalty='kl' needs `beta`.*pass it"),
+        ({"penalty": "kl", "beta": -1.0}, ValueError, r"`beta` must be positive.*got -1.0"),
+        ({"penalty": "quantile", "level": 1.5}, ValueError, r"`level`.*\(0, 1\), got 1.5"),
+        ({"level": 0.1}, ValueError, r"`level` is used by penalty 'quantile', not by .*'std'"),
+        ({"beta": 0.1}, ValueError, r"`beta` is used by penalty 'kl' or 'kl_optimistic'"),
+        ({"penalty": "kl", "beta": 0.1, "k": 2.0}, ValueError, r"`k` is used by penalty 'std'"),
+        ({"k": float("nan")}, ValueError, r"`k` must be a finite number, got nan"),
+    ],
+    ids=[
+        "unknown",
+        "kl-no-beta",
+        "beta-negative",
+        "level-1.5",
+        "level-unused",
+        "beta-unused",
+        "k-unused",
+        "k-nan",
+    ],
+)
+def test_penalize_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        penalize(torch.zeros(2), torch.ones(2), **kwargs)
+
+
+def test_penalize_bad_tensors():
+    with pytest.raises(ValueError, match=r"same shape.*\(2,\) and \(3,\)"):
+        penalize(torch.zeros(2), torch.ones(3))
+    with pytest.raises(ValueError, match=r"`variance` must be non-negative.*-1"):
+        penalize(torch.zeros(2), -torch.ones(2))
+    with pytest.raises(TypeError, match=r"`mean` must be a torch.Tensor, got list"):
+        penalize([0.0], torch.ones(1))
+
+
+# ---------------------------------------------------------------------------- the value
 def test_reward_penalty_is_frozen_and_holds_plain_checked_values():
     rule = RewardPenalty(Penalty.KL, beta=1)
     assert rule == RewardPenalty("kl", beta=1.0)
