@@ -17,6 +17,7 @@ __all__ = [
     "check_positive_int",
     "check_tensor",
     "check_finite",
+    "check_probability",
     "progress",
     "check_input_dtype",
     "n_rows",
@@ -64,6 +65,14 @@ def check_finite(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
     return float(value)
+
+
+def check_probability(name: str, value: Any) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number in ``(0, 1)``."""
+    value = check_finite(name, value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"`{name}` must be a probability in (0, 1), got {value}.")
+    return value
 
 
 def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:

@@ -25,7 +25,6 @@ from torch import nn
 
 from bt_laplace._checks import (
     check_choice,
-    check_finite,
     check_input_dtype,
     check_positive_int,
     check_tensor,
@@ -39,6 +38,7 @@ from bt_laplace.choices import LinkApprox, Reference
 from bt_laplace.curvature import is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.persistence import laplace_record, restore_laplace, write_record
+from bt_laplace.penalties import RewardPenalty
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior import PriorSetting, set_prior_precision
 from bt_laplace.prior.gridsearch import pair_nll_sum
@@ -593,13 +593,25 @@ class RewardPosterior:
         return RewardPrediction(mean, _finite(variance))
 
     def penalized_reward(
-        self, x: Any, k: float = 1.0, *, reference: Any = None, groups: Any = None
+        self,
+        x: Any,
+        k: float = 1.0,
+        *,
+        penalty: str | RewardPenalty = "std",
+        beta: float | None = None,
+        level: float | None = None,
+        reference: Any = None,
+        groups: Any = None,
     ) -> torch.Tensor:
-        """Pessimistic reward ``mean - k * sqrt(variance)`` per item ``(B,)``.
+        """Penalized reward per item ``(B,)``, by default ``mean - k * sqrt(variance)``.
 
         Args:
             x: Items ``(B, *item)`` (a token dict, or texts given a tokenizer).
             k: Number of standard deviations to subtract (``k < 0`` gives an optimistic bonus).
+            penalty, beta, level: The other penalties, as in :func:`~bt_laplace.rlhf.penalize`
+                (``"variance"``, ``"quantile"`` with ``level``, ``"kl"`` and
+                ``"kl_optimistic"`` with ``beta``), or one
+                :class:`~bt_laplace.penalties.RewardPenalty` as ``penalty``.
             reference: None (default): the absolute reward's moments, ``post(x)``.
                 ``"group"`` or reference items ``(M, *item)``: the moments of
                 :meth:`relative_reward`, whose variance leaves out the offset pairs cannot
@@ -608,7 +620,7 @@ class RewardPosterior:
             groups: With ``reference="group"``, the group of each item, as in
                 :meth:`relative_reward` (candidates of many prompts in one call).
         """
-        k = check_finite("k", k)
+        rule = RewardPenalty.from_arguments(penalty, k=k, beta=beta, level=level)
         if reference is None:
             if groups is not None:
                 raise ValueError(
@@ -618,7 +630,7 @@ class RewardPosterior:
             mean, variance = self(x)
         else:
             mean, variance = self.relative_reward(x, reference, groups=groups)
-        return mean - k * variance.sqrt()
+        return rule.apply(mean, variance)
 
     @_autograd_query
     def sample(

@@ -9,7 +9,9 @@ of the library can be checked against them (as curvlinops ships its ``torch.func
 - :mod:`bt_laplace.testing.matrix_free`: the same floor and errors of Kronecker factors for
   weight blocks too large to form, from per-item layer inputs and output gradients;
 - :mod:`bt_laplace.testing.problems`: teacher-labelled preference pairs and MAP training with
-  the Bradley-Terry loss, shared by the benchmarks.
+  the Bradley-Terry loss, shared by the benchmarks;
+- :mod:`bt_laplace.testing.tiny`: tiny fitted posteriors (an MLP on random pairs, a one-layer
+  GPT-2 on text pairs) for examples and doctests, each written once.
 
 Everything here forms per-item Jacobians or dense ``(P, P)`` matrices: use it on small models
 in float64, never in a training or serving loop.
@@ -33,6 +35,13 @@ from bt_laplace.testing.matrix_free import (
     top_singular,
 )
 from bt_laplace.testing.problems import bradley_terry_epoch, mlp, teacher_pairs, train_map
+from bt_laplace.testing.tiny import (
+    tiny_loader,
+    tiny_model,
+    tiny_posterior,
+    tiny_text_posterior,
+    tiny_tokenizer,
+)
 
 __all__ = [
     # dense references (ggn)
@@ -55,4 +64,10 @@ __all__ = [
     "teacher_pairs",
     "bradley_terry_epoch",
     "train_map",
+    # tiny fitted posteriors for examples and doctests (tiny)
+    "tiny_model",
+    "tiny_loader",
+    "tiny_posterior",
+    "tiny_tokenizer",
+    "tiny_text_posterior",
 ]

@@ -1,0 +1,151 @@
+"""Fitting (bt_laplace.fit): the evidence, the grid search, the held-out prior calibration,
+progress bars and the last-layer curvature of a fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import bt_laplace as btl
+from bt_laplace.curvature import BradleyTerryGGN, PairKronLLLaplace
+from bt_laplace.testing import exact_ggn
+
+
+def test_last_layer_kron_with_marglik(reward_model, pair_loader):
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="last_layer", evidence="posterior"
+    )
+    assert isinstance(post, btl.RewardPosterior)
+    assert isinstance(post.laplace, PairKronLLLaplace)
+    assert isinstance(post.laplace.backend, BradleyTerryGGN)
+    # marglik moved the prior away from its initial value of 1 and is a (local) optimum
+    prior = float(post.prior_precision)
+    assert prior != pytest.approx(1.0)
+    lml = post.log_marginal_likelihood()
+    for factor in (0.8, 1.25):
+        post.laplace.prior_precision = prior * factor
+        assert post.log_marginal_likelihood() < lml
+    post.laplace.prior_precision = prior
+
+
+def test_gridsearch_minimizes_validation_nll_of_pair_probabilities(reward_model, pairs):
+    x, y = pairs
+    train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
+    post = btl.fit_reward_posterior(
+        reward_model,
+        train,
+        subset_of_weights="all",
+        hessian_structure="kron",
+        prior_precision="gridsearch",
+        val_loader=val,
+        grid_size=9,
+    )
+    chosen = float(post.prior_precision)
+    grid = torch.logspace(-4, 4, 9).tolist()
+    assert chosen == pytest.approx(min(grid, key=lambda g: abs(g - chosen)))
+    nll = post.validation_nll(val)
+    for g in grid:
+        post.laplace.prior_precision = g
+        assert post.validation_nll(val) >= nll - 1e-12
+
+
+@pytest.mark.parametrize(
+    "kwargs, bars",
+    [
+        ({"prior_precision": "marglik", "evidence": "posterior"}, ["Optimizing marglik"]),
+        ({"prior_precision": "marglik", "evidence": "exact"}, ["Exact evidence"]),
+        ({"prior_precision": "gridsearch", "grid_size": 5}, ["Grid search"]),
+    ],
+)
+def test_progress_bars_on_request_only(reward_model, pair_loader, capsys, kwargs, bars):
+    if kwargs["prior_precision"] == "gridsearch":
+        kwargs["val_loader"] = pair_loader
+    btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="diag", **kwargs
+    )
+    assert capsys.readouterr().err == ""
+    btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", hessian_structure="diag",
+        progress_bar=True, **kwargs,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    for bar in ["Computing Hessian", *bars]:  # laplace-torch's own bar over the fit, then ours
+        assert bar in err
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+def test_last_layer_applied_to_sequences_is_exact(sequence_model_and_pairs, structure):
+    """The head runs on every position and the rewards are averaged: its Jacobian is the
+    sum over positions, exact from the taps (no feature_reduction needed)."""
+    model, x, loader = sequence_model_and_pairs
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="last_layer", hessian_structure=structure
+    )
+    exact = exact_ggn(model, x)[-5:, -5:]  # the head's 4 weights and its bias
+    got = post.laplace.H_facs.to_matrix() if structure == "kron" else post.laplace.H
+    want = exact.diagonal() if structure == "diag" else exact
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_last_layer_called_twice_says_what_to_do():
+    class TwiceHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.body(x))
+            return self.head(h) + self.head(2 * h)
+
+    model = btl.PairwiseRewardModel(TwiceHead().double()).eval()
+    loader = DataLoader(
+        TensorDataset(torch.randn(6, 2, 3, dtype=torch.float64), torch.ones(6).long()),
+        batch_size=3,
+    )
+    with pytest.raises(NotImplementedError, match=r"last-layer posterior .*called 2 times"):
+        btl.fit_reward_posterior(model, loader, hessian_structure="diag")
+
+
+def test_default_prior_gives_held_out_items_the_exact_posteriors_variance():
+    """The default (no prior options) scales the exact evidence's prior for an all-weights
+    kron / diag posterior so that, fitted on the pairs without the held-out items, its mean
+    log variance of pairs of held-out items equals the exact Laplace posterior's (the full
+    GGN, here bt_laplace's ``full`` posterior, at its own exact-evidence prior)."""
+    from bt_laplace.prior.calibration import held_out_items
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    items = torch.randn(120, 5, dtype=torch.float64)
+    x = items[torch.randint(120, (300, 2))]
+    y = torch.randint(0, 2, (300,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    keep, query = held_out_items(x)
+    rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=64)
+    exact = btl.fit_reward_posterior(model, rest, hessian_structure="full", evidence="exact")
+    _, v_exact = exact.predictive.difference_moments(query)
+    target = v_exact.log().mean()
+    for structure in ("kron", "diag"):
+        default = btl.fit_reward_posterior(model, loader, hessian_structure=structure)
+        evidence = btl.fit_reward_posterior(
+            model, loader, hessian_structure=structure, prior_precision="marglik"
+        )
+        ratio = default.prior_calibration
+        assert ratio is not None and ratio != pytest.approx(1.0, rel=1e-2)
+        torch.testing.assert_close(
+            default.prior_precision, evidence.prior_precision * ratio, rtol=1e-12, atol=0
+        )
+        part = btl.fit_reward_posterior(
+            model, rest, hessian_structure=structure,
+            prior_precision=float(exact.prior_precision) * ratio,
+        )  # fmt: skip
+        _, v_part = part.predictive.difference_moments(query)
+        assert float(v_part.log().mean() - target) == pytest.approx(0.0, abs=2e-3)
+    # explicit choices are taken as they are: no calibration
+    for kwargs in ({"prior_precision": "marglik"}, {"evidence": "exact"}, {"val_loader": loader}):
+        assert btl.fit_reward_posterior(model, loader, **kwargs).prior_calibration is None
+    last = btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer")
+    assert last.prior_calibration is None  # a one-output head's kron is exact
