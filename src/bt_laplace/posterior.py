@@ -37,8 +37,8 @@ from bt_laplace.bradley_terry import mc_preference_probability, probit_preferenc
 from bt_laplace.choices import LinkApprox, Reference
 from bt_laplace.curvature import is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
-from bt_laplace.persistence import laplace_record, restore_laplace, write_record
 from bt_laplace.penalties import RewardPenalty
+from bt_laplace.persistence import laplace_record, restore_laplace, write_record
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior import PriorSetting, set_prior_precision
 from bt_laplace.prior.gridsearch import pair_nll_sum
