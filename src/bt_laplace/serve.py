@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -347,16 +348,17 @@ def load_app(args: argparse.Namespace) -> FastAPI:
     posterior = load_reward_posterior(
         args.posterior, PairwiseRewardModel(net).eval(), tokenizer=tokenizer
     )
-    saved = posterior.text_collator
+    saved = posterior.text_collator.options
     # no limit saved: the model's positions (a longer text would fail inside the model)
     max_length = args.max_length or saved.max_length
     max_length = max_length or getattr(net.config, "max_position_embeddings", None)
-    posterior.set_tokenizer(
-        tokenizer,
+    text = dataclasses.replace(
+        saved,
         max_length=max_length,
         truncation=args.truncation or saved.truncation,
         append_eos=saved.append_eos if args.append_eos is None else args.append_eos,
     )
+    posterior.set_tokenizer(tokenizer, options=text)
     return create_app(
         posterior,
         **options,
