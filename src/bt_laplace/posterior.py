@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from laplace.baselaplace import ParametricLaplace
 from torch import nn
+from typing_extensions import Unpack
 
 from bt_laplace._checks import (
     check_choice,
@@ -42,7 +43,7 @@ from bt_laplace.inputs import QueryReader, split_rows, take_rows
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import LINK_APPROXIMATIONS
 from bt_laplace.predictive import Predictive
-from bt_laplace.text import TextOptions, TextPairCollator
+from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["RewardPrediction", "RewardPosterior"]
 
@@ -216,9 +217,7 @@ class RewardPosterior:
         tokenizer: Any,
         *,
         options: TextOptions | None = None,
-        max_length: int | None = None,
-        truncation: str = "error",
-        append_eos: bool = True,
+        **text: Unpack[TextKeywords],
     ) -> RewardPosterior:
         """Let every query take texts: items as strings, message lists or TRL
         prompt-completion rows (``{"prompt", "completion"}``), pairs as TRL preference rows
@@ -230,16 +229,14 @@ class RewardPosterior:
 
         Args:
             tokenizer: The tokenizer the model was trained with.
-            options, max_length, truncation, append_eos: As in
-                :class:`~bt_laplace.TextPairCollator`.
+            options: How texts become token ids (:class:`~bt_laplace.text.TextOptions`).
+            **text: Its fields as keywords instead (``max_length``, ``truncation``,
+                ``append_eos``).
 
         Returns:
             The posterior itself.
         """
-        text = TextOptions.of(
-            options, max_length=max_length, truncation=truncation, append_eos=append_eos
-        )
-        self.text_collator = TextPairCollator(tokenizer, options=text)
+        self.text_collator = TextPairCollator(tokenizer, options=TextOptions.of(options, **text))
         return self
 
     @property

@@ -36,12 +36,13 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
 from bt_laplace._checks import check_choice
 from bt_laplace.inputs import check_texts
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.rlhf import PENALTIES, penalize
-from bt_laplace.text import TextOptions, TextPairCollator
+from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["PosteriorRewardFunction", "make_reward_function"]
 
@@ -249,11 +250,9 @@ def make_reward_function(
     level: float | None = None,
     relative: bool = False,
     options: TextOptions | None = None,
-    max_length: int | None = None,
-    truncation: str = "error",
-    append_eos: bool = True,
     name: str = DEFAULT_NAME,
     log: bool = True,
+    **text: Unpack[TextKeywords],
 ) -> PosteriorRewardFunction:
     """A picklable reward function for ``reward_funcs`` of TRL's GRPO, RLOO and online DPO.
 
@@ -275,11 +274,11 @@ def make_reward_function(
             (messages prompts are compared as JSON). Needs two or more completions per
             prompt (``num_generations``); with several processes, a prompt's completions
             scored by another process are not in the group.
-        options, max_length, truncation, append_eos: As in
-            :class:`~bt_laplace.TextPairCollator`, with ``tokenizer`` only (else the
-            posterior's collator keeps its own).
+        options: As in :class:`~bt_laplace.TextPairCollator`, with ``tokenizer`` only (else
+            the posterior's collator keeps its own).
         name: The name TRL logs the reward under.
         log: Log through TRL's ``log_extra`` and ``log_metric`` when the trainer passes them.
+        **text: The fields of ``options`` as keywords instead (``max_length``, ...).
 
     Returns:
         A :class:`PosteriorRewardFunction`.
@@ -317,10 +316,7 @@ def make_reward_function(
         (3, 'float', ['rewards/posterior_reward/posterior_mean', \
 'rewards/posterior_reward/posterior_std', 'rewards/posterior_reward/posterior_std_max'])
     """
-    text = TextOptions.of(
-        options, max_length=max_length, truncation=truncation, append_eos=append_eos
-    )
-    collator = _collator(_checked(posterior), tokenizer, text)
+    collator = _collator(_checked(posterior), tokenizer, TextOptions.of(options, **text))
     return PosteriorRewardFunction(
         posterior,
         collator,

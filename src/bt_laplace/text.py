@@ -30,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
 from bt_laplace._checks import check_positive_int
 from bt_laplace._dataset import Batch, PairSource, check_not_empty, check_split, pair_dataloader
@@ -41,7 +42,7 @@ from bt_laplace._tokens import column_ids, column_text, cut, margins, pad
 from bt_laplace.choices import Truncation
 from bt_laplace.inputs import check_texts, is_conversation
 
-__all__ = ["TextOptions", "TextPairCollator", "text_preference_dataloader"]
+__all__ = ["TextOptions", "TextKeywords", "TextPairCollator", "text_preference_dataloader"]
 
 #: pairs of token-id columns, (chosen, rejected), in the order they are looked for
 ID_COLUMNS = (
@@ -53,6 +54,15 @@ _FORMATS = (
     "TRL's preference formats: 'chosen' and 'rejected' (text or messages, with an optional "
     "'prompt'), or token ids in 'chosen_ids' and 'rejected_ids'"
 )
+
+
+class TextKeywords(TypedDict, total=False):
+    """The fields of :class:`TextOptions` as keywords, which the functions that take
+    ``options=`` take too (``max_length=512`` for ``options=TextOptions(max_length=512)``)."""
+
+    max_length: int | None
+    truncation: str
+    append_eos: bool
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -96,25 +106,19 @@ class TextOptions:
 
     @classmethod
     def of(
-        cls,
-        options: TextOptions | None = None,
-        *,
-        max_length: int | None = None,
-        truncation: str = "error",
-        append_eos: bool = True,
+        cls, options: TextOptions | None = None, **keywords: Unpack[TextKeywords]
     ) -> TextOptions:
-        """``options``, or the options of the keywords (the older spelling), not both."""
-        given = cls(max_length, Truncation.check("truncation", truncation), append_eos)
+        """``options``, or the options the keywords give (the older spelling), not both."""
         if options is None:
-            return given
+            return cls(**keywords)  # type: ignore[arg-type]  # __post_init__ reads the str
         if not isinstance(options, TextOptions):
             raise TypeError(
                 f"`options` must be a bt_laplace.TextOptions, got {type(options).__name__}."
             )
-        if given.changed():
+        if keywords:
             raise ValueError(
                 f"pass the text options either as `options` or as keywords, not both; got "
-                f"options={options} and {given.changed()}."
+                f"options={options} and {sorted(keywords)}."
             )
         return options
 
@@ -143,11 +147,11 @@ class TextPairCollator:
         tokenizer: The tokenizer the model was trained with (for a ``RewardTrainer``,
             ``trainer.processing_class``, which has the eos and pad tokens the trainer set).
         options: How texts become token ids (:class:`TextOptions`: ``max_length``,
-            ``truncation``, ``append_eos``); or give those as keywords, as before.
-        max_length, truncation, append_eos: The fields of :class:`TextOptions`.
+            ``truncation``, ``append_eos``).
         pad_to_multiple_of: Round ``L`` up to a multiple of this.
         padding_side: ``"right"`` or ``"left"``; None takes ``tokenizer.padding_side``. The
             rewards of :class:`~bt_laplace.PairwiseRewardModel` do not depend on it.
+        **text: The fields of :class:`TextOptions` as keywords, instead of ``options``.
 
     Example:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -175,11 +179,9 @@ class TextPairCollator:
         tokenizer: Any,
         *,
         options: TextOptions | None = None,
-        max_length: int | None = None,
-        truncation: str = "error",
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
-        append_eos: bool = True,
+        **text: Unpack[TextKeywords],
     ) -> None:
         if not callable(tokenizer) or not hasattr(tokenizer, "pad_token_id"):
             raise TypeError(
@@ -188,9 +190,7 @@ class TextPairCollator:
             )
         self.tokenizer = tokenizer
         #: how texts become token ids (also read as ``max_length``, ``truncation``, ``append_eos``)
-        self.options = TextOptions.of(
-            options, max_length=max_length, truncation=truncation, append_eos=append_eos
-        )
+        self.options = TextOptions.of(options, **text)
         self.pad_to_multiple_of = (
             None
             if pad_to_multiple_of is None
@@ -438,14 +438,12 @@ def text_preference_dataloader(
     shuffle: bool = False,
     *,
     options: TextOptions | None = None,
-    max_length: int | None = None,
-    truncation: str = "error",
     pad_to_multiple_of: int | None = None,
     padding_side: str | None = None,
-    append_eos: bool = True,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    **text: Unpack[TextKeywords],
 ) -> DataLoader:
     """A DataLoader of token batches of pairs from a TRL-format preference dataset.
 
@@ -457,19 +455,18 @@ def text_preference_dataloader(
         tokenizer: The tokenizer the model was trained with.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        options, max_length, truncation, pad_to_multiple_of, padding_side, append_eos: As in
-            :class:`TextPairCollator`.
+        options, pad_to_multiple_of, padding_side, **text: As in :class:`TextPairCollator`.
         generator, num_workers, drop_last: As in ``torch.utils.data.DataLoader``.
 
     Returns:
         A DataLoader yielding ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)
         [, "margin": (B,)]}, labels (B,))``; errors name rows by their index in ``dataset``.
     """
-    text = TextOptions.of(
-        options, max_length=max_length, truncation=truncation, append_eos=append_eos
-    )
     collate = TextPairCollator(
-        tokenizer, options=text, pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side
+        tokenizer,
+        options=TextOptions.of(options, **text),
+        pad_to_multiple_of=pad_to_multiple_of,
+        padding_side=padding_side,
     )
 
     def rows() -> PairSource:
