@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
 from bt_laplace._dataset import Batch, PairSource, check_not_empty, check_split, pair_dataloader
 
-__all__ = ["PairCollator", "preference_dataloader"]
+__all__ = ["PairCollator", "PairCollatorKeywords", "preference_dataloader"]
 
 _NAMES_HINT = "pass the column names (first=, second=, label=, or chosen=, rejected=)"
 _EMPTY = "Cannot collate an empty batch (0 rows); pass at least one row."
@@ -35,6 +36,18 @@ def _describe(value: Any) -> str:
 
 #: integer dtypes ``x`` may have (token ids for an embedding layer)
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class PairCollatorKeywords(TypedDict, total=False):
+    """The keywords of :class:`PairCollator`, which :func:`preference_dataloader` takes too."""
+
+    first: str
+    second: str
+    label: str
+    chosen: str | None
+    rejected: str | None
+    dtype: torch.dtype
+    pad_value: float | None
 
 
 class PairCollator:
@@ -394,16 +407,10 @@ def preference_dataloader(
     batch_size: int = 32,
     shuffle: bool = False,
     *,
-    first: str = "x0",
-    second: str = "x1",
-    label: str = "label",
-    chosen: str | None = None,
-    rejected: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    pad_value: float | None = None,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    **columns: Unpack[PairCollatorKeywords],
 ) -> DataLoader:
     """Build a DataLoader of ``(x, y)`` pair batches from preference data.
 
@@ -415,10 +422,11 @@ def preference_dataloader(
             :class:`PairCollator` for the columns and the value types.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        first, second, label, chosen, rejected, dtype, pad_value: As in :class:`PairCollator`.
         generator: Random generator for shuffling.
         num_workers: DataLoader worker processes.
         drop_last: Drop the last incomplete batch.
+        **columns: The keywords of :class:`PairCollator` (``first``, ``second``, ``label``,
+            or ``chosen`` and ``rejected``; ``dtype``, ``pad_value``).
 
     Returns:
         A DataLoader yielding ``x`` ``(B, 2, *item)`` and ``y`` ``(B,)`` long. Its ``.dataset``
@@ -431,15 +439,7 @@ def preference_dataloader(
         >>> [(tuple(x.shape), y.tolist()) for x, y in loader], len(loader.dataset)
         ([((2, 2, 2), [0, 1]), ((1, 2, 2), [0])], 3)
     """
-    collate = PairCollator(
-        first=first,
-        second=second,
-        label=label,
-        chosen=chosen,
-        rejected=rejected,
-        dtype=dtype,
-        pad_value=pad_value,
-    )
+    collate = PairCollator(**columns)
     return pair_dataloader(
         lambda: _source(dataset, collate.columns),
         collate,
