@@ -4,16 +4,12 @@ take, checked and turned into a tensor or a token dict on the posterior's device
 Shape legend: ``B`` items or pairs, ``2`` the two items of a pair (index 0 first, index 1
 second), ``*item`` one item, ``L`` sequence length.
 
-==================  ======================================  ========================================
-kind                items ``(B, *item)``                    pairs ``(B, 2, *item)``
-==================  ======================================  ========================================
-tensor              ``(B, *item)``                          ``(B, 2, *item)``
-token dict          ``input_ids (B, L)`` (``BatchEncoding``  ``input_ids (B, 2, L)``
-                    too)
-texts (tokenizer)   strings, conversations, TRL              TRL preference rows
-                    prompt-completion rows                   ``{"prompt", "chosen", "rejected"}``
-                    ``{"prompt", "completion"}``             or ``(text_0, text_1)`` tuples
-==================  ======================================  ========================================
+- items ``(B, *item)``: a tensor ``(B, *item)``, a token dict ``input_ids (B, L)`` (a
+  ``BatchEncoding`` too), or, given a tokenizer, texts: strings, conversations or TRL
+  prompt-completion rows ``{"prompt", "completion"}``;
+- pairs ``(B, 2, *item)``: a tensor ``(B, 2, *item)``, a token dict ``input_ids (B, 2, L)``,
+  or, given a tokenizer, TRL preference rows ``{"prompt", "chosen", "rejected"}`` (item 0 the
+  rejected text) or ``(text_0, text_1)`` tuples.
 
 A conversation is a non-empty list of ``{"role", "content"}`` messages (:func:`is_conversation`,
 the one rule every module uses); a text is a string or a conversation (:func:`is_text`).
