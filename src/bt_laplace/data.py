@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
-from bt_laplace._checks import check_positive_int
+from bt_laplace._dataset import Batch, PairSource, check_not_empty, check_split, pair_dataloader
 
-__all__ = ["PairCollator", "preference_dataloader"]
+__all__ = ["PairCollator", "PairCollatorKeywords", "preference_dataloader"]
 
 _NAMES_HINT = "pass the column names (first=, second=, label=, or chosen=, rejected=)"
 _EMPTY = "Cannot collate an empty batch (0 rows); pass at least one row."
-
-
-class _Batch:
-    """Rows (or a mapping of columns) together with their indices in the dataset."""
-
-    __slots__ = ("data", "indices")
-
-    def __init__(self, data: Any, indices: Sequence[int]) -> None:
-        self.data, self.indices = data, indices
 
 
 def _describe(value: Any) -> str:
@@ -44,6 +36,18 @@ def _describe(value: Any) -> str:
 
 #: integer dtypes ``x`` may have (token ids for an embedding layer)
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class PairCollatorKeywords(TypedDict, total=False):
+    """The keywords of :class:`PairCollator`, which :func:`preference_dataloader` takes too."""
+
+    first: str
+    second: str
+    label: str
+    chosen: str | None
+    rejected: str | None
+    dtype: torch.dtype
+    pad_value: float | None
 
 
 class PairCollator:
@@ -156,7 +160,7 @@ class PairCollator:
         Returns:
             ``x`` ``(B, 2, *item)`` of ``self.dtype`` and ``y`` ``(B,)`` long.
         """
-        data, idx = (batch.data, batch.indices) if isinstance(batch, _Batch) else (batch, None)
+        data, idx = (batch.data, batch.indices) if isinstance(batch, Batch) else (batch, None)
 
         def where(i: int) -> str:
             return f"row {idx[i]} of the dataset" if idx is not None else f"row {i} of the batch"
@@ -358,30 +362,10 @@ def _as_item(value: Any, col: str, loc: str) -> torch.Tensor:
     return t
 
 
-class _PairSource(torch.utils.data.Dataset):
-    """Map-style view of ``dataset`` (kept as ``.dataset``) whose batches know their indices."""
-
-    def __init__(self, dataset: Any, view: Any = None) -> None:
-        self.dataset, self._view = dataset, dataset if view is None else view
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        return self._view[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> _Batch:
-        indices = list(indices)
-        if self._view is not self.dataset:  # datasets.Dataset: one take -> dict of numpy columns
-            return _Batch(self._view[indices], indices)
-        return _Batch([self.dataset[i] for i in indices], indices)
-
-
-def _source(dataset: Any, columns: tuple[str, ...]) -> _PairSource:
+def _source(dataset: Any, columns: tuple[str, ...]) -> PairSource:
     import datasets as hf
 
-    if isinstance(dataset, (hf.DatasetDict, hf.IterableDatasetDict)):
-        raise TypeError(f"`dataset` is a {type(dataset).__name__}; pick a split: dataset['train'].")
+    check_split(dataset)
     if isinstance(dataset, (hf.IterableDataset, torch.utils.data.IterableDataset)):
         raise TypeError(
             f"`dataset` is an iterable {type(dataset).__name__} without a length, but Laplace "
@@ -393,10 +377,9 @@ def _source(dataset: Any, columns: tuple[str, ...]) -> _PairSource:
         or isinstance(dataset, (list, tuple))
         or (isinstance(dataset, torch.utils.data.Dataset) and hasattr(dataset, "__len__"))
     ):
-        if len(dataset) == 0:
-            raise ValueError("`dataset` is empty (0 rows); pass at least one pair.")
+        check_not_empty(dataset)
         if not is_hf:
-            return _PairSource(dataset)
+            return PairSource(dataset)
         for col in columns:
             if col not in dataset.column_names:
                 raise ValueError(
@@ -404,7 +387,7 @@ def _source(dataset: Any, columns: tuple[str, ...]) -> _PairSource:
                     f"{dataset.column_names}; rename it (dataset.rename_column) or {_NAMES_HINT}."
                 )
         # dtype=None keeps the stored dtype; the numpy format alone would cast floats to float32.
-        return _PairSource(
+        return PairSource(
             dataset, dataset.select_columns(list(columns)).with_format("numpy", dtype=None)
         )
     example = "{" + ", ".join(f"{c!r}: [...]" for c in columns) + "}"
@@ -424,16 +407,10 @@ def preference_dataloader(
     batch_size: int = 32,
     shuffle: bool = False,
     *,
-    first: str = "x0",
-    second: str = "x1",
-    label: str = "label",
-    chosen: str | None = None,
-    rejected: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    pad_value: float | None = None,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    **columns: Unpack[PairCollatorKeywords],
 ) -> DataLoader:
     """Build a DataLoader of ``(x, y)`` pair batches from preference data.
 
@@ -445,10 +422,11 @@ def preference_dataloader(
             :class:`PairCollator` for the columns and the value types.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        first, second, label, chosen, rejected, dtype, pad_value: As in :class:`PairCollator`.
         generator: Random generator for shuffling.
         num_workers: DataLoader worker processes.
         drop_last: Drop the last incomplete batch.
+        **columns: The keywords of :class:`PairCollator` (``first``, ``second``, ``label``,
+            or ``chosen`` and ``rejected``; ``dtype``, ``pad_value``).
 
     Returns:
         A DataLoader yielding ``x`` ``(B, 2, *item)`` and ``y`` ``(B,)`` long. Its ``.dataset``
@@ -461,18 +439,9 @@ def preference_dataloader(
         >>> [(tuple(x.shape), y.tolist()) for x, y in loader], len(loader.dataset)
         ([((2, 2, 2), [0, 1]), ((1, 2, 2), [0])], 3)
     """
-    collate = PairCollator(
-        first=first,
-        second=second,
-        label=label,
-        chosen=chosen,
-        rejected=rejected,
-        dtype=dtype,
-        pad_value=pad_value,
-    )
-    _check_loader_options(batch_size, shuffle, num_workers)
-    return _pair_dataloader(
-        _source(dataset, collate.columns),
+    collate = PairCollator(**columns)
+    return pair_dataloader(
+        lambda: _source(dataset, collate.columns),
         collate,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -480,21 +449,3 @@ def preference_dataloader(
         num_workers=num_workers,
         drop_last=drop_last,
     )
-
-
-def _check_loader_options(batch_size: Any, shuffle: Any, num_workers: Any) -> None:
-    """Refuse DataLoader options of the wrong type or range, naming them."""
-    check_positive_int("batch_size", batch_size)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"`shuffle` must be a bool, got {type(shuffle).__name__}.")
-
-
-def _pair_dataloader(
-    source: _PairSource, collate: Callable[[Any], Any], **loader_kwargs: Any
-) -> DataLoader:
-    """A DataLoader over ``source`` with ``collate``, whose first row is collated up front so
-    that a bad dataset fails here, naming its row, not in the first batch of a fit."""
-    collate(source.__getitems__([0]))
-    return DataLoader(source, collate_fn=collate, **loader_kwargs)

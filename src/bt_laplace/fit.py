@@ -154,7 +154,7 @@ def _fitted(
         options.prior,
         train_loader=loader,
         val_loader=val,
-        read_pairs=posterior._pairs,  # TODO(merge): the reader's public name
+        read_pairs=posterior.reader.pairs,
         processes=processes,
         progress_bar=progress_bar,
         refit=functools.partial(_refit, model, options),

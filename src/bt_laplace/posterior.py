@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 from laplace.baselaplace import ParametricLaplace
 from torch import nn
+from typing_extensions import Unpack
 
 from bt_laplace._checks import (
     check_choice,
-    check_input_dtype,
     check_positive_int,
-    check_tensor,
     group_index,
     n_rows,
 )
@@ -36,6 +35,7 @@ from bt_laplace._loader import CheckedPairLoader
 from bt_laplace.bradley_terry import mc_preference_probability, probit_preference_probability
 from bt_laplace.choices import LinkApprox, Reference
 from bt_laplace.curvature import is_pair_backend
+from bt_laplace.inputs import QueryReader, split_rows, take_rows
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.penalties import RewardPenalty
 from bt_laplace.persistence import laplace_record, restore_laplace, write_record
@@ -43,6 +43,7 @@ from bt_laplace.predictive import Predictive
 from bt_laplace.prior import PriorSetting, set_prior_precision
 from bt_laplace.prior.gridsearch import pair_nll_sum
 from bt_laplace.structures import subset_of_weights
+from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["RewardPrediction", "RewardPosterior"]
 
@@ -52,21 +53,6 @@ class RewardPrediction(NamedTuple):
 
     mean: torch.Tensor
     variance: torch.Tensor
-
-
-def _usable(x: torch.Tensor) -> torch.Tensor:
-    """A tensor made under ``torch.inference_mode()`` cannot enter autograd; copy it."""
-    return x.clone() if x.is_inference() else x
-
-
-def _check_finite_inputs(x: torch.Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
-        raise ValueError(
-            f"`{name}` holds NaN or infinite values (rows {rows[:5].tolist()}); a NaN item "
-            "has no reward, and with reference='group' it would spoil its whole group. Drop "
-            "or fix those rows."
-        )
 
 
 def _finite(variance: torch.Tensor) -> torch.Tensor:
@@ -80,25 +66,13 @@ def _finite(variance: torch.Tensor) -> torch.Tensor:
     return variance
 
 
-def _batches(x: Any, batch_size: int) -> list[Any]:
-    """``x`` (a tensor or a token dict) in batches of at most ``batch_size`` rows."""
-    if n_rows(x) <= batch_size:
-        return [x]
-    if isinstance(x, Mapping):
-        return [
-            {k: v[i : i + batch_size] for k, v in x.items()}
-            for i in range(0, n_rows(x), batch_size)
-        ]
-    return list(x.split(batch_size))
-
-
 def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int) -> Any:
     """``fn`` over ``x`` in batches of ``size`` rows, its results written into tensors made
     once: no per-batch result outlives its batch, so memory stays that of one batch (many small
     survivors between freed batch buffers would keep the allocator from reusing them)."""
     outs: list[torch.Tensor] | None = None
     start = 0
-    for xb in _batches(x, size):
+    for xb in split_rows(x, size):
         parts = fn(xb)
         n = parts[0].shape[0]
         if outs is None:
@@ -109,40 +83,6 @@ def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int)
         start += n
     assert outs is not None
     return tuple(outs)
-
-
-def _take(x: Any, rows: torch.Tensor) -> Any:
-    """Rows ``rows`` of a tensor or token dict."""
-    if isinstance(x, Mapping):
-        return {k: v[rows] for k, v in x.items()}
-    return x[rows]
-
-
-def _token_dict(x: Mapping[str, Any], name: str, device: torch.device) -> dict[str, Any]:
-    """A token dict (``BatchEncoding`` too) of tensors, on ``device``, usable by autograd."""
-    bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise TypeError(
-            f"`{name}` is a token dict, but {bad} are not tensors; tokenize with "
-            "return_tensors='pt' (or use bt_laplace.TextPairCollator)."
-        )
-    return {k: _usable(v).to(device) for k, v in x.items()}
-
-
-def _is_text(value: Any) -> bool:
-    """A string or a list of ``{"role", "content"}`` messages."""
-    return isinstance(value, str) or (
-        isinstance(value, list) and bool(value) and isinstance(value[0], Mapping)
-    )
-
-
-def _is_text_batch(x: Any) -> bool:
-    """A list of texts, TRL rows or pairs of texts: the inputs a tokenizer turns into tokens."""
-    return (
-        isinstance(x, (list, tuple))
-        and bool(x)
-        and (_is_text(x[0]) or isinstance(x[0], (Mapping, tuple)))
-    )
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -308,125 +248,36 @@ class RewardPosterior:
         self,
         tokenizer: Any,
         *,
-        max_length: int | None = None,
-        truncation: str = "error",
-        append_eos: bool = True,
+        options: TextOptions | None = None,
+        **text: Unpack[TextKeywords],
     ) -> RewardPosterior:
         """Let every query take texts: items as strings, message lists or TRL
         prompt-completion rows (``{"prompt", "completion"}``), pairs as TRL preference rows
         (``{"prompt", "chosen", "rejected"}``: item 0 the rejected, item 1 the chosen text) or
-        ``(text_0, text_1)`` tuples. Texts are prepared as the training pairs were
-        (:class:`~bt_laplace.TextPairCollator`: eos appended, prompt prepended, chat template).
-        A fit on :func:`~bt_laplace.text_preference_dataloader` sets this itself.
+        ``(text_0, text_1)`` tuples (:mod:`bt_laplace.inputs`). Texts are prepared as the
+        training pairs were (:class:`~bt_laplace.TextPairCollator`: eos appended, prompt
+        prepended, chat template). A fit on :func:`~bt_laplace.text_preference_dataloader`
+        sets this itself.
 
         Args:
             tokenizer: The tokenizer the model was trained with.
-            max_length, truncation, append_eos: As in :class:`~bt_laplace.TextPairCollator`.
+            options: How texts become token ids (:class:`~bt_laplace.text.TextOptions`).
+            **text: Its fields as keywords instead (``max_length``, ``truncation``,
+                ``append_eos``).
 
         Returns:
             The posterior itself.
         """
-        from bt_laplace.text import TextPairCollator
-
-        self.text_collator = TextPairCollator(
-            tokenizer, max_length=max_length, truncation=truncation, append_eos=append_eos
-        )
+        self.text_collator = TextPairCollator(tokenizer, options=TextOptions.of(options, **text))
         return self
 
-    def _tokens(self, x: list[Any] | tuple[Any, ...], name: str, *, pairs: bool) -> dict[str, Any]:
-        """Token dict of a list of texts (items) or TRL rows / text tuples (pairs)."""
-        if self.text_collator is None:
-            raise TypeError(
-                f"`{name}` is a list of texts, but the posterior has no tokenizer; call "
-                "post.set_tokenizer(tokenizer) first (a fit on "
-                "bt_laplace.text_preference_dataloader sets it), or pass a token dict."
-            )
-        collator = self.text_collator
-        if pairs:
-            rows = [
-                {"rejected": row[0], "chosen": row[1]}
-                if isinstance(row, tuple) and len(row) == 2
-                else row
-                for row in x
-            ]
-            if not all(isinstance(row, Mapping) for row in rows):
-                raise TypeError(
-                    f"`{name}` must be pairs of texts: TRL preference rows {{'prompt', "
-                    "'chosen', 'rejected'}} or (text_0, text_1) tuples; got "
-                    f"{type(next(r for r in rows if not isinstance(r, Mapping))).__name__}."
-                )
-            tokens, _ = collator(rows)
-            tokens.pop("margin", None)
-            return tokens
-        if all(isinstance(row, Mapping) and "completion" in row for row in x):
-            return collator.collate_items(
-                [row["completion"] for row in x], [row.get("prompt") for row in x]
-            )
-        bad = next((i for i, row in enumerate(x) if not _is_text(row)), None)
-        if bad is not None:
-            raise TypeError(
-                f"`{name}` must be items: strings, message lists or TRL prompt-completion rows "
-                f"{{'prompt', 'completion'}}; entry {bad} is {str(x[bad])[:60]!r}"
-                + (" (pairs go to preference_probability)." if isinstance(x[bad], tuple) else ".")
-            )
-        return collator.collate_items(list(x))
-
-    # ------------------------------------------------------------------ inputs
-    def _check_dtype(self, x: torch.Tensor) -> None:
-        dtype = self.laplace._dtype
-        fix = f"x.to({dtype}), or preference_dataloader(..., dtype=...)"
-        check_input_dtype(x, dtype, "`x` has", fix)
-
-    def _check_item_shape(self, shape: tuple[int, ...], name: str, x: torch.Tensor) -> None:
-        if x.is_floating_point() and self.item_shape is not None and shape != self.item_shape:
-            raise ValueError(
-                f"`{name}` has items of shape {shape}, but the posterior was fitted on items of "
-                f"shape {self.item_shape}; pass items like the training ones."
-            )
-
-    def _items(self, x: Any, name: str = "x", *, check_shape: bool = True) -> Any:
-        if _is_text_batch(x):
-            x = self._tokens(x, name, pairs=False)
-        if isinstance(x, Mapping):  # token dict: input_ids (B, L)
-            x = _token_dict(x, name, self.laplace._device)
-            if self.model.is_pair_batch(x):
-                raise ValueError(
-                    f"`{name}` must be items, input_ids (B, L), got pairs "
-                    f"{tuple(x['input_ids'].shape)}; use preference_probability for pairs."
-                )
-            return x
-        x = _usable(check_tensor(name, x))
-        self._check_dtype(x)
-        _check_finite_inputs(x, name)
-        if self.model.is_pair_batch(x):
-            raise ValueError(
-                f"`x` must be items of shape (B, *item), got pairs {tuple(x.shape)}; use "
-                "preference_probability(x) for pairs, or x.flatten(0, 1) to score both items."
-            )
-        if check_shape:  # (references are compared with the items instead)
-            self._check_item_shape(tuple(x.shape[1:]), name, x)
-        return x.to(self.laplace._device)
-
-    def _pairs(self, x: Any) -> Any:
-        if _is_text_batch(x):
-            x = self._tokens(x, "x", pairs=True)
-        if isinstance(x, Mapping):  # token dict: input_ids (B, 2, L)
-            x = _token_dict(x, "x", self.laplace._device)
-            if not self.model.is_pair_batch(x):
-                raise ValueError(
-                    f"`x` must be pairs, input_ids (B, 2, L), got {tuple(x['input_ids'].shape)}."
-                )
-            return x
-        x = _usable(check_tensor("x", x))
-        self._check_dtype(x)
-        _check_finite_inputs(x, "x")
-        if not self.model.is_pair_batch(x):
-            raise ValueError(
-                f"`x` must be pairs of shape (B, 2, *item), got {tuple(x.shape)}; stack the "
-                "two items of each pair on dim 1 (torch.stack([x0, x1], dim=1))."
-            )
-        self._check_item_shape(tuple(x.shape[2:]), "x", x)
-        return x.to(self.laplace._device)
+    @property
+    def reader(self) -> QueryReader:
+        """The reader of this posterior's query inputs (tensors, token dicts, texts), with its
+        dtype, device, :attr:`item_shape` and :attr:`text_collator`: ``post.reader.pairs(x)``
+        gives the checked pairs a query on ``x`` would use."""
+        la = self.laplace
+        return QueryReader(self.model, la._dtype, la._device, self.item_shape, self.text_collator)
 
     # ------------------------------------------------------------------ queries
     @_autograd_query
@@ -440,7 +291,7 @@ class RewardPosterior:
         Returns:
             :class:`RewardPrediction` of ``mean`` ``(B,)`` and ``variance`` ``(B,)``.
         """
-        x = self._items(x)
+        x = self.reader.items(x)
         self.laplace.model.eval()
         mean, variance = _per_batch(self.predictive.item_moments, x, self.batch_size)
         return RewardPrediction(mean, _finite(variance))
@@ -457,7 +308,7 @@ class RewardPosterior:
         Returns:
             ``(mean (B, 2), variance (B, 2), covariance (B,))``.
         """
-        x = self._pairs(x)
+        x = self.reader.pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
         mean, var, cov = _per_batch(self.predictive.pair_moments, x, size)
@@ -470,7 +321,7 @@ class RewardPosterior:
         of ``x`` ``(B, 2, *item)``, in float64 on the fast path: the variance
         ``S_00 + S_11 - 2 S_01`` cancels, and differencing float32 pair moments loses it for
         near-duplicate items."""
-        x = self._pairs(x)
+        x = self.reader.pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
         mean, var = _per_batch(self.predictive.difference_moments, x, size)
@@ -540,7 +391,8 @@ class RewardPosterior:
             :class:`RewardPrediction` of ``mean`` ``(B,)`` (``r(x_n)`` minus the reference's
             mean reward) and ``variance`` ``(B,)``.
         """
-        x = self._items(x)
+        reader = self.reader
+        x = reader.items(x)
         ref: Any = None
         if isinstance(reference, str):
             check_choice("reference", reference, Reference)
@@ -551,28 +403,13 @@ class RewardPosterior:
                     "group); with reference items every item is relative to the same "
                     "reference, so call once per group instead."
                 )
-            ref = self._items(reference, "reference", check_shape=False)
-            if n_rows(ref) == 0:
-                raise ValueError(
-                    "`reference` has no items; pass at least one reference item, or "
-                    "reference='group'."
-                )
-            if isinstance(ref, Mapping) != isinstance(x, Mapping):
-                raise TypeError(
-                    "`reference` and `x` must both be tensors or both token dicts, got "
-                    f"{type(reference).__name__} and {type(x).__name__}."
-                )
-            if not isinstance(x, Mapping) and ref.shape[1:] != x.shape[1:]:
-                raise ValueError(
-                    f"`reference` items have shape {tuple(ref.shape[1:])} but `x` items have "
-                    f"{tuple(x.shape[1:])}; pass reference items of the same shape."
-                )
+            ref = reader.references(reference, x)
         self.laplace.model.eval()
         if groups is not None:
             index, keys = group_index(groups, n_rows(x))
             return self._relative_by_group(x, index, len(keys))
-        refs = None if ref is None else list(_batches(ref, self.batch_size))
-        mean, variance = self.predictive.relative_moments(list(_batches(x, self.batch_size)), refs)
+        refs = None if ref is None else split_rows(ref, self.batch_size)
+        mean, variance = self.predictive.relative_moments(split_rows(x, self.batch_size), refs)
         return RewardPrediction(mean, _finite(variance))
 
     def _relative_by_group(self, x: Any, index: torch.Tensor, n_groups: int) -> RewardPrediction:
@@ -587,8 +424,8 @@ class RewardPosterior:
         variance = torch.empty_like(mean)
         for g in range(n_groups):
             rows = (index == g).nonzero().flatten()
-            members = _take(x, rows.to(device))
-            m, v = self.predictive.relative_moments(list(_batches(members, self.batch_size)), None)
+            members = take_rows(x, rows.to(device))
+            m, v = self.predictive.relative_moments(split_rows(members, self.batch_size), None)
             mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
         return RewardPrediction(mean, _finite(variance))
 
@@ -650,7 +487,7 @@ class RewardPosterior:
         Returns:
             ``(S, B)``; rows are draws of one function, so items are correlated across columns.
         """
-        x = self._items(x)
+        x = self.reader.items(x)
         n_samples = check_positive_int("n_samples", n_samples)
         if n_rows(x) > self.batch_size:
             raise ValueError(
@@ -743,7 +580,7 @@ class RewardPosterior:
                 setting,
                 train_loader=train,
                 val_loader=val,
-                read_pairs=self._pairs,
+                read_pairs=self.reader.pairs,
                 processes=Processes(distributed),
                 progress_bar=progress_bar,
             )
@@ -762,7 +599,7 @@ class RewardPosterior:
         link = LinkApprox.check("link_approx", link_approx)
         with self.lock:
             self._check_weights()
-            total, count = pair_nll_sum(self.predictive, loader, self._pairs, link)
+            total, count = pair_nll_sum(self.predictive, loader, self.reader.pairs, link)
         if count == 0:
             raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
         return total / count

@@ -32,15 +32,17 @@ prompt with ``relative=True``), and returns the penalized reward of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
 from bt_laplace._checks import check_choice
+from bt_laplace.inputs import check_texts
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.rlhf import PENALTIES, penalize
-from bt_laplace.text import TextPairCollator
+from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["PosteriorRewardFunction", "make_reward_function"]
 
@@ -48,48 +50,33 @@ __all__ = ["PosteriorRewardFunction", "make_reward_function"]
 DEFAULT_NAME = "posterior_reward"
 
 
-def _is_messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in value)
-    )
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {str(value)[:60]!r}"
-
-
-def _check_texts(
-    prompts: Any, completions: Any
-) -> tuple[list[str | list[Any] | None], list[str | list[Any]]]:
-    """The two arguments as lists of one prompt (or None) and one completion each."""
-    for name, value in (("prompts", prompts), ("completions", completions)):
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise TypeError(
-                f"`{name}` must be a list with one entry per completion, got "
-                f"{type(value).__name__}; wrap a single text in a list: [text]."
-            )
-    if len(prompts) != len(completions):
-        raise ValueError(
-            f"`prompts` has {len(prompts)} entries but `completions` {len(completions)}; pass "
-            "one prompt per completion (repeat a prompt for each of its completions, as TRL "
-            "does)."
+def _checked(posterior: Any) -> RewardPosterior:
+    if not isinstance(posterior, RewardPosterior):
+        raise TypeError(
+            "`posterior` must be a bt_laplace.RewardPosterior (from "
+            f"bt_laplace.fit_reward_posterior), got {type(posterior).__name__}."
         )
-    for i, completion in enumerate(completions):
-        if not (isinstance(completion, str) or _is_messages(completion)):
-            raise TypeError(
-                f"`completions` must hold texts: strings or lists of {{'role', 'content'}} "
-                f"messages; entry {i} is {_describe(completion)}. Token ids are not scored "
-                "here (TRL passes them separately as `completion_ids`): decode them first."
-            )
-    for i, prompt in enumerate(prompts):
-        if not (prompt is None or isinstance(prompt, str) or _is_messages(prompt)):
-            raise TypeError(
-                f"`prompts` must hold texts: strings, lists of {{'role', 'content'}} messages "
-                f"or None; entry {i} is {_describe(prompt)}."
-            )
-    return list(prompts), list(completions)
+    return posterior
+
+
+def _collator(posterior: RewardPosterior, tokenizer: Any, text: TextOptions) -> TextPairCollator:
+    """A collator for ``tokenizer`` with ``text``, or the posterior's own."""
+    if tokenizer is not None:
+        return TextPairCollator(tokenizer, options=text)
+    if text.changed():
+        raise ValueError(
+            f"{sorted(text.changed())} set how `tokenizer` renders texts, but no tokenizer "
+            "was given, and the posterior's text_collator keeps its own settings; pass the "
+            "tokenizer too, or call post.set_tokenizer(tokenizer, ...) with them."
+        )
+    if posterior.text_collator is None:
+        raise TypeError(
+            "make_reward_function needs the reward model's tokenizer: `tokenizer` is None "
+            "and the posterior has no text_collator. Pass it, "
+            "make_reward_function(post, tokenizer), or call post.set_tokenizer(tokenizer) "
+            "first (a fit on bt_laplace.text_preference_dataloader sets it)."
+        )
+    return posterior.text_collator
 
 
 def _prompt_key(prompt: Any) -> Hashable:
@@ -134,28 +121,7 @@ class PosteriorRewardFunction:
         name: The ``__name__`` TRL logs the reward under.
         log: Log through ``log_extra`` and ``log_metric`` when the trainer passes them.
 
-    Example:
-        >>> import pickle, torch, transformers
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> import bt_laplace as btl
-        >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
-        >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-        >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        >>> tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
-        ...                                            eos_token="</s>")
-        >>> _ = torch.manual_seed(0)
-        >>> net = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
-        ...     vocab_size=6, n_embd=8, n_layer=1, n_head=2, num_labels=1, pad_token_id=0))
-        >>> rows = [{"prompt": "the ", "chosen": "cat sat", "rejected": "sat"}] * 4
-        >>> post = btl.fit_reward_posterior(
-        ...     btl.PairwiseRewardModel(net).eval(), btl.text_preference_dataloader(rows, tok),
-        ...     subset_of_weights="last_layer", prior_precision=1.0)
-        >>> fn = btl.make_reward_function(post, k=1.0)  # the fit kept the tokenizer
-        >>> fn.__name__, type(fn).__name__
-        ('posterior_reward', 'PosteriorRewardFunction')
-        >>> again = pickle.loads(pickle.dumps(fn))
-        >>> again(["the "] * 2, ["cat", "sat"]) == fn(["the "] * 2, ["cat", "sat"])
-        True
+    Example: see :func:`make_reward_function`.
     """
 
     def __init__(
@@ -171,11 +137,7 @@ class PosteriorRewardFunction:
         name: str = DEFAULT_NAME,
         log: bool = True,
     ) -> None:
-        if not isinstance(posterior, RewardPosterior):
-            raise TypeError(
-                "`posterior` must be a bt_laplace.RewardPosterior (from "
-                f"bt_laplace.fit_reward_posterior), got {type(posterior).__name__}."
-            )
+        _checked(posterior)
         if not isinstance(collator, TextPairCollator):
             raise TypeError(
                 f"`collator` must be a bt_laplace.TextPairCollator, got {type(collator).__name__}; "
@@ -219,10 +181,10 @@ class PosteriorRewardFunction:
             ``(mean (B,), variance (B,))`` in the posterior's dtype, relative to the
             completions of the same prompt when ``relative`` is set.
         """
-        prompt_list, completion_list = _check_texts(prompts, completions)
+        completion_list, prompt_list = check_texts(completions, prompts, need_prompts=True)
         if not completion_list:
             raise ValueError("`completions` is empty; pass at least one completion.")
-        return self._moments(prompt_list, completion_list)
+        return self._moments(prompt_list or [], completion_list)
 
     def _moments(
         self, prompts: list[Any], completions: list[Any]
@@ -258,10 +220,10 @@ class PosteriorRewardFunction:
         Returns:
             ``B`` Python floats.
         """
-        prompt_list, completion_list = _check_texts(prompts, completions)
+        completion_list, prompt_list = check_texts(completions, prompts, need_prompts=True)
         if not completion_list:
             return []
-        mean, variance = self._moments(prompt_list, completion_list)
+        mean, variance = self._moments(prompt_list or [], completion_list)
         scores = penalize(
             mean, variance, penalty=self.penalty, k=self.k, beta=self.beta, level=self.level
         )
@@ -287,11 +249,10 @@ def make_reward_function(
     beta: float | None = None,
     level: float | None = None,
     relative: bool = False,
-    max_length: int | None = None,
-    truncation: str = "error",
-    append_eos: bool = True,
+    options: TextOptions | None = None,
     name: str = DEFAULT_NAME,
     log: bool = True,
+    **text: Unpack[TextKeywords],
 ) -> PosteriorRewardFunction:
     """A picklable reward function for ``reward_funcs`` of TRL's GRPO, RLOO and online DPO.
 
@@ -313,10 +274,11 @@ def make_reward_function(
             (messages prompts are compared as JSON). Needs two or more completions per
             prompt (``num_generations``); with several processes, a prompt's completions
             scored by another process are not in the group.
-        max_length, truncation, append_eos: As in :class:`~bt_laplace.TextPairCollator`,
-            with ``tokenizer`` only (else the posterior's collator keeps its own).
+        options: As in :class:`~bt_laplace.TextPairCollator`, with ``tokenizer`` only (else
+            the posterior's collator keeps its own).
         name: The name TRL logs the reward under.
         log: Log through TRL's ``log_extra`` and ``log_metric`` when the trainer passes them.
+        **text: The fields of ``options`` as keywords instead (``max_length``, ...).
 
     Returns:
         A :class:`PosteriorRewardFunction`.
@@ -325,7 +287,7 @@ def make_reward_function(
         TypeError: Without ``tokenizer`` when the posterior has no ``text_collator``.
 
     Example:
-        >>> import torch, transformers
+        >>> import pickle, torch, transformers
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
         >>> import bt_laplace as btl
         >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
@@ -340,6 +302,12 @@ def make_reward_function(
         >>> post = btl.fit_reward_posterior(
         ...     btl.PairwiseRewardModel(net).eval(), btl.text_preference_dataloader(rows, tok),
         ...     subset_of_weights="last_layer", prior_precision=1.0)
+        >>> fn = btl.make_reward_function(post, k=1.0)  # the fit kept the tokenizer
+        >>> fn.__name__, type(fn).__name__
+        ('posterior_reward', 'PosteriorRewardFunction')
+        >>> again = pickle.loads(pickle.dumps(fn))
+        >>> again(["the "] * 2, ["cat", "sat"]) == fn(["the "] * 2, ["cat", "sat"])
+        True
         >>> fn = btl.make_reward_function(post, tok, k=2.0, relative=True)
         >>> metrics = {}
         >>> rewards = fn(prompts=["the "] * 3, completions=["cat", "sat", "cat sat"],
@@ -348,39 +316,7 @@ def make_reward_function(
         (3, 'float', ['rewards/posterior_reward/posterior_mean', \
 'rewards/posterior_reward/posterior_std', 'rewards/posterior_reward/posterior_std_max'])
     """
-    if not isinstance(posterior, RewardPosterior):
-        raise TypeError(
-            "`posterior` must be a bt_laplace.RewardPosterior (from "
-            f"bt_laplace.fit_reward_posterior), got {type(posterior).__name__}."
-        )
-    if tokenizer is None:
-        given = {
-            option: value
-            for option, value, default in (
-                ("max_length", max_length, None),
-                ("truncation", truncation, "error"),
-                ("append_eos", append_eos, True),
-            )
-            if value != default
-        }
-        if given:
-            raise ValueError(
-                f"{sorted(given)} set how `tokenizer` renders texts, but no tokenizer was "
-                "given, and the posterior's text_collator keeps its own settings; pass the "
-                "tokenizer too, or call post.set_tokenizer(tokenizer, ...) with them."
-            )
-        collator = posterior.text_collator
-        if collator is None:
-            raise TypeError(
-                "make_reward_function needs the reward model's tokenizer: `tokenizer` is None "
-                "and the posterior has no text_collator. Pass it, "
-                "make_reward_function(post, tokenizer), or call post.set_tokenizer(tokenizer) "
-                "first (a fit on bt_laplace.text_preference_dataloader sets it)."
-            )
-    else:
-        collator = TextPairCollator(
-            tokenizer, max_length=max_length, truncation=truncation, append_eos=append_eos
-        )
+    collator = _collator(_checked(posterior), tokenizer, TextOptions.of(options, **text))
     return PosteriorRewardFunction(
         posterior,
         collator,

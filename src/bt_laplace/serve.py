@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -72,7 +73,9 @@ import torch
 from bt_laplace._batcher import MicroBatcher
 from bt_laplace._checks import check_finite, check_positive_int
 from bt_laplace._protocol import RequestError, read_request, response_body
+from bt_laplace._tokens import concat
 from bt_laplace.choices import Truncation
+from bt_laplace.inputs import QueryReader
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.rlhf import PENALTIES, penalize
 
@@ -93,26 +96,6 @@ def _leading_bos(tokenizer: Any) -> str | None:
     return bos if list(tokenizer("")["input_ids"][:1]) == [bos_id] else None
 
 
-def _concat(parts: Sequence[dict[str, torch.Tensor]], pad_id: int, side: str) -> dict[str, Any]:
-    """Token dicts ``(B_i, L_i)`` padded to the longest ``L`` on ``side`` and stacked."""
-    if len(parts) == 1:
-        return dict(parts[0])
-    length = max(p["input_ids"].shape[1] for p in parts)
-    out = {}
-    for key in parts[0]:
-        padded = []
-        for p in parts:
-            t = p[key]
-            if t.shape[1] < length:
-                fill = t.new_full(
-                    (t.shape[0], length - t.shape[1]), pad_id if key == "input_ids" else 0
-                )
-                t = torch.cat([t, fill] if side == "right" else [fill, t], dim=1)
-            padded.append(t)
-        out[key] = torch.cat(padded)
-    return out
-
-
 class _Scorer:
     """Runs in the worker thread: one model call for the token dicts of a batch of requests,
     split back into one response body per request."""
@@ -125,7 +108,7 @@ class _Scorer:
         self.pad_id, self.side = collator.pad_token_id, collator.padding_side
 
     def __call__(self, payloads: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        tokens = _concat(payloads, self.pad_id, self.side)
+        tokens = concat(payloads, self.pad_id, self.side)
         post = self.posterior
         if self.bare:
             device = next(post.model.parameters()).device
@@ -158,6 +141,21 @@ def _penalty_options(
     options: dict[str, Any] = {"penalty": penalty, "k": k, "beta": beta, "level": level}
     penalize(torch.zeros(1), torch.ones(1), **options)  # raises on a bad combination
     return options
+
+
+def _check_posterior(posterior: Any) -> None:
+    """Refuse what is not a posterior that reads texts."""
+    if not isinstance(posterior, RewardPosterior):
+        raise TypeError(
+            f"`posterior` must be a bt_laplace.RewardPosterior, got {type(posterior).__name__}; "
+            "load one with bt_laplace.load_reward_posterior(folder, model, tokenizer=tokenizer)."
+        )
+    if posterior.text_collator is None:
+        raise TypeError(
+            "`posterior` has no tokenizer, so it cannot score texts; call "
+            "posterior.set_tokenizer(tokenizer) or load it with "
+            "load_reward_posterior(folder, model, tokenizer=tokenizer)."
+        )
 
 
 def create_app(
@@ -198,18 +196,7 @@ def create_app(
         TypeError: If ``posterior`` is not a RewardPosterior with a tokenizer.
         ValueError: For a bad penalty or size.
     """
-    if not isinstance(posterior, RewardPosterior):
-        raise TypeError(
-            f"`posterior` must be a bt_laplace.RewardPosterior, got {type(posterior).__name__}; "
-            "load one with bt_laplace.load_reward_posterior(folder, model, tokenizer=tokenizer)."
-        )
-    collator = posterior.text_collator
-    if collator is None:
-        raise TypeError(
-            "`posterior` has no tokenizer, so it cannot score texts; call "
-            "posterior.set_tokenizer(tokenizer) or load it with "
-            "load_reward_posterior(folder, model, tokenizer=tokenizer)."
-        )
+    _check_posterior(posterior)
     options = _penalty_options(penalty, k, beta, level)
     max_batch_size = check_positive_int("max_batch_size", max_batch_size)
     max_request_size = check_positive_int("max_request_size", max_request_size)
@@ -221,37 +208,49 @@ def create_app(
         max_batch_size=max_batch_size,
         max_wait_s=wait / 1000.0,
     )
-    bos = _leading_bos(collator.tokenizer)
+    routes = _Routes(posterior.reader, batcher, max_request_size, "bare" if bare else "posterior")
+    app = FastAPI(title="bt_laplace reward server", lifespan=routes.lifespan)
+    app.state.batcher = batcher
+    app.state.posterior = posterior
+    app.exception_handler(HTTPException)(routes.http_error)
+    app.post("/get_reward")(routes.get_reward)
+    app.get("/health")(routes.health)
+    return app
+
+
+class _Routes:
+    """The app's lifespan (the batcher runs while the app does) and its answers: texts are
+    read into tokens on the event loop thread (a fast tokenizer must not be used by two
+    threads), scored by the batcher in its worker thread."""
+
+    def __init__(
+        self, reader: QueryReader, batcher: MicroBatcher[Any, Any], max_request_size: int, mode: str
+    ) -> None:
+        self.reader, self.batcher, self.mode = reader, batcher, mode
+        self.max_request_size = max_request_size
+        self.bos = _leading_bos(reader.text_collator.tokenizer)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        await self.batcher.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await self.batcher.stop()
 
-    app = FastAPI(title="bt_laplace reward server", lifespan=lifespan)
-    app.state.batcher = batcher
-    app.state.posterior = posterior
-    mode = "bare" if bare else "posterior"
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
         where = f"{request.method} {request.url.path}"
         return _error(
             exc.status_code,
             f"{where}: {exc.detail}; this server answers POST /get_reward and GET /health.",
         )
 
-    @app.post("/get_reward")
-    async def get_reward(request: Request) -> JSONResponse:
+    async def get_reward(self, request: Request) -> JSONResponse:
         try:
-            texts = read_request(await request.body(), max_request_size)
-            if bos is not None:
-                texts = [t[len(bos) :] if t.startswith(bos) else t for t in texts]
-            # on the event loop thread: a fast tokenizer must not be used by two threads
-            tokens = collator.collate_items(texts)
+            texts = read_request(await request.body(), self.max_request_size)
+            if self.bos is not None:
+                texts = [t[len(self.bos) :] if t.startswith(self.bos) else t for t in texts]
+            tokens = self.reader.tokens(texts, "query", pairs=False)
             empty = (tokens["attention_mask"].sum(1) == 0).nonzero().flatten().tolist()
             if empty:
                 raise RequestError(
@@ -265,25 +264,23 @@ def create_app(
         except (ValueError, TypeError) as err:
             return _error(422, f"field 'query': {err}")
         try:
-            body = await batcher.submit(tokens, len(texts))
+            body = await self.batcher.submit(tokens, len(texts))
         except Exception as err:
             logger.exception("scoring failed")
             return _error(500, f"scoring failed: {type(err).__name__}: {err}")
         return JSONResponse(body)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        batcher = self.batcher
         return {
             "status": "ok",
-            "mode": mode,
+            "mode": self.mode,
             "batches": batcher.batches,
             "requests": batcher.requests,
             "items": batcher.items,
             "largest_batch": batcher.largest,
             "busy_seconds": batcher.busy_s,
         }
-
-    return app
 
 
 # ---------------------------------------------------------------------------- command line
@@ -351,16 +348,17 @@ def load_app(args: argparse.Namespace) -> FastAPI:
     posterior = load_reward_posterior(
         args.posterior, PairwiseRewardModel(net).eval(), tokenizer=tokenizer
     )
-    saved = posterior.text_collator
+    saved = posterior.text_collator.options
     # no limit saved: the model's positions (a longer text would fail inside the model)
     max_length = args.max_length or saved.max_length
     max_length = max_length or getattr(net.config, "max_position_embeddings", None)
-    posterior.set_tokenizer(
-        tokenizer,
+    text = dataclasses.replace(
+        saved,
         max_length=max_length,
         truncation=args.truncation or saved.truncation,
         append_eos=saved.append_eos if args.append_eos is None else args.append_eos,
     )
+    posterior.set_tokenizer(tokenizer, options=text)
     return create_app(
         posterior,
         **options,

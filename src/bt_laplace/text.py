@@ -27,19 +27,22 @@ by the tokenizer's chat template, plain text by the tokenizer with its special t
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
 from bt_laplace._checks import check_positive_int
+from bt_laplace._dataset import Batch, PairSource, check_not_empty, check_split, pair_dataloader
+from bt_laplace._tokens import column_ids, column_text, cut, margins, pad
 from bt_laplace.choices import Truncation
-from bt_laplace.data import _Batch, _check_loader_options, _pair_dataloader, _PairSource
+from bt_laplace.inputs import check_texts, is_conversation
 
-__all__ = ["TextPairCollator", "text_preference_dataloader"]
+__all__ = ["TextOptions", "TextKeywords", "TextPairCollator", "text_preference_dataloader"]
 
 #: pairs of token-id columns, (chosen, rejected), in the order they are looked for
 ID_COLUMNS = (
@@ -47,21 +50,81 @@ ID_COLUMNS = (
     ("chosen_input_ids", "rejected_input_ids"),
     ("input_ids_chosen", "input_ids_rejected"),
 )
-TRUNCATION = Truncation.values()
 _FORMATS = (
     "TRL's preference formats: 'chosen' and 'rejected' (text or messages, with an optional "
     "'prompt'), or token ids in 'chosen_ids' and 'rejected_ids'"
 )
 
 
-def _is_messages(value: Any) -> bool:
-    """TRL's test for a conversational value: a list whose first element is a dict with "role"."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and isinstance(value[0], Mapping)
-        and ("role" in value[0])
-    )
+class TextKeywords(TypedDict, total=False):
+    """The fields of :class:`TextOptions` as keywords, which the functions that take
+    ``options=`` take too (``max_length=512`` for ``options=TextOptions(max_length=512)``)."""
+
+    max_length: int | None
+    truncation: str
+    append_eos: bool
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class TextOptions:
+    """How texts become token ids besides the tokenizer: one value that
+    :class:`TextPairCollator`, :func:`text_preference_dataloader`,
+    :meth:`~bt_laplace.RewardPosterior.set_tokenizer`, the reward function and the server take.
+
+    Args:
+        max_length: Longest item in tokens, or None for no limit.
+        truncation: What to do with a longer item: ``"error"`` (default) refuses it, ``"left"``
+            keeps its last ``max_length`` tokens (the end of the answer and the eos, which a
+            decoder reward model pools), ``"right"`` its first (the ``[CLS]`` an encoder
+            pools). Token ids are cut after the tokenizer and chat template, special tokens
+            included.
+        append_eos: Append the eos token to text answers that do not end with it, as TRL does.
+
+    Example:
+        >>> TextOptions(max_length=512, truncation="left")
+        TextOptions(max_length=512, truncation='left', append_eos=True)
+        >>> TextOptions(max_length=512, truncation="left").changed()
+        ['max_length', 'truncation']
+    """
+
+    max_length: int | None = None
+    truncation: Truncation = Truncation.ERROR
+    append_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None:
+            check_positive_int("max_length", self.max_length)
+        object.__setattr__(self, "truncation", Truncation.check("truncation", self.truncation))
+        if not isinstance(self.append_eos, bool):
+            raise TypeError(f"`append_eos` must be a bool, got {type(self.append_eos).__name__}.")
+
+    def __repr__(self) -> str:
+        return (
+            f"TextOptions(max_length={self.max_length}, truncation={str(self.truncation)!r}, "
+            f"append_eos={self.append_eos})"
+        )
+
+    @classmethod
+    def of(
+        cls, options: TextOptions | None = None, **keywords: Unpack[TextKeywords]
+    ) -> TextOptions:
+        """``options``, or the options the keywords give (the older spelling), not both."""
+        if options is None:
+            return cls(**keywords)  # type: ignore[arg-type]  # __post_init__ reads the str
+        if not isinstance(options, TextOptions):
+            raise TypeError(
+                f"`options` must be a bt_laplace.TextOptions, got {type(options).__name__}."
+            )
+        if keywords:
+            raise ValueError(
+                f"pass the text options either as `options` or as keywords, not both; got "
+                f"options={options} and {sorted(keywords)}."
+            )
+        return options
+
+    def changed(self) -> list[str]:
+        """The names of the options that differ from their defaults."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
 
 
 class TextPairCollator:
@@ -83,16 +146,12 @@ class TextPairCollator:
     Args:
         tokenizer: The tokenizer the model was trained with (for a ``RewardTrainer``,
             ``trainer.processing_class``, which has the eos and pad tokens the trainer set).
-        max_length: Longest item in tokens, or None for no limit. Keyword-only, like the rest.
-        truncation: What to do with a longer item: ``"error"`` (default) refuses it, ``"left"``
-            keeps its last ``max_length`` tokens (the end of the answer and the eos, which a
-            decoder reward model pools), ``"right"`` its first (the ``[CLS]`` an encoder
-            pools). Token ids are cut after the tokenizer and chat template, special tokens
-            included.
+        options: How texts become token ids (:class:`TextOptions`: ``max_length``,
+            ``truncation``, ``append_eos``).
         pad_to_multiple_of: Round ``L`` up to a multiple of this.
         padding_side: ``"right"`` or ``"left"``; None takes ``tokenizer.padding_side``. The
             rewards of :class:`~bt_laplace.PairwiseRewardModel` do not depend on it.
-        append_eos: Append the eos token to text answers that do not end with it, as TRL does.
+        **text: The fields of :class:`TextOptions` as keywords, instead of ``options``.
 
     Example:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
@@ -109,17 +168,20 @@ class TextPairCollator:
         >>> batch["attention_mask"], labels
         (tensor([[[1, 1, 0, 0],
                  [1, 1, 1, 1]]]), tensor([1]))
+        >>> TextPairCollator(tok).collate_items(["sat", "cat sat"], prompts=["the "] * 2)
+        {'input_ids': tensor([[2, 4, 1, 0],
+                [2, 3, 4, 1]]), 'attention_mask': tensor([[1, 1, 1, 0],
+                [1, 1, 1, 1]])}
     """
 
     def __init__(
         self,
         tokenizer: Any,
         *,
-        max_length: int | None = None,
-        truncation: str = "error",
+        options: TextOptions | None = None,
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
-        append_eos: bool = True,
+        **text: Unpack[TextKeywords],
     ) -> None:
         if not callable(tokenizer) or not hasattr(tokenizer, "pad_token_id"):
             raise TypeError(
@@ -127,12 +189,8 @@ class TextPairCollator:
                 f"PreTrainedTokenizerBase), got {type(tokenizer).__name__}."
             )
         self.tokenizer = tokenizer
-        self.max_length = (
-            None if max_length is None else check_positive_int("max_length", max_length)
-        )
-        if truncation not in TRUNCATION:
-            raise ValueError(f"`truncation` must be one of {TRUNCATION}, got {truncation!r}.")
-        self.truncation = truncation
+        #: how texts become token ids (also read as ``max_length``, ``truncation``, ``append_eos``)
+        self.options = TextOptions.of(options, **text)
         self.pad_to_multiple_of = (
             None
             if pad_to_multiple_of is None
@@ -142,16 +200,28 @@ class TextPairCollator:
         if side not in ("left", "right"):
             raise ValueError(f"`padding_side` must be 'left' or 'right', got {side!r}.")
         self.padding_side = side
-        if not isinstance(append_eos, bool):
-            raise TypeError(f"`append_eos` must be a bool, got {type(append_eos).__name__}.")
-        self.append_eos = append_eos
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
         self.pad_token_id: int | None = pad if pad is not None else tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest item in tokens (:class:`TextOptions`)."""
+        return self.options.max_length
+
+    @property
+    def truncation(self) -> Truncation:
+        """What a longer item gets (:class:`TextOptions`)."""
+        return self.options.truncation
+
+    @property
+    def append_eos(self) -> bool:
+        """Whether the eos token is appended to text answers (:class:`TextOptions`)."""
+        return self.options.append_eos
 
     def __repr__(self) -> str:
         return (
             f"TextPairCollator({type(self.tokenizer).__name__}, max_length={self.max_length}, "
-            f"truncation={self.truncation!r}, padding_side={self.padding_side!r})"
+            f"truncation={str(self.truncation)!r}, padding_side={self.padding_side!r})"
         )
 
     # ------------------------------------------------------------------ rows -> ids
@@ -169,8 +239,8 @@ class TextPairCollator:
         for chosen, rejected in ID_COLUMNS:
             if chosen in row or rejected in row:
                 return (
-                    self._ids(row, rejected, where),
-                    self._ids(row, chosen, where),
+                    column_ids(row, rejected, where),
+                    column_ids(row, chosen, where),
                 )
         for col in ("chosen", "rejected"):
             if col not in row:
@@ -178,7 +248,7 @@ class TextPairCollator:
                     f"Column {col!r} is missing from {where}, which has columns {list(row)}; "
                     f"expected {_FORMATS}. Rename the columns (dataset.rename_column)."
                 )
-        if any(_is_messages(row.get(c)) for c in ("prompt", "chosen", "rejected")):
+        if any(is_conversation(row.get(c)) for c in ("prompt", "chosen", "rejected")):
             return self._encode_messages(row, where)
         return self._encode_text(row, where)
 
@@ -189,39 +259,9 @@ class TextPairCollator:
             return True
         return max(len(ids) for ids in self.encode(row)) <= self.max_length
 
-    def _ids(self, row: Mapping[str, Any], col: str, where: str) -> list[int]:
-        if col not in row:
-            raise ValueError(
-                f"Column {col!r} is missing from {where}, which has columns {list(row)}; token "
-                "ids come in pairs of columns: chosen_ids and rejected_ids."
-            )
-        value = row[col]
-        if isinstance(value, torch.Tensor) or hasattr(value, "tolist"):
-            value = value.tolist()
-        if (
-            not isinstance(value, (list, tuple))
-            or not value
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-        ):
-            raise TypeError(
-                f"Column {col!r} of {where} must be a non-empty list of token ids (ints >= 0), "
-                f"got {str(value)[:60]!r}."
-            )
-        return list(value)
-
-    def _text(self, row: Mapping[str, Any], col: str, where: str) -> str:
-        value = row[col]
-        if not isinstance(value, str):
-            raise TypeError(
-                f"Column {col!r} of {where} is {type(value).__name__} {str(value)[:60]!r}; in a "
-                "text row prompt, chosen and rejected are all strings (or all lists of "
-                "{'role', 'content'} messages)."
-            )
-        return value
-
     def _encode_text(self, row: Mapping[str, Any], where: str) -> tuple[list[int], list[int]]:
-        prompt = self._text(row, "prompt", where) if "prompt" in row else ""
-        rejected, chosen = (self._text(row, col, where) for col in ("rejected", "chosen"))
+        prompt = column_text(row, "prompt", where) if "prompt" in row else ""
+        rejected, chosen = (column_text(row, col, where) for col in ("rejected", "chosen"))
         ids = self.tokenizer([prompt + self._with_eos(t, where) for t in (rejected, chosen)])
         return list(ids["input_ids"][0]), list(ids["input_ids"][1])
 
@@ -241,19 +281,19 @@ class TextPairCollator:
 
     def _messages(self, row: Mapping[str, Any], col: str, where: str) -> list[Any]:
         value = row[col]
+        if is_conversation(value):
+            return value
         if not isinstance(value, list) or not value:
             raise TypeError(
                 f"Column {col!r} of {where} is {type(value).__name__} {str(value)[:60]!r}, but "
                 "another column holds messages; in a conversational row prompt, chosen and "
                 "rejected are all non-empty lists of {'role', 'content'} messages."
             )
-        for i, message in enumerate(value):
-            if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
-                raise TypeError(
-                    f"Message {i} of column {col!r} of {where} is {str(message)[:60]!r}; each "
-                    "message is a dict with 'role' and 'content'."
-                )
-        return value
+        i = next(i for i, message in enumerate(value) if not is_conversation([message]))
+        raise TypeError(
+            f"Message {i} of column {col!r} of {where} is {str(value[i])[:60]!r}; each "
+            "message is a dict with 'role' and 'content'."
+        )
 
     def _render(self, messages: list[Any], row: Mapping[str, Any], where: str) -> list[int]:
         """Token ids of a conversation through the tokenizer's chat template."""
@@ -297,7 +337,7 @@ class TextPairCollator:
             if prompt is None
             else {"prompt": prompt, "completion": completion}
         )
-        if _is_messages(completion) or _is_messages(prompt):
+        if is_conversation(completion) or is_conversation(prompt):
             messages = self._messages(row, "prompt", where) if prompt is not None else []
             return self._render(messages + self._messages(row, "completion", where), {}, where)
         if not isinstance(completion, str):
@@ -307,7 +347,7 @@ class TextPairCollator:
             )
         text = self._with_eos(completion, where)
         if prompt is not None:
-            text = self._text(row, "prompt", where) + text
+            text = column_text(row, "prompt", where) + text
         return list(self.tokenizer(text)["input_ids"])
 
     def collate_items(
@@ -322,44 +362,19 @@ class TextPairCollator:
             completions: ``B`` answers: strings or message lists.
             prompts: None, or ``B`` prompts (or Nones), one per answer.
 
-        Example:
-            >>> from tokenizers import Tokenizer, models, pre_tokenizers
-            >>> from transformers import PreTrainedTokenizerFast
-            >>> vocab = {"<pad>": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4, "<unk>": 5}
-            >>> raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-            >>> raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-            >>> tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
-            ...                               eos_token="</s>")
-            >>> TextPairCollator(tok).collate_items(["sat", "cat sat"], prompts=["the "] * 2)
-            {'input_ids': tensor([[2, 4, 1, 0],
-                    [2, 3, 4, 1]]), 'attention_mask': tensor([[1, 1, 1, 0],
-                    [1, 1, 1, 1]])}
+        Raises:
+            TypeError, ValueError: As :func:`~bt_laplace.inputs.check_texts`, or for no texts.
         """
-        if isinstance(completions, (str, bytes)) or not isinstance(completions, Sequence):
-            raise TypeError(
-                f"`completions` must be a list of texts, got {type(completions).__name__}; wrap "
-                "a single text in a list: [text]."
-            )
+        completions, prompts = check_texts(completions, prompts)
         if len(completions) == 0:
             raise ValueError("`completions` is empty; pass at least one text.")
-        if prompts is not None:
-            if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-                raise TypeError(
-                    f"`prompts` must be a list with one prompt per completion, got "
-                    f"{type(prompts).__name__}."
-                )
-            if len(prompts) != len(completions):
-                raise ValueError(
-                    f"`prompts` has {len(prompts)} entries but `completions` {len(completions)}; "
-                    "give one prompt per completion (repeat a prompt for its n completions)."
-                )
         self._check_pad()
         items = []
         for i, completion in enumerate(completions):
             where = f"item {i}"
             ids = self.encode_item(completion, None if prompts is None else prompts[i], where=where)
-            items.append(self._fit((ids,), where)[0])
-        return self._pad_items(items)
+            items.append(self._cut((ids,), where)[0])
+        return {k: v[:, 0] for k, v in self._pad([(ids,) for ids in items]).items()}
 
     # ------------------------------------------------------------------ batch
     def __call__(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -369,7 +384,7 @@ class TextPairCollator:
             ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)[, "margin": (B,)]},
             labels (B,))``, labels all 1 (item 1 is the chosen text).
         """
-        rows, indices = (batch.data, batch.indices) if isinstance(batch, _Batch) else (batch, None)
+        rows, indices = (batch.data, batch.indices) if isinstance(batch, Batch) else (batch, None)
 
         def where(i: int) -> str:
             return (
@@ -393,12 +408,20 @@ class TextPairCollator:
         if len(rows) == 0:
             raise ValueError("Cannot collate an empty batch (0 rows); pass at least one row.")
         self._check_pad()
-        items = [self._fit(self.encode(row, where(i)), where(i)) for i, row in enumerate(rows)]
+        items = [self._cut(self.encode(row, where(i)), where(i)) for i, row in enumerate(rows)]
         out = self._pad(items)
-        margin = self._margin(rows, where)
+        margin = margins(rows, where)
         if margin is not None:
             out["margin"] = margin
         return out, torch.ones(len(rows), dtype=torch.long)
+
+    def _cut(self, row: tuple[list[int], ...], where: str) -> tuple[list[int], ...]:
+        return cut(row, self.max_length, self.truncation, where)
+
+    def _pad(self, rows: list[tuple[list[int], ...]]) -> dict[str, torch.Tensor]:
+        """Pad rows of ``K`` items each to ``(B, K, L)``."""
+        assert self.pad_token_id is not None
+        return pad(rows, self.pad_token_id, self.padding_side, self.pad_to_multiple_of)
 
     def _check_pad(self) -> None:
         if self.pad_token_id is None:
@@ -407,74 +430,6 @@ class TextPairCollator:
                 "tokenizer.pad_token (TRL's RewardTrainer uses RewardConfig.pad_token, else eos)."
             )
 
-    def _fit(self, row: tuple[list[int], ...], where: str) -> tuple[list[int], ...]:
-        """Apply ``max_length`` to the items of a row (a pair ``(rejected, chosen)``, or one)."""
-        limit = self.max_length
-        if limit is None or max(len(ids) for ids in row) <= limit:
-            return row
-        if self.truncation == "error":
-            item = next(i for i, ids in enumerate(row) if len(ids) > limit)
-            name = f"The {('rejected', 'chosen')[item]} text of " if len(row) == 2 else ""
-            raise ValueError(
-                f"{name or 'The text of '}{where} has {len(row[item])} "
-                f"tokens, more than max_length={limit}; raise max_length, pass "
-                "truncation='left' or 'right' to cut it"
-                + (
-                    ", or drop such rows first as TRL's RewardTrainer does: "
-                    "dataset.filter(collator.fits)."
-                    if len(row) == 2
-                    else "."
-                )
-            )
-        if self.truncation == "left":
-            return tuple(ids[-limit:] for ids in row)
-        return tuple(ids[:limit] for ids in row)
-
-    def _pad(self, rows: list[tuple[list[int], ...]]) -> dict[str, torch.Tensor]:
-        """Pad rows of ``K`` items each to ``(B, K, L)``."""
-        length = max(len(ids) for row in rows for ids in row)
-        if self.pad_to_multiple_of is not None:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        assert self.pad_token_id is not None
-        shape = (len(rows), len(rows[0]), length)
-        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(shape, dtype=torch.long)
-        for i, row in enumerate(rows):
-            for j, item in enumerate(row):
-                span = (
-                    slice(0, len(item)) if self.padding_side == "right" else slice(-len(item), None)
-                )
-                ids[i, j, span] = torch.tensor(item, dtype=torch.long)
-                mask[i, j, span] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-    def _pad_items(self, items: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Pad single items to ``(B, L)``."""
-        return {k: v[:, 0] for k, v in self._pad([(ids,) for ids in items]).items()}
-
-    @staticmethod
-    def _margin(rows: Sequence[Mapping[str, Any]], where: Any) -> torch.Tensor | None:
-        has = ["margin" in row for row in rows]
-        if not any(has):
-            return None
-        if not all(has):
-            i = has.index(False)
-            raise ValueError(
-                f"Column 'margin' is missing from {where(i)} but present in other rows; give "
-                "every row a margin (0.0 for none) or drop the column."
-            )
-        values = []
-        for i, row in enumerate(rows):
-            v = row["margin"]
-            v = v.item() if hasattr(v, "item") else v
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(
-                    f"Column 'margin' of {where(i)} is {v!r}; a margin is a finite number (the "
-                    "reward gap TRL's loss asks of chosen over rejected)."
-                )
-            values.append(float(v))
-        return torch.tensor(values, dtype=torch.float32)
-
 
 def text_preference_dataloader(
     dataset: Any,
@@ -482,14 +437,13 @@ def text_preference_dataloader(
     batch_size: int = 32,
     shuffle: bool = False,
     *,
-    max_length: int | None = None,
-    truncation: str = "error",
+    options: TextOptions | None = None,
     pad_to_multiple_of: int | None = None,
     padding_side: str | None = None,
-    append_eos: bool = True,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    **text: Unpack[TextKeywords],
 ) -> DataLoader:
     """A DataLoader of token batches of pairs from a TRL-format preference dataset.
 
@@ -501,11 +455,8 @@ def text_preference_dataloader(
         tokenizer: The tokenizer the model was trained with.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        max_length, truncation, pad_to_multiple_of, padding_side, append_eos: As in
-            :class:`TextPairCollator`.
-        generator: Random generator for shuffling.
-        num_workers: DataLoader worker processes.
-        drop_last: Drop the last incomplete batch.
+        options, pad_to_multiple_of, padding_side, **text: As in :class:`TextPairCollator`.
+        generator, num_workers, drop_last: As in ``torch.utils.data.DataLoader``.
 
     Returns:
         A DataLoader yielding ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)
@@ -513,30 +464,24 @@ def text_preference_dataloader(
     """
     collate = TextPairCollator(
         tokenizer,
-        max_length=max_length,
-        truncation=truncation,
+        options=TextOptions.of(options, **text),
         pad_to_multiple_of=pad_to_multiple_of,
         padding_side=padding_side,
-        append_eos=append_eos,
     )
-    _check_loader_options(batch_size, shuffle, num_workers)
-    import datasets as hf
 
-    if isinstance(dataset, (hf.DatasetDict, hf.IterableDatasetDict)):
-        raise TypeError(f"`dataset` is a {type(dataset).__name__}; pick a split: dataset['train'].")
-    if not isinstance(dataset, (hf.Dataset, list, tuple)):
-        raise TypeError(
-            "`dataset` must be a datasets.Dataset or a list of row mappings, got "
-            f"{type(dataset).__name__}."
-        )
-    if len(dataset) == 0:
-        raise ValueError("`dataset` is empty (0 rows); pass at least one pair.")
-    return _pair_dataloader(
-        _PairSource(dataset),
-        collate,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        drop_last=drop_last,
-    )
+    def rows() -> PairSource:
+        import datasets as hf
+
+        check_split(dataset)
+        if not isinstance(dataset, (hf.Dataset, list, tuple)):
+            raise TypeError(
+                "`dataset` must be a datasets.Dataset or a list of row mappings, got "
+                f"{type(dataset).__name__}."
+            )
+        check_not_empty(dataset)
+        return PairSource(dataset)
+
+    return pair_dataloader(
+        rows, collate, batch_size=batch_size, shuffle=shuffle, generator=generator,
+        num_workers=num_workers, drop_last=drop_last,
+    )  # fmt: skip
