@@ -13,11 +13,10 @@ are those it was fitted on.
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 from laplace.baselaplace import ParametricLaplace
@@ -32,10 +31,11 @@ from bt_laplace._checks import (
 )
 from bt_laplace._distributed import Processes
 from bt_laplace._loader import CheckedPairLoader
+from bt_laplace._querying import autograd_query, finite_variance, per_batch, weights_key
 from bt_laplace.bradley_terry import mc_preference_probability, probit_preference_probability
 from bt_laplace.choices import LinkApprox, Reference
 from bt_laplace.curvature import is_pair_backend
-from bt_laplace.inputs import QueryReader, split_rows, take_rows
+from bt_laplace.inputs import QueryReader, split_rows
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.penalties import RewardPenalty
 from bt_laplace.persistence import laplace_record, restore_laplace, write_record
@@ -53,61 +53,6 @@ class RewardPrediction(NamedTuple):
 
     mean: torch.Tensor
     variance: torch.Tensor
-
-
-def _finite(variance: torch.Tensor) -> torch.Tensor:
-    """Refuse variances that overflowed, rather than return them."""
-    if not bool(torch.isfinite(variance).all()):
-        raise RuntimeError(
-            f"reward variances overflowed {variance.dtype} (largest finite input rows give "
-            "rewards far outside the training range, or the prior precision is tiny); scale "
-            "the inputs like the training ones, or use a float64 model and posterior."
-        )
-    return variance
-
-
-def _per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int) -> Any:
-    """``fn`` over ``x`` in batches of ``size`` rows, its results written into tensors made
-    once: no per-batch result outlives its batch, so memory stays that of one batch (many small
-    survivors between freed batch buffers would keep the allocator from reusing them)."""
-    outs: list[torch.Tensor] | None = None
-    start = 0
-    for xb in split_rows(x, size):
-        parts = fn(xb)
-        n = parts[0].shape[0]
-        if outs is None:
-            total = n_rows(x)
-            outs = [p.new_empty((total, *p.shape[1:])) for p in parts]
-        for out, part in zip(outs, parts, strict=True):
-            out[start : start + n] = part
-        start += n
-    assert outs is not None
-    return tuple(outs)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _autograd_query(method: _F) -> _F:
-    """Run a query under the posterior's lock (queries from several threads run one at a
-    time: they share hooks on one model), after checking that the model's weights are those
-    it was fitted on, with autograd available also inside ``torch.inference_mode()`` (scoring
-    loops often use it): the variances come from one backward pass through the model."""
-
-    @functools.wraps(method)
-    def wrapper(self: RewardPosterior, *args: Any, **kwargs: Any) -> Any:
-        with self.lock, torch.inference_mode(False):
-            self._check_weights()
-            return method(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _weights_key(module: nn.Module) -> list[tuple[int, int, torch.dtype, torch.device]]:
-    """Where each parameter and buffer lives and how often it was changed in place: equal
-    keys mean the same weights (a cheap fingerprint, checked on every query)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
 
 
 class RewardPosterior:
@@ -159,7 +104,7 @@ class RewardPosterior:
         #: queries as one, e.g. a server's scoring step
         self.lock = threading.RLock()
         self._network: nn.Module = getattr(laplace.model, "model", laplace.model)
-        self._weights = _weights_key(self._network)
+        self._weights = weights_key(self._network)
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
         self.item_shape: tuple[int, ...] | None = None
         #: the factor the default fit scaled the exact evidence's prior by so that this
@@ -171,7 +116,7 @@ class RewardPosterior:
         self.text_collator: Any = None
 
     def _check_weights(self) -> None:
-        if _weights_key(self._network) != self._weights:
+        if weights_key(self._network) != self._weights:
             raise RuntimeError(
                 "the model's weights changed since the posterior was fitted (trained further, "
                 "reloaded or moved to another dtype or device); its curvature belongs to the "
@@ -280,7 +225,7 @@ class RewardPosterior:
         return QueryReader(self.model, la._dtype, la._device, self.item_shape, self.text_collator)
 
     # ------------------------------------------------------------------ queries
-    @_autograd_query
+    @autograd_query
     def __call__(self, x: Any) -> RewardPrediction:
         """Predictive mean and variance of the reward of each item.
 
@@ -293,12 +238,12 @@ class RewardPosterior:
         """
         x = self.reader.items(x)
         self.laplace.model.eval()
-        mean, variance = _per_batch(self.predictive.item_moments, x, self.batch_size)
-        return RewardPrediction(mean, _finite(variance))
+        mean, variance = per_batch(self.predictive.item_moments, x, self.batch_size)
+        return RewardPrediction(mean, finite_variance(variance))
 
     predict = __call__
 
-    @_autograd_query
+    @autograd_query
     def pair_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Joint moments of the two rewards of each pair.
 
@@ -311,11 +256,11 @@ class RewardPosterior:
         x = self.reader.pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
-        mean, var, cov = _per_batch(self.predictive.pair_moments, x, size)
+        mean, var, cov = per_batch(self.predictive.pair_moments, x, size)
         dtype = self.laplace._dtype
-        return mean.to(dtype), _finite(var.to(dtype)), cov.to(dtype)
+        return mean.to(dtype), finite_variance(var.to(dtype)), cov.to(dtype)
 
-    @_autograd_query
+    @autograd_query
     def difference_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance ``(B,)`` of the reward difference ``r(x_1) - r(x_0)`` of each pair
         of ``x`` ``(B, 2, *item)``, in float64 on the fast path: the variance
@@ -324,7 +269,7 @@ class RewardPosterior:
         x = self.reader.pairs(x)
         self.laplace.model.eval()
         size = max(1, self.batch_size // 2)
-        mean, var = _per_batch(self.predictive.difference_moments, x, size)
+        mean, var = per_batch(self.predictive.difference_moments, x, size)
         return mean, var
 
     def preference_probability(
@@ -364,7 +309,7 @@ class RewardPosterior:
             )
         return p.to(self.laplace._dtype)
 
-    @_autograd_query
+    @autograd_query
     def relative_reward(
         self, x: Any, reference: Any = "group", *, groups: Any = None
     ) -> RewardPrediction:
@@ -407,27 +352,13 @@ class RewardPosterior:
         self.laplace.model.eval()
         if groups is not None:
             index, keys = group_index(groups, n_rows(x))
-            return self._relative_by_group(x, index, len(keys))
+            mean, variance = self.predictive.relative_moments_by_group(
+                x, index, len(keys), self.batch_size
+            )
+            return RewardPrediction(mean, finite_variance(variance))
         refs = None if ref is None else split_rows(ref, self.batch_size)
         mean, variance = self.predictive.relative_moments(split_rows(x, self.batch_size), refs)
-        return RewardPrediction(mean, _finite(variance))
-
-    def _relative_by_group(self, x: Any, index: torch.Tensor, n_groups: int) -> RewardPrediction:
-        """Each item relative to its own group: one pass when ``x`` fits one batch on the fast
-        path, else one :meth:`~bt_laplace.predictive.Predictive.relative_moments` per group."""
-        if n_rows(x) <= self.batch_size:
-            moments = self.predictive.grouped_relative_moments(x, index, n_groups)
-            if moments is not None:
-                return RewardPrediction(moments[0], _finite(moments[1]))
-        dtype, device = self.laplace._dtype, self.laplace._device
-        mean = torch.empty(n_rows(x), dtype=dtype, device=device)
-        variance = torch.empty_like(mean)
-        for g in range(n_groups):
-            rows = (index == g).nonzero().flatten()
-            members = take_rows(x, rows.to(device))
-            m, v = self.predictive.relative_moments(split_rows(members, self.batch_size), None)
-            mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
-        return RewardPrediction(mean, _finite(variance))
+        return RewardPrediction(mean, finite_variance(variance))
 
     def penalized_reward(
         self,
@@ -469,7 +400,7 @@ class RewardPosterior:
             mean, variance = self.relative_reward(x, reference, groups=groups)
         return rule.apply(mean, variance)
 
-    @_autograd_query
+    @autograd_query
     def sample(
         self,
         x: Any,
@@ -547,19 +478,9 @@ class RewardPosterior:
             ValueError: If ``method`` is not one of the two, ``"gridsearch"`` has no
                 ``val_loader``, or a setting does not belong to the method.
         """
-        if method == "marglik" and val_loader is not None:
-            raise ValueError(
-                "`val_loader` is only used by method='gridsearch'; drop it, or pass "
-                "method='gridsearch'."
-            )
-        if method == "gridsearch" and train_loader is not None:
-            raise ValueError(
-                "`train_loader` is only used by method='marglik' (the exact evidence); drop "
-                "it, or pass method='marglik'."
-            )
         setting = PriorSetting.for_method(
             method,
-            exact=train_loader is not None,
+            has_train=train_loader is not None,
             has_val=val_loader is not None,
             link_approx=link_approx,
             settings=prior_kwargs,

@@ -22,6 +22,7 @@ from laplace.baselaplace import ParametricLaplace
 
 from bt_laplace._checks import n_rows
 from bt_laplace._layer_io import LayerIO, backend_jacobians, pair_split
+from bt_laplace.inputs import split_rows, take_rows
 from bt_laplace.structures import DenseJacobians, Jacobians, PosteriorStructure, structure_for
 
 __all__ = ["CANCELLATION", "Predictive"]
@@ -171,6 +172,27 @@ class Predictive:
             mean, variance = self._relative_to(sub, dense, sub.output.mean())
             means[rows], variances[rows] = mean.to(means.dtype), variance.to(means.dtype)
         return means, variances
+
+    def relative_moments_by_group(
+        self, x: Any, index: torch.Tensor, n_groups: int, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`relative_moments` of each item of ``x`` ``(N, *item)`` relative to the items
+        of its own group (``index`` ``(N,)`` into ``n_groups``): one pass when ``x`` fits one
+        batch of ``batch_size`` on the fast path, else one :meth:`relative_moments` per
+        group, its items in batches."""
+        if n_rows(x) <= batch_size:
+            moments = self.grouped_relative_moments(x, index, n_groups)
+            if moments is not None:
+                return moments
+        dtype, device = self.laplace._dtype, self.laplace._device
+        mean = torch.empty(n_rows(x), dtype=dtype, device=device)
+        variance = torch.empty_like(mean)
+        for g in range(n_groups):
+            rows = (index == g).nonzero().flatten()
+            members = take_rows(x, rows.to(device))
+            m, v = self.relative_moments(split_rows(members, batch_size), None)
+            mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
+        return mean, variance
 
     def _relative_to(
         self, jac: Jacobians, dense: list[torch.Tensor], ref_mean: Any

@@ -173,14 +173,24 @@ class PriorSetting:
         cls,
         method: str,
         *,
-        exact: bool,
+        has_train: bool,
         has_val: bool,
         link_approx: str,
         settings: dict[str, Any],
     ) -> PriorSetting:
         """The setting of :meth:`~bt_laplace.RewardPosterior.optimize_prior_precision`:
         ``"gridsearch"`` (needs validation pairs: ``has_val``) or ``"marglik"`` (with the
-        exact evidence when ``exact``)."""
+        exact evidence when given the training pairs: ``has_train``)."""
+        if method == PriorMethod.MARGLIK and has_val:
+            raise ValueError(
+                "`val_loader` is only used by method='gridsearch'; drop it, or pass "
+                "method='gridsearch'."
+            )
+        if method == PriorMethod.GRIDSEARCH and has_train:
+            raise ValueError(
+                "`train_loader` is only used by method='marglik' (the exact evidence); drop "
+                "it, or pass method='marglik'."
+            )
         if method not in (PriorMethod.GRIDSEARCH, PriorMethod.MARGLIK):
             raise ValueError(
                 f"`method` must be 'gridsearch' or 'marglik', got {method!r}; to set a number, "
@@ -197,7 +207,7 @@ class PriorSetting:
                 "`prior_precision='gridsearch'` needs `val_loader`, a DataLoader of "
                 "validation pairs; pass one or use method='marglik'."
             )
-        evidence = Evidence.EXACT if exact else Evidence.POSTERIOR
+        evidence = Evidence.EXACT if has_train else Evidence.POSTERIOR
         link = LinkApprox.check("link_approx", link_approx)
         setting = cls(PriorMethod.check("method", method), None, evidence, link, dict(settings))
         setting.check_settings()

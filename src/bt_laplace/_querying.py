@@ -1,0 +1,72 @@
+"""Private: what every query of :class:`~bt_laplace.RewardPosterior` shares: running under its
+lock with autograd on, the weights check, batching that keeps memory to one batch, and the
+refusal of overflowed variances."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from bt_laplace._checks import n_rows
+from bt_laplace.inputs import split_rows
+
+__all__ = ["autograd_query", "finite_variance", "per_batch", "weights_key"]
+
+
+def finite_variance(variance: torch.Tensor) -> torch.Tensor:
+    """Refuse variances that overflowed, rather than return them."""
+    if not bool(torch.isfinite(variance).all()):
+        raise RuntimeError(
+            f"reward variances overflowed {variance.dtype} (largest finite input rows give "
+            "rewards far outside the training range, or the prior precision is tiny); scale "
+            "the inputs like the training ones, or use a float64 model and posterior."
+        )
+    return variance
+
+
+def per_batch(fn: Callable[[Any], tuple[torch.Tensor, ...]], x: Any, size: int) -> Any:
+    """``fn`` over ``x`` in batches of ``size`` rows, its results written into tensors made
+    once: no per-batch result outlives its batch, so memory stays that of one batch (many small
+    survivors between freed batch buffers would keep the allocator from reusing them)."""
+    outs: list[torch.Tensor] | None = None
+    start = 0
+    for xb in split_rows(x, size):
+        parts = fn(xb)
+        n = parts[0].shape[0]
+        if outs is None:
+            total = n_rows(x)
+            outs = [p.new_empty((total, *p.shape[1:])) for p in parts]
+        for out, part in zip(outs, parts, strict=True):
+            out[start : start + n] = part
+        start += n
+    assert outs is not None
+    return tuple(outs)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def autograd_query(method: _F) -> _F:
+    """Run a query under the posterior's lock (queries from several threads run one at a
+    time: they share hooks on one model), after checking that the model's weights are those
+    it was fitted on, with autograd available also inside ``torch.inference_mode()`` (scoring
+    loops often use it): the variances come from one backward pass through the model."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.lock, torch.inference_mode(False):
+            self._check_weights()
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def weights_key(module: nn.Module) -> list[tuple[int, int, torch.dtype, torch.device]]:
+    """Where each parameter and buffer lives and how often it was changed in place: equal
+    keys mean the same weights (a cheap fingerprint, checked on every query)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
