@@ -4,8 +4,8 @@ Run from the repository root::
 
     python benchmarks/bench_prior_sweep.py [--seeds 3] [--datasets movielens,warriner]
 
-Saves ``docs/data/prior_sweep.json`` and writes ``docs/prior_sweep.md`` and
-``docs/prior_sweep.png`` from it (``benchmarks/report.py``). Data, splits, model and MAP
+Saves ``docs/data/prior_sweep.json`` and writes ``docs/results/prior_sweep.md`` and
+``docs/results/prior_sweep.png`` from it (``benchmarks/report.py``). Data, splits, model and MAP
 training are those of ``bench_real_data.py`` (MovieLens with family films held out, Warriner
 valence norms with adjectives held out; a 2-hidden-layer tanh MLP, 30 epochs of AdamW). For
 each seed three posteriors over all weights of the same MAP model are evaluated at every prior
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="movielens,warriner")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="docs/prior_sweep.md", help=OUT_HELP)
+    parser.add_argument("--out", default="docs/results/prior_sweep.md", help=OUT_HELP)
     args = parser.parse_args()
     name = page_name(args.out)
     torch.set_num_threads(args.threads)

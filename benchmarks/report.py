@@ -1,4 +1,4 @@
-"""Turn saved benchmark results into the pages and plots in ``docs/``.
+"""Turn saved benchmark results into the pages and plots in ``docs/results/``.
 
 Run from the repository root::
 
@@ -6,8 +6,10 @@ Run from the repository root::
     python benchmarks/report.py accuracy prior  # docs/data/accuracy.json, docs/data/prior.json
 
 Each ``docs/data/<name>.json`` names its renderer (``benchmarks/pages/<renderer>.py``), which
-writes ``docs/<name>.md`` and its figures. Nothing is measured here: a change of wording or
-formatting only needs this step. Every benchmark script calls it at its end.
+writes ``docs/results/<name>.md`` and its figures beside it. Nothing is measured here: a change
+of wording or formatting only needs this step. Every benchmark script calls it at its end.
+``real_data.json`` and ``active_learning.json`` name none: their scripts render them
+(``bench_real_data.py --report-only``, ``bench_active.py --render``).
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, DOCS, load  # noqa: E402
+from _common import DATA, RESULTS, load  # noqa: E402
 
 
 def write(name: str) -> None:
-    """Render ``docs/data/<name>.json`` into ``docs/<name>.md`` (and its figures)."""
+    """Render ``docs/data/<name>.json`` into ``docs/results/<name>.md`` (and its figures)."""
     data = load(name)
+    if "benchmark" not in data:  # bench_real_data.py --report-only, bench_active.py --render
+        print(f"skipped docs/data/{name}.json: its benchmark script renders it", flush=True)
+        return
     renderer = importlib.import_module(f"pages.{data['benchmark']}")
-    page = DOCS / f"{name}.md"
+    page = RESULTS / f"{name}.md"
     page.write_text(renderer.render(data, page))
     print(f"wrote {page}", flush=True)
 

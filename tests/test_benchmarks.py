@@ -1,4 +1,4 @@
-"""The benchmark pages: each ``docs/<name>.md`` is what its renderer makes of
+"""The benchmark pages: each ``docs/results/<name>.md`` is what its renderer makes of
 ``docs/data/<name>.json`` (so a page and its numbers never drift apart), and every benchmark
 script starts (its ``--help``), so a change in the shared helpers cannot break one unseen."""
 
@@ -33,7 +33,7 @@ def test_page_is_its_rendered_data(path, tmp_path, benchmarks_on_path):
 
     renderer = importlib.import_module(f"pages.{benchmark}")
     text = renderer.render(load(path.stem), tmp_path / f"{path.stem}.md")
-    assert text == (ROOT / "docs" / f"{path.stem}.md").read_text()
+    assert text == (ROOT / "docs" / "results" / f"{path.stem}.md").read_text()
 
 
 #: runs each benchmark script's ``--help`` in one interpreter (imports are shared: seconds, not
@@ -72,7 +72,7 @@ def test_every_benchmark_script_starts():
 
 
 def test_prior_sweep_exact_posterior_is_the_full_ggn_posterior(benchmarks_on_path):
-    """The exact-Laplace reference of docs/prior_sweep.md (pair-kernel form, Woodbury) equals
+    """The exact-Laplace reference of docs/results/prior_sweep.md (pair-kernel form, Woodbury) equals
     bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins of
     new pairs and rewards of new items."""
     pytest.importorskip("matplotlib")

@@ -1,6 +1,6 @@
 """EK-FAC check: kron's eigenbasis with the exact GGN's diagonal in it, against kron, at several priors.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/ekfac.py movielens|warriner SEED

@@ -1,6 +1,6 @@
 """Refined mean: the linearized model's own MAP at each prior (Laplace-GP Newton in the pair kernel).
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/glm.py movielens|warriner SEED

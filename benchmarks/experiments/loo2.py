@@ -1,6 +1,6 @@
 """Exact Laplace-GP leave-one-out on the training pairs, and the variant with the cavity mean from a fixed training prior.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/loo2.py movielens|warriner SEED

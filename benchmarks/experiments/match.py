@@ -1,6 +1,6 @@
 """Kron's margin variance on *training* pairs against the exact posterior's, over a grid of priors.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/match.py movielens|warriner SEED

@@ -1,6 +1,6 @@
 """Evidence with ||theta*||^2 restricted to the span of the pair Jacobians (raises the prior).
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/proj.py movielens|warriner SEED

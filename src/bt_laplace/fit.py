@@ -73,18 +73,18 @@ def fit_reward_posterior(
         subset_of_weights: ``"auto"`` (default): ``"all"`` when every trainable parameter
             is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path and there are at
             most 5,000,000 of them (a reward MLP, or a head on a frozen encoder;
-            docs/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer); or either
-            explicitly. On real preference data the
+            docs/results/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer); or
+            either explicitly. On real preference data the
             all-weights posterior improves NLL and calibration over MAP and tells unfamiliar
             items apart, where a last layer on learned features barely moves the MAP model
-            (docs/real_data.md).
+            (docs/results/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, and where that used the exact evidence (``evidence``
             left at ``"auto"``) for an all-weights ``kron`` or ``diag`` posterior, its prior
             scaled so that, fitted without a fifth of the training items, the structure gives
             pairs of those items the exact Laplace posterior's mean log variance (no labels
-            used; the factor is ``post.prior_calibration``; docs/prior_sweep.md: on Warriner
+            used; the factor is ``post.prior_calibration``; docs/results/prior_sweep.md: on Warriner
             ratings ECE .066 -> .029); ``"marglik"`` (maximize the Laplace marginal
             likelihood), ``"gridsearch"`` (minimize validation NLL of the pair
             probabilities, needs ``val_loader``), or a positive number.
@@ -95,7 +95,7 @@ def fit_reward_posterior(
             passed, else ``"posterior"``. ``"posterior"`` (laplace-torch's): the fitted
             structure's own, from the eigenvalues of its curvature, a few milliseconds; it
             puts the prior too high with ``kron`` (24-40% above the exact optimum,
-            docs/prior.md), so the posterior is too narrow. ``"exact"``: the exact
+            docs/results/prior.md), so the posterior is too narrow. ``"exact"``: the exact
             Bradley-Terry GGN's over all posterior parameters, whatever
             ``hessian_structure``; scalar prior only, solved to 1e-12. Costs one more pass
             over ``train_loader`` and a dense ``min(N, P)``-square eigendecomposition (``N``
@@ -276,7 +276,7 @@ def _held_out_prior_ratio(
 
     The exact evidence's prior suits the exact posterior (the full GGN); a ``kron`` or ``diag``
     posterior drops the covariance between layers and at the same prior can give pairs of
-    unseen items far too little variance (docs/prior_sweep.md: about 100 times too strong a
+    unseen items far too little variance (docs/results/prior_sweep.md: about 100 times too strong a
     prior on Warriner valence ratings). Training pairs cannot show it, their items are seen,
     so this holds out :data:`CALIBRATION_HELD_OUT` of the training *items* (fixed seed), fits
     the same structure and the exact posterior (through its pair kernel,

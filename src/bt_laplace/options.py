@@ -63,8 +63,8 @@ HESSIAN_STRUCTURES = tuple(STRUCTURES)
 PRIOR_METHODS = PriorMethod.values()[:-1]  # "fixed" is what a number becomes
 EVIDENCES = Evidence.values()
 #: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
-#: largest MLP measured (docs/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
-#: one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
+#: largest MLP measured (docs/results/auto_subset.md: 4,986,881 parameters, an all-weights kron
+#: fit 3.9x one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
 AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
 #: ``evidence="auto"`` takes the exact evidence up to this many floating-point operations
 #: (about 5 s on 2 cores): up to ~4,600 pairs for an all-weights MLP, ~600,000 pairs for a
@@ -114,7 +114,7 @@ class FitOptions:
         prior_kwargs: Keywords for the prior method.
         calibrate: ``prior_precision="auto"`` without validation pairs: after the exact
             evidence, scale a block-diagonal all-weights posterior's prior to match the exact
-            posterior on held-out items (``bt_laplace.fit``, docs/prior_sweep.md).
+            posterior on held-out items (``bt_laplace.fit``, docs/results/prior_sweep.md).
     """
 
     subset_of_weights: str
@@ -382,7 +382,7 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> str:
     :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
     :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
     posterior is the one that improves calibration and tells unfamiliar items apart
-    (docs/real_data.md); a last layer on learned features barely moves the MAP model."""
+    (docs/results/real_data.md); a last layer on learned features barely moves the MAP model."""
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (

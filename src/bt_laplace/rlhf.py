@@ -27,7 +27,7 @@ Uncertainty in RLHF" (arXiv 2606.09073) for this penalty.
 
 **Best-of-n** (:func:`best_of_n`) scores many prompts' candidates in one call and picks the
 best per prompt, relative to the candidates of the same prompt by default (pairs identify
-rewards only up to a constant per prompt, see docs/gotchas.md).
+rewards only up to a constant per prompt, see docs/guides/gotchas.md).
 
 **Pairs worth labelling** (:func:`rank_pairs_for_labeling`). A label is ``y ~ Bernoulli(
 sigmoid(f))`` with ``f = r_1 - r_0 ~ N(m, v)`` from the pair's joint Gaussian. BALD (Houlsby
