@@ -6,10 +6,10 @@ Run from the repository root::
 
 Saves ``docs/data/prior_sweep.json`` and writes ``docs/results/prior_sweep.md`` and
 ``docs/results/prior_sweep.png`` from it (``benchmarks/report.py``). Data, splits, model and MAP
-training are those of ``bench_real_data.py`` (MovieLens with family films held out, Warriner
-valence norms with adjectives held out; a 2-hidden-layer tanh MLP, 30 epochs of AdamW). For
-each seed three posteriors over all weights of the same MAP model are evaluated at every prior
-precision of a grid (test NLL, ECE, OOD AUROC of the reward std, validation NLL):
+training are those of ``bench_real_data.py``, from ``realdata.py`` (MovieLens with family films
+held out, Warriner valence norms with adjectives held out; a 2-hidden-layer tanh MLP, 30 epochs
+of AdamW). For each seed three posteriors over all weights of the same MAP model are evaluated
+at every prior precision of a grid (test NLL, ECE, OOD AUROC of the reward std, validation NLL):
 
 - ``kron``, the default (``fit_reward_posterior(model, loader)``),
 - ``diag`` (``hessian_structure="diag"``),
@@ -39,7 +39,7 @@ import time
 import warnings
 from typing import Any
 
-import bench_real_data as rd
+import realdata as rd
 import report
 import torch
 from _common import OUT_HELP, environment, page_name, save

@@ -72,13 +72,13 @@ def test_every_benchmark_script_starts():
 
 
 def test_prior_sweep_exact_posterior_is_the_full_ggn_posterior(benchmarks_on_path):
-    """The exact-Laplace reference of docs/results/prior_sweep.md (pair-kernel form, Woodbury) equals
-    bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins of
-    new pairs and rewards of new items."""
+    """The exact-Laplace reference of docs/results/prior_sweep.md (pair-kernel form, Woodbury)
+    equals bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins
+    of new pairs and rewards of new items."""
     pytest.importorskip("matplotlib")
     torch = pytest.importorskip("torch")
     default_dtype = torch.get_default_dtype()
-    try:  # bench_real_data sets float64 as the default dtype for its runs, on import
+    try:  # realdata (imported by it) sets float64 as the default dtype, on import
         import bench_prior_sweep as sweep
     finally:
         torch.set_default_dtype(default_dtype)

@@ -16,7 +16,7 @@ import torch
 
 # GLM-refined linearized Laplace in function space (exact), vs default MAP-mean posterior
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.func import functional_call, jacrev, vmap
 
 torch.set_num_threads(2)
