@@ -51,6 +51,7 @@ from bt_laplace import evidence
 from bt_laplace._distributed import Processes
 from bt_laplace.bradley_terry import probit_preference_probability
 
+rd.setup_run()  # float64 (and no warnings), as the real-data benchmark
 warnings.filterwarnings("ignore")
 GRID = [10.0**e for e in torch.linspace(-3, 2, 21).tolist()]
 

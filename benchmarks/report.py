@@ -8,8 +8,9 @@ Run from the repository root::
 Each ``docs/data/<name>.json`` names its renderer (``benchmarks/pages/<renderer>.py``), which
 writes ``docs/results/<name>.md`` and its figures beside it. Nothing is measured here: a change
 of wording or formatting only needs this step. Every benchmark script calls it at its end.
-``real_data.json`` and ``active_learning.json`` name none: their scripts render them
-(``bench_real_data.py --report-only``, ``bench_active.py --render``).
+A results file that names no renderer (``real_data.json``) is rendered by
+``benchmarks/pages/<name>.py``; ``active_learning.json`` has none (``bench_active.py --render``
+writes its page).
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, RESULTS, load  # noqa: E402
 
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+def renderer_name(name: str, data: dict) -> str | None:
+    """The module in ``benchmarks/pages/`` that renders ``docs/data/<name>.json``: the one the
+    file names, else the page's own (``real_data``), else None (the script renders it)."""
+    if "benchmark" in data:
+        return data["benchmark"]
+    return name if (PAGES / f"{name}.py").is_file() else None
+
 
 def write(name: str) -> None:
     """Render ``docs/data/<name>.json`` into ``docs/results/<name>.md`` (and its figures)."""
     data = load(name)
-    if "benchmark" not in data:  # bench_real_data.py --report-only, bench_active.py --render
+    benchmark = renderer_name(name, data)
+    if benchmark is None:  # bench_active.py --render
         print(f"skipped docs/data/{name}.json: its benchmark script renders it", flush=True)
         return
-    renderer = importlib.import_module(f"pages.{data['benchmark']}")
+    renderer = importlib.import_module(f"pages.{benchmark}")
     page = RESULTS / f"{name}.md"
     page.write_text(renderer.render(data, page))
     print(f"wrote {page}", flush=True)

@@ -26,10 +26,12 @@ def benchmarks_on_path(monkeypatch):
 @pytest.mark.parametrize("path", DATA, ids=[p.stem for p in DATA])
 def test_page_is_its_rendered_data(path, tmp_path, benchmarks_on_path):
     pytest.importorskip("matplotlib")
-    benchmark = json.loads(path.read_text()).get("benchmark")
-    if benchmark is None:  # rendered by its own script (bench_real_data, bench_active)
-        pytest.skip(f"{path.name} is rendered by its benchmark script")
     from _common import load
+    from report import renderer_name
+
+    benchmark = renderer_name(path.stem, json.loads(path.read_text()))
+    if benchmark is None:  # rendered by its own script (bench_active)
+        pytest.skip(f"{path.name} is rendered by its benchmark script")
 
     renderer = importlib.import_module(f"pages.{benchmark}")
     text = renderer.render(load(path.stem), tmp_path / f"{path.stem}.md")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import bt_laplace as btl
 from bt_laplace.bradley_terry import probit_preference_probability as probit
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(2)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

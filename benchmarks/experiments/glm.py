@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import realdata as B
 from torch.func import functional_call, jacrev, vmap
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(2)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

@@ -22,6 +22,7 @@ import bt_laplace as btl
 from bt_laplace import evidence as E
 from bt_laplace._distributed import Processes
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(1)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)
