@@ -1,6 +1,7 @@
 """The API reference builds from the docstrings with no warning (docs/reference, Sphinx with
 autodoc and napoleon), so a docstring Sphinx cannot read fails here and not on a reader's screen;
-and every relative link in the markdown pages points to a file that exists."""
+every relative link in the markdown pages, and every ``docs/...`` page or figure that code names,
+points to a file that exists."""
 
 from __future__ import annotations
 
@@ -61,3 +62,25 @@ def test_relative_links_resolve(page):
         and not (page.parent / target).exists()
     ]
     assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+#: pages and figures named in code (not docs/data/*.json: a results file may come with a later run)
+MENTIONED = re.compile(r"\bdocs/[\w/]+\.(?:md|png)\b")
+SOURCES = sorted(
+    p
+    for folder in ("src", "benchmarks", "examples", "tests")
+    for p in (ROOT / folder).rglob("*")
+    if p.suffix in {".py", ".ipynb", ".sh"}
+)
+
+
+def test_docs_paths_named_in_code_exist():
+    """A docstring, comment or default that names ``docs/<page>.md`` (or a figure) names a file
+    that exists, so a page that moves cannot leave its old path behind."""
+    missing = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in SOURCES
+        for name in set(MENTIONED.findall(path.read_text(errors="replace")))
+        if not (ROOT / name).exists()
+    )
+    assert not missing, "\n".join(missing)

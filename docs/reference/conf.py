@@ -64,7 +64,6 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_class_signature = "separated"
 autodoc_preserve_defaults = True
 
 
@@ -88,14 +87,14 @@ def _top_level() -> str:
             lines.append(f"- :py:{kind}:`{name} <{module}.{obj.__qualname__}>` ({module})")
         else:
             lines.append(f"- :py:{kind}:`bt_laplace.{name}`")
-            directive = "autoexception" if issubclass_safe(obj, BaseException) else "autoclass"
+            directive = "autoexception" if _issubclass_safe(obj, BaseException) else "autoclass"
             here.append(
                 f".. {directive if kind == 'class' else 'autofunction'}:: bt_laplace.{name}"
             )
     return "\n".join([*lines, "", *here, ""])
 
 
-def issubclass_safe(obj: object, cls: type) -> bool:
+def _issubclass_safe(obj: object, cls: type) -> bool:
     return inspect.isclass(obj) and issubclass(obj, cls)
 
 
