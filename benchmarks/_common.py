@@ -2,9 +2,9 @@
 block, and JSON with tuple keys.
 
 A benchmark measures and saves its numbers with :func:`save` to ``docs/data/<name>.json``
-(``<name>`` is the stem of the page it makes, e.g. ``accuracy`` for ``docs/accuracy.md``);
-``benchmarks/report.py`` turns them into the page. The results are committed beside the pages,
-so a change of wording reruns only the report.
+(``<name>`` is the stem of the page it makes, e.g. ``accuracy`` for
+``docs/results/accuracy.md``); ``benchmarks/report.py`` turns them into the page and its figures
+in ``docs/results/``. The results are committed, so a change of wording reruns only the report.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-DATA = DOCS / "data"
-OUT_HELP = "the page, in docs/; its name also names the results, docs/data/<name>.json"
+DATA = DOCS / "data"  # the measurements, docs/data/<name>.json
+RESULTS = DOCS / "results"  # the pages and figures rendered from them
+OUT_HELP = "the page, in docs/results/; its name also names the results, docs/data/<name>.json"
 SEP = "::"  # joins the parts of a tuple key in the JSON
 PACKAGES = (
     "torch",
@@ -92,7 +93,7 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
 
 
 def page_name(out: str | os.PathLike[str]) -> str:
-    """The results name of a page: ``docs/accuracy.md`` -> ``accuracy``."""
+    """The results name of a page: ``docs/results/accuracy.md`` -> ``accuracy``."""
     return Path(out).stem
 
 

@@ -4,7 +4,7 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_accuracy.py [--quick]
 
-Saves ``docs/data/accuracy.json`` and writes ``docs/accuracy.md`` from it
+Saves ``docs/data/accuracy.json`` and writes ``docs/results/accuracy.md`` from it
 (``benchmarks/report.py``). Measures, on MAP-trained tanh MLP reward models (float64):
 
 (a) curvature error against the exact Bradley-Terry GGN built by brute force
@@ -24,7 +24,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -401,7 +401,7 @@ def probability_section(model, d, cfg, bt, args, out, seed):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small config only, fewer pairs")
-    ap.add_argument("--out", default=str(DOCS / "accuracy.md"), help=OUT_HELP)
+    ap.add_argument("--out", default=str(RESULTS / "accuracy.md"), help=OUT_HELP)
     args = ap.parse_args()
     args.n_pairs = 1500 if args.quick else 3000
     args.epochs = 5

@@ -23,7 +23,7 @@ held-out accuracy and NLL of ``post.preference_probability``, and asks the strat
 (both with the diverse greedy batch of ``rank_pairs_for_labeling``), Thompson and double
 Thompson sampling. The targets are 90% of the way from chance to the same model trained on
 the whole pool, per seed. Measurements go to ``docs/data/active_learning.json``; the page
-``docs/active_learning.md`` and ``docs/active_learning.png`` are rendered from it.
+``docs/results/active_learning.md`` and ``docs/results/active_learning.png`` are rendered from it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from bt_laplace.rlhf import rank_pairs_for_labeling  # noqa: E402
 warnings.filterwarnings("ignore")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON = os.path.join(ROOT, "docs", "data", "active_learning.json")
-PAGE = os.path.join(ROOT, "docs", "active_learning.md")
-FIGURE = os.path.join(ROOT, "docs", "active_learning.png")
+PAGE = os.path.join(ROOT, "docs", "results", "active_learning.md")
+FIGURE = os.path.join(ROOT, "docs", "results", "active_learning.png")
 STRATEGIES = ("random", "variance", "bald", "thompson", "double_thompson")
 MIN_RATINGS, N_SVD, HIDDEN = 50, 8, 32
 MIN_GAP = 1.5  # stars between the two ratings of a pair
@@ -300,7 +300,7 @@ def render(result: dict) -> None:
         "How many labelled pairs each strategy of `bt_laplace.rlhf.rank_pairs_for_labeling` "
         "needs before a reward model reaches a held-out accuracy and NLL, against random "
         "choice. Made by `python benchmarks/bench_active.py` (measurements in "
-        "[data/active_learning.json](data/active_learning.json); `--render` rewrites this page "
+        "[data/active_learning.json](../data/active_learning.json); `--render` rewrites this page "
         "from them).",
         "",
         f"Items: the {s['items']} MovieLens movies rated at least {MIN_RATINGS} times, each "

@@ -4,7 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_auto_subset.py [--widths 128,256,512,1024,2048,4096] [--pairs 4000]
 
-Saves ``docs/data/auto_subset.json`` and writes ``docs/auto_subset.md`` from it
+Saves ``docs/data/auto_subset.json`` and writes ``docs/results/auto_subset.md`` from it
 (``benchmarks/report.py``). ``subset_of_weights="auto"`` (the default) takes all weights up to
 ``AUTO_ALL_WEIGHTS_LIMIT`` trainable parameters in linear layers and the last layer beyond (or
 when any trainable parameter is outside a linear layer: a transformer). This measures what
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--widths", default="128,256,512,1024,2048,4096")
     parser.add_argument("--pairs", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/auto_subset.md", help=OUT_HELP)
+    parser.add_argument("--out", default="docs/results/auto_subset.md", help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = environment(threads=args.threads)

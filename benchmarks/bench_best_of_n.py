@@ -4,8 +4,9 @@ Run from the repository root::
 
     python benchmarks/bench_best_of_n.py [--pairs 2000] [--prompts 300] [--seeds 5]
 
-Saves ``docs/data/best_of_n.json`` and writes ``docs/best_of_n.md`` and ``docs/best_of_n.png``
-from it (``benchmarks/report.py``). A Goodhart setting: the true (gold) reward
+Saves ``docs/data/best_of_n.json`` and writes ``docs/results/best_of_n.md`` and
+``docs/results/best_of_n.png`` from it (``benchmarks/report.py``). A Goodhart setting: the true
+(gold) reward
 ``r*(x) = a . x - 0.15 ||x||^2`` rewards a direction up to a point; the reward model (an
 8-64-64-1 ReLU MLP, ``--act tanh`` for tanh) learns it from Bradley-Terry pairs of items
 ``x ~ N(0, I)``, where the quadratic term is mild. At selection time each prompt's ``n``
@@ -39,7 +40,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -199,7 +200,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--spread", type=float, default=3.0, help="std of the candidates")
     parser.add_argument("--act", choices=sorted(ACTIVATIONS), default="relu")
-    parser.add_argument("--out", default=str(DOCS / "best_of_n.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "best_of_n.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = environment(torch.get_num_threads())

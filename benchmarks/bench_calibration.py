@@ -4,8 +4,8 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_calibration.py [--quick]
 
-Saves ``docs/data/calibration.json`` and writes ``docs/calibration.md`` and the reliability
-diagram ``docs/calibration.png`` from it (``benchmarks/report.py``).
+Saves ``docs/data/calibration.json`` and writes ``docs/results/calibration.md`` and the reliability
+diagram ``docs/results/calibration.png`` from it (``benchmarks/report.py``).
 
 Data: scikit-learn's bundled diabetes regression data (442 patients, 10 features; shipped
 with scikit-learn, nothing is downloaded). Rows are split into train/val/test *before* pairs
@@ -22,7 +22,7 @@ import warnings
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from laplace import Laplace
 from sklearn.datasets import load_diabetes
 from torch import nn
@@ -197,7 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, no laplace-torch diag")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--out", default=str(DOCS / "calibration.md"), help=OUT_HELP)
+    ap.add_argument("--out", default=str(RESULTS / "calibration.md"), help=OUT_HELP)
     args = ap.parse_args()
     n_seeds = args.seeds or (2 if args.quick else 5)
     env = environment(THREADS)

@@ -3,7 +3,7 @@
 Each rank fits its shard of the pairs (``pairs[rank::world]``) with ``fit_reward_posterior``;
 the curvature, loss, pair count and prior are summed across ranks, so every rank ends with the
 posterior of all pairs (tests/test_distributed.py checks that). The time is the slowest rank's
-fit, measured after a barrier. Writes ``docs/distributed.md``.
+fit, measured after a barrier. Writes ``docs/results/distributed.md``.
 
     python benchmarks/bench_distributed.py            # 20,000 pairs, 64-256-256-1 MLP
 """
@@ -77,7 +77,7 @@ def _port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=20_000)
-    parser.add_argument("--out", default="docs/distributed.md")
+    parser.add_argument("--out", default="docs/results/distributed.md")
     args = parser.parse_args()
     manager = mp.Manager()
     out = manager.dict()
@@ -108,17 +108,8 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
         *rows,
         "",
-        "## Launching",
-        "",
-        "Nothing changes in the script: `fit_reward_posterior` sums across the default process "
-        "group when one is initialized (`distributed=False` fits each rank on its own data). Give "
-        "each rank its shard, e.g. with `DistributedSampler`, and initialize the group as your "
-        "launcher does:",
-        "",
-        "```bash",
-        "torchrun --nproc_per_node 4 fit.py   # fit.py: dist.init_process_group('nccl' or 'gloo')",
-        "accelerate launch --num_processes 4 fit.py   # Accelerator() initializes the group",
-        "```",
+        "How to launch a data-parallel fit (torchrun, accelerate): "
+        "[guides/distributed.md](../guides/distributed.md).",
         "",
     ]
     with open(args.out, "w") as f:

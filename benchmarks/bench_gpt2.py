@@ -5,7 +5,8 @@ Run from the repository root (needs the ``transformers`` extra; nothing is downl
 
     python benchmarks/bench_gpt2.py [--threads 1] [--pairs 96] [--length 64]
 
-Saves ``docs/data/gpt2.json`` and writes ``docs/gpt2.md`` from it (``benchmarks/report.py``).
+Saves ``docs/data/gpt2.json`` and writes ``docs/results/gpt2.md`` from it
+(``benchmarks/report.py``).
 The model is a randomly initialized ``GPT2ForSequenceClassification`` (4 layers, width 128,
 vocabulary 1,000, about 0.93M parameters) with embeddings and LayerNorms frozen, so the
 posterior covers its 16 ``Conv1D`` layers and the ``nn.Linear`` score head (0.79M
@@ -27,7 +28,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from torch.utils.data import DataLoader
 
 from bt_laplace import PairwiseRewardModel
@@ -120,7 +121,7 @@ def main() -> None:
         default=True,
         help="also time the per-item Jacobian route and laplace-torch (about 5 min)",
     )
-    parser.add_argument("--out", default=str(DOCS / "gpt2.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "gpt2.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = environment(torch.get_num_threads())

@@ -4,7 +4,7 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_kron_floor.py [--pairs 3000]
 
-Saves ``docs/data/kron_floor.json`` and writes ``docs/kron_floor.md`` from it
+Saves ``docs/data/kron_floor.json`` and writes ``docs/results/kron_floor.md`` from it
 (``benchmarks/report.py``). For every ``nn.Linear`` weight ``(out, in)`` of MAP-trained
 tanh MLPs ``D -> H -> H -> 1`` (float64, trained as in bench_prior.py), it compares the
 Kronecker factors ``G (out x out) x A (in x in)`` of bt_laplace and of laplace-torch with the
@@ -38,7 +38,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from laplace import Laplace
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -212,7 +212,7 @@ def run(d: int, h: int, n: int, seed: int, check: bool, out: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3000, help="training pairs")
-    parser.add_argument("--out", default=str(DOCS / "kron_floor.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "kron_floor.md"), help=OUT_HELP)
     args = parser.parse_args()
     env = environment(THREADS)
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ the peak resident memory during the fit above that at its start (after building 
 the first batch), the peak of the anonymous memory likewise (:class:`PeakMemory`), and what it
 is made of: the per-pair factors the kron fit kept at most
 (``BradleyTerryGGN.kron_kept_bytes``) and the tensors of the posterior. Saves
-``docs/data/memory.json`` and writes ``docs/memory.md`` from it (``benchmarks/report.py``).
+``docs/data/memory.json`` and writes ``docs/results/memory.md`` from it (``benchmarks/report.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import report
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 
 #: (subset_of_weights, hessian_structure, kron_store_limit or None for the default 1 GiB)
 FITS: list[tuple[str, str, int | None]] = [
@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(DOCS / "memory.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "memory.md"), help=OUT_HELP)
     args = parser.parse_args()
     if args.child:
         n, subset, structure, limit = args.child

@@ -4,7 +4,8 @@ Run from the repository root::
 
     PYTHONPATH=src python benchmarks/bench_prior.py [--pairs 3000]
 
-Saves ``docs/data/prior.json`` and writes ``docs/prior.md`` from it (``benchmarks/report.py``).
+Saves ``docs/data/prior.json`` and writes ``docs/results/prior.md`` from it
+(``benchmarks/report.py``).
 
 The exact Laplace evidence needs ``log det(H + delta I)`` of the
 ``P x P`` Bradley-Terry GGN ``H = dJ^T W dJ``; its non-zero eigenvalues are those of the
@@ -24,7 +25,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, save
 from laplace import Laplace
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -124,7 +125,7 @@ def run(d: int, h: int, n: int, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3000, help="training pairs")
-    parser.add_argument("--out", default=str(DOCS / "prior.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "prior.md"), help=OUT_HELP)
     args = parser.parse_args()
     env = environment(torch.get_num_threads())
     t0 = time.perf_counter()

@@ -4,12 +4,12 @@ Run from the repository root::
 
     python benchmarks/bench_prior_sweep.py [--seeds 3] [--datasets movielens,warriner]
 
-Saves ``docs/data/prior_sweep.json`` and writes ``docs/prior_sweep.md`` and
-``docs/prior_sweep.png`` from it (``benchmarks/report.py``). Data, splits, model and MAP
-training are those of ``bench_real_data.py`` (MovieLens with family films held out, Warriner
-valence norms with adjectives held out; a 2-hidden-layer tanh MLP, 30 epochs of AdamW). For
-each seed three posteriors over all weights of the same MAP model are evaluated at every prior
-precision of a grid (test NLL, ECE, OOD AUROC of the reward std, validation NLL):
+Saves ``docs/data/prior_sweep.json`` and writes ``docs/results/prior_sweep.md`` and
+``docs/results/prior_sweep.png`` from it (``benchmarks/report.py``). Data, splits, model and MAP
+training are those of ``bench_real_data.py``, from ``realdata.py`` (MovieLens with family films
+held out, Warriner valence norms with adjectives held out; a 2-hidden-layer tanh MLP, 30 epochs
+of AdamW). For each seed three posteriors over all weights of the same MAP model are evaluated
+at every prior precision of a grid (test NLL, ECE, OOD AUROC of the reward std, validation NLL):
 
 - ``kron``, the default (``fit_reward_posterior(model, loader)``),
 - ``diag`` (``hessian_structure="diag"``),
@@ -39,7 +39,7 @@ import time
 import warnings
 from typing import Any
 
-import bench_real_data as rd
+import realdata as rd
 import report
 import torch
 from _common import OUT_HELP, environment, page_name, save
@@ -51,6 +51,7 @@ from bt_laplace import evidence
 from bt_laplace._distributed import Processes
 from bt_laplace.bradley_terry import probit_preference_probability
 
+rd.setup_run()  # float64 (and no warnings), as the real-data benchmark
 warnings.filterwarnings("ignore")
 GRID = [10.0**e for e in torch.linspace(-3, 2, 21).tolist()]
 
@@ -250,7 +251,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="movielens,warriner")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="docs/prior_sweep.md", help=OUT_HELP)
+    parser.add_argument("--out", default="docs/results/prior_sweep.md", help=OUT_HELP)
     args = parser.parse_args()
     name = page_name(args.out)
     torch.set_num_threads(args.threads)

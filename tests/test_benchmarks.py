@@ -1,4 +1,4 @@
-"""The benchmark pages: each ``docs/<name>.md`` is what its renderer makes of
+"""The benchmark pages: each ``docs/results/<name>.md`` is what its renderer makes of
 ``docs/data/<name>.json`` (so a page and its numbers never drift apart), and every benchmark
 script starts (its ``--help``), so a change in the shared helpers cannot break one unseen."""
 
@@ -26,14 +26,16 @@ def benchmarks_on_path(monkeypatch):
 @pytest.mark.parametrize("path", DATA, ids=[p.stem for p in DATA])
 def test_page_is_its_rendered_data(path, tmp_path, benchmarks_on_path):
     pytest.importorskip("matplotlib")
-    benchmark = json.loads(path.read_text()).get("benchmark")
-    if benchmark is None:  # rendered by its own script (bench_real_data, bench_active)
-        pytest.skip(f"{path.name} is rendered by its benchmark script")
     from _common import load
+    from report import renderer_name
+
+    benchmark = renderer_name(path.stem, json.loads(path.read_text()))
+    if benchmark is None:  # rendered by its own script (bench_active)
+        pytest.skip(f"{path.name} is rendered by its benchmark script")
 
     renderer = importlib.import_module(f"pages.{benchmark}")
     text = renderer.render(load(path.stem), tmp_path / f"{path.stem}.md")
-    assert text == (ROOT / "docs" / f"{path.stem}.md").read_text()
+    assert text == (ROOT / "docs" / "results" / f"{path.stem}.md").read_text()
 
 
 #: runs each benchmark script's ``--help`` in one interpreter (imports are shared: seconds, not
@@ -72,13 +74,13 @@ def test_every_benchmark_script_starts():
 
 
 def test_prior_sweep_exact_posterior_is_the_full_ggn_posterior(benchmarks_on_path):
-    """The exact-Laplace reference of docs/prior_sweep.md (pair-kernel form, Woodbury) equals
-    bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins of
-    new pairs and rewards of new items."""
+    """The exact-Laplace reference of docs/results/prior_sweep.md (pair-kernel form, Woodbury)
+    equals bt_laplace's all-weights ``full`` posterior (P x P covariance) in float64, for margins
+    of new pairs and rewards of new items."""
     pytest.importorskip("matplotlib")
     torch = pytest.importorskip("torch")
     default_dtype = torch.get_default_dtype()
-    try:  # bench_real_data sets float64 as the default dtype for its runs, on import
+    try:  # realdata (imported by it) sets float64 as the default dtype, on import
         import bench_prior_sweep as sweep
     finally:
         torch.set_default_dtype(default_dtype)

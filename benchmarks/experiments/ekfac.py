@@ -1,6 +1,6 @@
 """EK-FAC check: kron's eigenbasis with the exact GGN's diagonal in it, against kron, at several priors.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/ekfac.py movielens|warriner SEED
@@ -14,13 +14,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace.bradley_terry import probit_preference_probability as probit
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(2)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

@@ -1,6 +1,6 @@
 """Refined mean: the linearized model's own MAP at each prior (Laplace-GP Newton in the pair kernel).
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/glm.py movielens|warriner SEED
@@ -16,9 +16,10 @@ import torch
 
 # GLM-refined linearized Laplace in function space (exact), vs default MAP-mean posterior
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.func import functional_call, jacrev, vmap
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(2)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

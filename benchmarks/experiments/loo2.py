@@ -1,6 +1,6 @@
 """Exact Laplace-GP leave-one-out on the training pairs, and the variant with the cavity mean from a fixed training prior.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/loo2.py movielens|warriner SEED
@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
@@ -22,6 +22,7 @@ from bt_laplace import evidence as E
 from bt_laplace._distributed import Processes
 from bt_laplace.bradley_terry import probit_preference_probability
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(1)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

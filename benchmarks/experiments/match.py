@@ -1,6 +1,6 @@
 """Kron's margin variance on *training* pairs against the exact posterior's, over a grid of priors.
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/match.py movielens|warriner SEED
@@ -13,13 +13,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace import evidence as E
 from bt_laplace._distributed import Processes
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(1)
 name, seed = sys.argv[1], int(sys.argv[2])
 structure = sys.argv[3] if len(sys.argv) > 3 else "kron"

@@ -1,6 +1,6 @@
 """Evidence with ||theta*||^2 restricted to the span of the pair Jacobians (raises the prior).
 
-One-off study behind docs/prior_sweep.md ("Reading"); not a benchmark page. Run from the
+One-off study behind docs/results/prior_sweep.md ("Reading"); not a benchmark page. Run from the
 repository root::
 
     python benchmarks/experiments/proj.py movielens|warriner SEED
@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_real_data as B
+import realdata as B
 from torch.func import functional_call, jvp
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -22,6 +22,7 @@ import bt_laplace as btl
 from bt_laplace import evidence as E
 from bt_laplace._distributed import Processes
 
+B.setup_run()  # float64 and no warnings, as every real-data run
 torch.set_num_threads(1)
 name, seed = sys.argv[1], int(sys.argv[2])
 split = B.make_split(name, seed)

@@ -1,4 +1,4 @@
-"""docs/accuracy.md from docs/data/accuracy.json (benchmarks/bench_accuracy.py)."""
+"""docs/results/accuracy.md from docs/data/accuracy.json (benchmarks/bench_accuracy.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/auto_subset.md from docs/data/auto_subset.json (bench_auto_subset)."""
+"""docs/results/auto_subset.md from docs/data/auto_subset.json (bench_auto_subset)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def reading(data: dict[str, Any]) -> list[str]:
         f"{big['all']['t_post'] / big['t_forward']:.1f}x the forward pass (all sizes: "
         f"{min(post_x):.1f}-{max(post_x):.1f}x), and the curvature "
         f"{fmt_b(big['all']['bytes'])}. On real ratings it is what improves calibration and "
-        "ranks unfamiliar items (docs/real_data.md), so the line sits at the largest model "
+        "ranks unfamiliar items (docs/results/real_data.md), so the line sits at the largest model "
         "measured rather than where the cost would bite.",
     ]
     above = [r for r in rows if r["n_params"] > data["limit"]]
@@ -113,7 +113,7 @@ def reading(data: dict[str, Any]) -> list[str]:
         "- Transformers fall to the last layer before any size limit: their embeddings and "
         "layer norms are not linear layers on the fast path. A fine-tuned transformer's "
         "all-weights posterior would need per-pair Jacobians of every block; the last layer "
-        "(or LoRA adapters, docs/text_speed.md) is the feasible choice there.",
+        "(or LoRA adapters, docs/results/text_speed.md) is the feasible choice there.",
         "",
     ]
     return out

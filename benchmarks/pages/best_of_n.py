@@ -1,4 +1,5 @@
-"""docs/best_of_n.md and best_of_n.png from docs/data/best_of_n.json (bench_best_of_n.py)."""
+"""docs/results/best_of_n.md and best_of_n.png from docs/data/best_of_n.json
+(bench_best_of_n.py)."""
 
 from __future__ import annotations
 

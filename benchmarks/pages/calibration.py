@@ -1,4 +1,5 @@
-"""docs/calibration.md and calibration.png from docs/data/calibration.json (bench_calibration)."""
+"""docs/results/calibration.md and calibration.png from docs/data/calibration.json
+(bench_calibration)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def render(data: dict[str, Any], page: Path) -> str:
         "probabilities are its own `la(x, fitting=True, link_approx='probit')[:, 1]` with its "
         "default backend (CurvlinopsGGN); bt_laplace's are `post.preference_probability(x)` "
         "(probit on the reward difference, with the covariance). laplace-torch last-layer "
-        "cannot predict on pairs (see docs/accuracy.md), so it is not in the table.",
+        "cannot predict on pairs (see docs/results/accuracy.md), so it is not in the table.",
         "- ECE: top-label confidence `max(p, 1-p)` vs accuracy, 15 equal-width bins on [0, 1]. "
         "*oracle*: the true label probability `sigmoid(BETA dz)`, the floor for NLL and Brier "
         "(its ECE is sampling noise only).",
@@ -79,7 +80,7 @@ def render(data: dict[str, Any], page: Path) -> str:
         "",
         md_table(header, rows),
         "",
-        f"Reliability diagram (seed 0, bins with >= 10 pairs): `docs/{png.name}`.",
+        f"Reliability diagram (seed 0, bins with >= 10 pairs): `docs/results/{png.name}`.",
         "",
         f"![reliability diagram]({png.name})",
         "",

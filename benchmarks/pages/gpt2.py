@@ -1,4 +1,4 @@
-"""docs/gpt2.md from docs/data/gpt2.json (bench_gpt2)."""
+"""docs/results/gpt2.md from docs/data/gpt2.json (bench_gpt2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/kron_floor.md from docs/data/kron_floor.json (benchmarks/bench_kron_floor.py)."""
+"""docs/results/kron_floor.md from docs/data/kron_floor.json (benchmarks/bench_kron_floor.py)."""
 
 from __future__ import annotations
 

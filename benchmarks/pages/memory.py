@@ -1,4 +1,4 @@
-"""docs/memory.md from docs/data/memory.json (benchmarks/bench_memory.py)."""
+"""docs/results/memory.md from docs/data/memory.json (benchmarks/bench_memory.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/prior.md from docs/data/prior.json (benchmarks/bench_prior.py)."""
+"""docs/results/prior.md from docs/data/prior.json (benchmarks/bench_prior.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""docs/prior_sweep.md and prior_sweep.png from docs/data/prior_sweep.json (bench_prior_sweep)."""
+"""docs/results/prior_sweep.md and prior_sweep.png from docs/data/prior_sweep.json
+(bench_prior_sweep)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/saved_size.md from docs/data/saved_size.json (bench_saved_size)."""
+"""docs/results/saved_size.md from docs/data/saved_size.json (bench_saved_size)."""
 
 from __future__ import annotations
 

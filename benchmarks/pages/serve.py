@@ -1,4 +1,4 @@
-"""docs/serve.md from docs/data/serve.json (benchmarks/bench_serve.py)."""
+"""docs/results/serve.md from docs/data/serve.json (benchmarks/bench_serve.py)."""
 
 from __future__ import annotations
 
@@ -6,54 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import command_line, environment_lines, fmt_s, fmt_x, md_table
-
-START = """\
-```
-pip install -e ".[serve]"
-python -m bt_laplace.serve --posterior POSTERIOR_DIR --model MODEL_DIR --host 0.0.0.0 --port 5000
-```
-
-`MODEL_DIR` is the reward model's `save_pretrained` folder (loaded with
-`AutoModelForSequenceClassification.from_pretrained`, with its tokenizer unless `--tokenizer`
-names another), `POSTERIOR_DIR` the folder `post.save(...)` wrote for it. `bt-laplace-serve`
-is the same command. Options: `--penalty {std,variance,quantile,kl,kl_optimistic}` with `--k`,
-`--beta` or `--level` (as `bt_laplace.rlhf.penalize`; default `mean - 1 std`); `--bare` for the
-MAP reward alone; `--max-batch-size` (64) and `--max-wait-ms` (2) for batching;
-`--max-request-size` (1024 texts); `--max-length`, `--truncation`, `--append-eos` (default: as
-saved with the posterior; with no length saved, the model's `max_position_embeddings`);
-`--dtype {auto,float32,float64}` (the dtype the posterior was fitted in) and `--device`. The
-default host is `127.0.0.1`; `--host 0.0.0.0` serves other machines (the server has no
-authentication: keep it on a trusted network).
-
-In OpenRLHF:
-
-```
-# releases up to 0.9.9
-python -m openrlhf.cli.train_ppo_ray ... --remote_rm_url http://HOST:5000/get_reward
-# main branch since April 2026 (dotted options)
-python -m openrlhf.cli.train_ppo_ray ... --reward.remote_url http://HOST:5000/get_reward
-```
-
-The protocol is that of OpenRLHF's `SingleTurnAgentExecutor`
-([openrlhf/utils/agent.py](https://github.com/OpenRLHF/OpenRLHF/blob/main/openrlhf/utils/agent.py))
-and its reference server
-([openrlhf/cli/serve_rm.py](https://github.com/OpenRLHF/OpenRLHF/blob/main/openrlhf/cli/serve_rm.py)),
-the same in v0.9.9 and on main (commit 3c3be62): one request per sample,
-`{"query": [prompt + response], "prompts": [prompt], "labels": [label]}`, the query decoded
-with its special tokens; the answer
-`{"rewards": [r], "scores": [r], "extra_logs": {"reward_mean": [m], "reward_std": [s]}}`.
-`rewards` trains the policy, `scores` (equal to `rewards`, as in OpenRLHF's server) drives
-dynamic filtering (its range, default `0 1`, is then in reward units: set it to suit them),
-`extra_logs` are logged per sample. Each query is scored alone (absolute reward: one sample
-per request gives no group to center on, see [gotchas.md](gotchas.md)), prepared like the
-training texts: the tokenizer's special tokens, a leading bos that the tokenizer adds itself
-removed so it is not doubled, the eos appended unless the text ends with it (the query is
-the policy's text: if the reward model has another tokenizer, the policy's special tokens reach
-it as plain text, as with OpenRLHF's own server). Bad requests get
-400 or 422 and `{"error": "..."}` naming the field; a failure while scoring gets 500 for the
-requests of that batch that fail (each is retried alone), and the server keeps serving.
-`GET /health` reports the batches run.
-"""
 
 
 def _row(r: dict[str, Any]) -> list[str]:
@@ -98,13 +50,11 @@ def render(data: dict[str, Any], page: Path) -> str:
     defaults = setup["server_defaults"]
     return "\n".join(
         [
-            "# Reward server for OpenRLHF",
+            "# Reward server for OpenRLHF: speed",
             "",
-            f"Made by `{command_line(env['argv'])}` (about {data['elapsed']:.0f} s).",
+            f"Made by `{command_line(env['argv'])}` (about {data['elapsed']:.0f} s). How to "
+            "start the server and point OpenRLHF at it: [guides/serve.md](../guides/serve.md).",
             "",
-            "## Starting it",
-            "",
-            START,
             "## Requests per second and latency",
             "",
             *environment_lines(env),

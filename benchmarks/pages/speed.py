@@ -1,4 +1,5 @@
-"""docs/benchmarks.md (or benchmarks_gpu.md) and the scaling plot, from docs/data/ (bench_speed)."""
+"""docs/results/benchmarks.md (or benchmarks_gpu.md) and the scaling plot, from docs/data/
+(bench_speed)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def render(res: dict[str, Any], page: Path) -> str:
     add("")
     add(
         "GPU: `bash benchmarks/run_gpu.sh` (= `python benchmarks/bench_speed.py --quick "
-        "--device cuda --out docs/benchmarks_gpu.md --plot docs/benchmark_scaling_gpu.png`); "
+        "--device cuda --out docs/results/benchmarks_gpu.md "
+        "--plot docs/results/benchmark_scaling_gpu.png`); "
         "all timings then synchronize CUDA and memory is `torch.cuda.max_memory_allocated`. "
         "The last GPU run is in [benchmarks_gpu.md](benchmarks_gpu.md) (if present)."
     )

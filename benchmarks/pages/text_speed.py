@@ -1,4 +1,4 @@
-"""docs/text_speed.md from docs/data/text_speed.json (bench_text_speed)."""
+"""docs/results/text_speed.md from docs/data/text_speed.json (bench_text_speed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""docs/benchmarks_transformer.md from docs/data/benchmarks_transformer.json (bench_transformer)."""
+"""docs/results/benchmarks_transformer.md from docs/data/benchmarks_transformer.json
+(bench_transformer)."""
 
 from __future__ import annotations
 

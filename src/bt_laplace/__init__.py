@@ -2,8 +2,8 @@
 
 The top level holds what a user calls; everything else is reachable in its submodule
 (``bt_laplace.curvature``, ``bt_laplace.structures``, ``bt_laplace.bradley_terry``,
-``bt_laplace.metrics``, ``bt_laplace.evidence``, ``bt_laplace.options``, ...). docs/api.md says
-which names are stable.
+``bt_laplace.metrics``, ``bt_laplace.evidence``, ``bt_laplace.options``, ...).
+docs/reference/api.md says which names are stable.
 """
 
 from bt_laplace._checks import BTLaplaceWarning

@@ -91,7 +91,7 @@ class Evidence(Choice):
       ``POSTERIOR``.
     - ``POSTERIOR`` (laplace-torch's): the fitted structure's own, from the eigenvalues of its
       curvature, a few milliseconds; it puts the prior too high with ``kron`` (24-40% above
-      the exact optimum, docs/prior.md), so the posterior is too narrow.
+      the exact optimum, docs/results/prior.md), so the posterior is too narrow.
     - ``EXACT``: the exact Bradley-Terry GGN's over all posterior parameters, whatever
       ``hessian_structure``; scalar prior only, solved to 1e-12. Costs one more pass over the
       training pairs and a dense ``min(N, P)``-square eigendecomposition (``N`` pairs, ``P``

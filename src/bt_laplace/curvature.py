@@ -63,7 +63,7 @@ class BradleyTerryGGN(CurvatureInterface):
         dict_key_y: Forwarded to laplace-torch.
         kron_iterations: Alternating half-steps of the nearest Kronecker product from
             ``A = I``. Two are within 0.01-0.25% of the nearest-Kronecker floor on the
-            accuracy MLPs (docs/accuracy.md). Set it through ``backend_kwargs``.
+            accuracy MLPs (docs/results/accuracy.md). Set it through ``backend_kwargs``.
         kron_store_limit: Bytes of per-pair factors the ``kron`` fit keeps for the
             alternating half-steps after the first (default 1 GiB, about 160,000 pairs for
             all weights of a 64-256-256-1 MLP, whose hidden layers keep 6,660 bytes a pair);

@@ -57,7 +57,7 @@ HESSIAN_STRUCTURES = tuple(STRUCTURES)
 PRIOR_METHODS = METHODS
 EVIDENCES = Evidence.values()
 #: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
-#: largest MLP measured (docs/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
+#: largest MLP measured (docs/results/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
 #: one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
 AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
 LINK_APPROXIMATIONS = LinkApprox.values()
@@ -295,7 +295,7 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetO
     :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
     :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
     posterior is the one that improves calibration and tells unfamiliar items apart
-    (docs/real_data.md); a last layer on learned features barely moves the MAP model."""
+    (docs/results/real_data.md); a last layer on learned features barely moves the MAP model."""
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (

@@ -109,7 +109,7 @@ class RewardPosterior:
         self.item_shape: tuple[int, ...] | None = None
         #: the factor the default fit scaled the exact evidence's prior by so that this
         #: block-diagonal posterior gives held-out items the exact posterior's variance
-        #: (None: not calibrated, docs/prior_sweep.md)
+        #: (None: not calibrated, docs/results/prior_sweep.md)
         self.prior_calibration: float | None = None
         #: turns texts into token batches (set by :meth:`set_tokenizer`, or taken from a
         #: :func:`~bt_laplace.text_preference_dataloader` by the fit)
@@ -452,7 +452,7 @@ class RewardPosterior:
         the exact evidence. The usual case: validation pairs of unseen items arrive after the
         fit (an eval split, fresh labels). On real ratings the structured posteriors need a
         prior well below the evidence's to be calibrated on new items, and validation pairs
-        find it (docs/prior_sweep.md).
+        find it (docs/results/prior_sweep.md).
 
         Args:
             method: ``"gridsearch"`` (default; minimize the validation NLL of the pair

@@ -95,7 +95,7 @@ class PosteriorRewardFunction:
     completion; ``k=0`` gives the posterior mean. With ``relative=True`` the moments are those
     of :meth:`~bt_laplace.RewardPosterior.relative_reward` with ``reference="group"`` and the
     prompt of each completion as its group: the variance then leaves out the per-prompt
-    offset Bradley-Terry pairs cannot identify (docs/gotchas.md). GRPO and RLOO subtract the
+    offset Bradley-Terry pairs cannot identify (docs/guides/gotchas.md). GRPO and RLOO subtract the
     mean of a prompt's completions anyway, so the relative mean changes nothing there; the
     relative variance is what changes the penalty.
 
@@ -258,7 +258,7 @@ def make_reward_function(
 
     ``GRPOTrainer(..., reward_funcs=make_reward_function(post, tokenizer, k=1.0))`` scores
     each completion with ``mean - k std`` of its posterior reward; see
-    :class:`PosteriorRewardFunction` for what it returns and logs, and docs/rlhf.md.
+    :class:`PosteriorRewardFunction` for what it returns and logs, and docs/guides/rlhf.md.
 
     Args:
         posterior: A fitted :class:`~bt_laplace.RewardPosterior`.

@@ -15,7 +15,7 @@ whose :class:`RewardPenalty`, :func:`penalize` and :data:`PENALTIES` are re-expo
 
 **Best-of-n** (:func:`best_of_n`) scores many prompts' candidates in one call and picks the
 best per prompt, relative to the candidates of the same prompt by default (pairs identify
-rewards only up to a constant per prompt, see docs/gotchas.md).
+rewards only up to a constant per prompt, see docs/guides/gotchas.md).
 
 **Pairs worth labelling** (:func:`rank_pairs_for_labeling`, :func:`preference_uncertainty`):
 BALD, the variance of the preference probability and (double) Thompson sampling live in

@@ -5,7 +5,7 @@ Shape legend: ``N`` pairs, ``2`` the two items of a pair, ``*item`` one item, ``
 
 The exact evidence's prior suits the exact posterior (the full GGN); a ``kron`` or ``diag``
 posterior drops the covariance between layers and at the same prior can give pairs of unseen
-items far too little variance (docs/prior_sweep.md: about 100 times too strong a prior on
+items far too little variance (docs/results/prior_sweep.md: about 100 times too strong a prior on
 Warriner valence ratings). Training pairs cannot show it, their items are seen, so
 :func:`held_out_prior_ratio` holds out :data:`CALIBRATION_HELD_OUT` of the training *items*
 (fixed seed), fits the same structure and the exact posterior (through its pair kernel,

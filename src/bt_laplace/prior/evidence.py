@@ -14,7 +14,7 @@ kernel ``K = W^1/2 dJ dJ^T W^1/2`` (Sylvester's determinant identity). A block-d
 posterior (Kronecker or diagonal) drops the covariance between parameter tensors and with it
 the overlap of their data directions, which overstates the model's effective number of
 parameters: its evidence optimum sits 15-29% above the exact one on the benchmark MLPs
-(docs/prior.md), whatever the accuracy inside each block. :func:`exact_ggn_eigenvalues`
+(docs/results/prior.md), whatever the accuracy inside each block. :func:`exact_ggn_eigenvalues`
 computes the ``kappa_j`` from whichever of ``H`` (``P <= N``) or ``K`` (``N < P``) is smaller;
 ``K`` comes from per-item activations and output gradients of the linear layers
 (``dJ_n . dJ_m`` is a sum of four products of Gram matrices per layer), so a model with 82,689
