@@ -455,7 +455,7 @@ def text_preference_dataloader(
         tokenizer: The tokenizer the model was trained with.
         batch_size: Number of pairs ``B`` per batch.
         shuffle: Reshuffle the rows every epoch; ``False`` keeps the dataset order.
-        options, pad_to_multiple_of, padding_side, **text: As in :class:`TextPairCollator`.
+        options, pad_to_multiple_of, padding_side, \*\*text: As in :class:`TextPairCollator`.
         generator, num_workers, drop_last: As in ``torch.utils.data.DataLoader``.
 
     Returns:
