@@ -14,7 +14,7 @@ from torch import nn
 from bt_laplace._checks import n_rows
 from bt_laplace.inputs import split_rows
 
-__all__ = ["autograd_query", "finite_variance", "per_batch", "weights_key"]
+__all__ = ["WeightsGuard", "autograd_query", "finite_variance", "per_batch"]
 
 
 def finite_variance(variance: torch.Tensor) -> torch.Tensor:
@@ -59,14 +59,30 @@ def autograd_query(method: _F) -> _F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         with self.lock, torch.inference_mode(False):
-            self._check_weights()
+            self.weights.check()
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-def weights_key(module: nn.Module) -> list[tuple[int, int, torch.dtype, torch.device]]:
-    """Where each parameter and buffer lives and how often it was changed in place: equal
-    keys mean the same weights (a cheap fingerprint, checked on every query)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
+class WeightsGuard:
+    """Refuses queries once a module's weights changed: where each parameter and buffer lives
+    and how often it was changed in place, taken at construction and compared by
+    :meth:`check` (a cheap fingerprint, checked on every query)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.key = self._key()
+
+    def _key(self) -> list[tuple[int, int, torch.dtype, torch.device]]:
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
+
+    def check(self) -> None:
+        """Raise ``RuntimeError`` naming the fix if the weights changed."""
+        if self._key() != self.key:
+            raise RuntimeError(
+                "the model's weights changed since the posterior was fitted (trained further, "
+                "reloaded or moved to another dtype or device); its curvature belongs to the "
+                "old weights. Refit with bt_laplace.fit_reward_posterior, or restore the weights."
+            )

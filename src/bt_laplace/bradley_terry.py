@@ -32,11 +32,14 @@ from typing import Any
 
 import torch
 
+from bt_laplace.choices import LinkApprox
+
 __all__ = [
     "bradley_terry_weight",
     "pair_difference_moments",
     "probit_preference_probability",
     "mc_preference_probability",
+    "preference_probability",
     "bradley_terry_nll",
     "margin_shift",
 ]
@@ -146,6 +149,28 @@ def mc_preference_probability(
         )
         total += torch.sigmoid(mean_diff + std * eps).sum(0)
     return total / n_samples
+
+
+def preference_probability(
+    mean_diff: torch.Tensor,
+    var_diff: torch.Tensor,
+    link_approx: str = "probit",
+    *,
+    n_samples: int = 1000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``P(item 1 preferred) = E[sigmoid(f)]`` for ``f ~ N(mean_diff, var_diff)`` ``(B,)``, by
+    ``link_approx``: ``"probit"`` (:func:`probit_preference_probability`) or ``"mc"``
+    (:func:`mc_preference_probability` with ``n_samples`` draws from ``generator``); the one
+    place a pair probability is computed from the moments of the reward difference.
+
+    Example:
+        >>> float(preference_probability(torch.zeros(1), torch.ones(1)))
+        0.5
+    """
+    if LinkApprox.check("link_approx", link_approx) is LinkApprox.PROBIT:
+        return probit_preference_probability(mean_diff, var_diff)
+    return mc_preference_probability(mean_diff, var_diff, n_samples=n_samples, generator=generator)
 
 
 def bradley_terry_nll(prob_second: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -54,17 +54,16 @@ def fit_reward_posterior(
         subset_of_weights: ``"auto"`` (default): ``"all"`` when every trainable parameter
             is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path and there are at
             most 5,000,000 of them (a reward MLP, or a head on a frozen encoder;
-            docs/results/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer); or either
-            explicitly. On real preference data the
-            all-weights posterior improves NLL and calibration over MAP and tells unfamiliar
-            items apart, where a last layer on learned features barely moves the MAP model
-            (docs/results/real_data.md).
+            docs/results/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer);
+            or either explicitly. On real preference data the all-weights posterior improves
+            NLL and calibration over MAP and tells unfamiliar items apart, where a last layer
+            on learned features barely moves the MAP model (docs/results/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, with the exact evidence's prior of an all-weights
             ``kron`` or ``diag`` posterior calibrated on held-out items (no labels used; the
-            factor is ``post.prior_calibration``; docs/results/prior_sweep.md: on Warriner ratings ECE
-            .066 -> .029); ``"marglik"``, ``"gridsearch"`` (needs ``val_loader``), or a
+            factor is ``post.prior_calibration``; docs/results/prior_sweep.md: on Warriner
+            ratings ECE .066 -> .029); ``"marglik"``, ``"gridsearch"`` (needs ``val_loader``), or a
             positive number. Every way, and what each costs: :mod:`bt_laplace.prior`.
         evidence: Which Laplace evidence ``"marglik"`` maximizes: ``"auto"`` (default;
             ``"exact"`` up to about 5 s of work, else ``"posterior"``), ``"posterior"`` (the

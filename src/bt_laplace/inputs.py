@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bt_laplace._checks import check_input_dtype, check_tensor, n_rows
+from bt_laplace._checks import check_choice, check_input_dtype, check_tensor, n_rows
+from bt_laplace.choices import Reference
 
 if TYPE_CHECKING:
     from bt_laplace.model import PairwiseRewardModel
@@ -245,9 +246,20 @@ preference_probability(x) for pairs, or x.flatten(0, 1) to score both items.
         self._check_item_shape(tuple(x.shape[2:]), name, x)
         return x.to(self.device)
 
-    def references(self, reference: Any, x: Any) -> Any:
-        """Reference items ``(M, *item)`` read like ``x``, the items ``(B, *item)`` already
-        read, and checked against them: the same kind, the same item shape, at least one."""
+    def references(self, reference: Any, x: Any, groups: Any = None) -> Any:
+        """The ``reference`` of relative rewards: None for ``"group"`` (the items themselves,
+        by ``groups`` if given), else reference items ``(M, *item)`` read like ``x``, the
+        items ``(B, *item)`` already read, and checked against them: the same kind, the same
+        item shape, at least one, and no ``groups``."""
+        if isinstance(reference, str):
+            check_choice("reference", reference, Reference)
+            return None
+        if groups is not None:
+            raise ValueError(
+                "`groups` goes with reference='group' (each item relative to its own "
+                "group); with reference items every item is relative to the same "
+                "reference, so call once per group instead."
+            )
         ref = self.items(reference, "reference", check_shape=False)
         if n_rows(ref) == 0:
             raise ValueError(

@@ -57,8 +57,8 @@ HESSIAN_STRUCTURES = tuple(STRUCTURES)
 PRIOR_METHODS = METHODS
 EVIDENCES = Evidence.values()
 #: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
-#: largest MLP measured (docs/results/auto_subset.md: 4,986,881 parameters, an all-weights kron fit 3.9x
-#: one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
+#: largest MLP measured (docs/results/auto_subset.md: 4,986,881 parameters, an all-weights kron
+#: fit 3.9x one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
 AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
 LINK_APPROXIMATIONS = LinkApprox.values()
 #: largest dense posterior ``full`` builds, in bytes (P x P matrix)

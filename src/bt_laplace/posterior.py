@@ -20,29 +20,24 @@ from typing import Any, NamedTuple
 
 import torch
 from laplace.baselaplace import ParametricLaplace
-from torch import nn
 from typing_extensions import Unpack
 
 from bt_laplace._checks import (
-    check_choice,
     check_positive_int,
     group_index,
     n_rows,
 )
 from bt_laplace._distributed import Processes
-from bt_laplace._loader import CheckedPairLoader
-from bt_laplace._querying import autograd_query, finite_variance, per_batch, weights_key
-from bt_laplace.bradley_terry import mc_preference_probability, probit_preference_probability
-from bt_laplace.choices import LinkApprox, Reference
-from bt_laplace.curvature import is_pair_backend
+from bt_laplace._querying import WeightsGuard, autograd_query, finite_variance, per_batch
+from bt_laplace.bradley_terry import preference_probability
+from bt_laplace.choices import LinkApprox
 from bt_laplace.inputs import QueryReader, split_rows
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.penalties import RewardPenalty
 from bt_laplace.persistence import laplace_record, restore_laplace, write_record
 from bt_laplace.predictive import Predictive
-from bt_laplace.prior import PriorSetting, set_prior_precision
+from bt_laplace.prior import PriorSetting, reset_prior_precision
 from bt_laplace.prior.gridsearch import pair_nll_sum
-from bt_laplace.structures import subset_of_weights
 from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["RewardPrediction", "RewardPosterior"]
@@ -103,8 +98,8 @@ class RewardPosterior:
         #: held by every query (they share hooks on one model); hold it to run several
         #: queries as one, e.g. a server's scoring step
         self.lock = threading.RLock()
-        self._network: nn.Module = getattr(laplace.model, "model", laplace.model)
-        self._weights = weights_key(self._network)
+        #: refuses queries once the model's weights changed
+        self.weights = WeightsGuard(getattr(laplace.model, "model", laplace.model))
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
         self.item_shape: tuple[int, ...] | None = None
         #: the factor the default fit scaled the exact evidence's prior by so that this
@@ -115,14 +110,6 @@ class RewardPosterior:
         #: :func:`~bt_laplace.text_preference_dataloader` by the fit)
         self.text_collator: Any = None
 
-    def _check_weights(self) -> None:
-        if weights_key(self._network) != self._weights:
-            raise RuntimeError(
-                "the model's weights changed since the posterior was fitted (trained further, "
-                "reloaded or moved to another dtype or device); its curvature belongs to the "
-                "old weights. Refit with bt_laplace.fit_reward_posterior, or restore the weights."
-            )
-
     # ------------------------------------------------------------------ saving
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The configuration (JSON-able) and tensors that define this posterior: the
@@ -131,13 +118,8 @@ class RewardPosterior:
         config, tensors = laplace_record(self.laplace)
         config["batch_size"] = self.batch_size
         config["item_shape"] = None if self.item_shape is None else list(self.item_shape)
-        collator = self.text_collator
-        if collator is not None:  # how queries turn texts into tokens (not the tokenizer)
-            config["text"] = {
-                "max_length": collator.max_length,
-                "truncation": str(collator.truncation),
-                "append_eos": collator.append_eos,
-            }
+        if self.text_collator is not None:  # how queries read texts (not the tokenizer)
+            config["text"] = self.text_collator.options.as_config()
         return config, tensors
 
     @classmethod
@@ -301,12 +283,9 @@ class RewardPosterior:
             n_samples = check_positive_int("n_samples", n_samples)
         # the variance of the difference cancels (v0 + v1 - 2 cov): it comes in float64
         mean_diff, var_diff = self.difference_moments(x)
-        if link is LinkApprox.PROBIT:
-            p = probit_preference_probability(mean_diff, var_diff)
-        else:
-            p = mc_preference_probability(
-                mean_diff, var_diff, n_samples=n_samples, generator=generator
-            )
+        p = preference_probability(
+            mean_diff, var_diff, link, n_samples=n_samples, generator=generator
+        )
         return p.to(self.laplace._dtype)
 
     @autograd_query
@@ -336,19 +315,8 @@ class RewardPosterior:
             :class:`RewardPrediction` of ``mean`` ``(B,)`` (``r(x_n)`` minus the reference's
             mean reward) and ``variance`` ``(B,)``.
         """
-        reader = self.reader
-        x = reader.items(x)
-        ref: Any = None
-        if isinstance(reference, str):
-            check_choice("reference", reference, Reference)
-        else:
-            if groups is not None:
-                raise ValueError(
-                    "`groups` goes with reference='group' (each item relative to its own "
-                    "group); with reference items every item is relative to the same "
-                    "reference, so call once per group instead."
-                )
-            ref = reader.references(reference, x)
+        x = self.reader.items(x)
+        ref = self.reader.references(reference, x, groups)
         self.laplace.model.eval()
         if groups is not None:
             index, keys = group_index(groups, n_rows(x))
@@ -485,22 +453,13 @@ class RewardPosterior:
             link_approx=link_approx,
             settings=prior_kwargs,
         )
-        la = self.laplace
-        setting.check_structure(subset_of_weights(la), self.predictive.structure.name)
-        pair_backend = is_pair_backend(la._backend_cls)
-        train = None
-        if train_loader is not None:
-            train = CheckedPairLoader(
-                train_loader, "train_loader", la.dict_key_y, margin=pair_backend
-            )
-        val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
         with self.lock:
-            self._check_weights()
-            set_prior_precision(
+            self.weights.check()
+            reset_prior_precision(
                 self.predictive,
                 setting,
-                train_loader=train,
-                val_loader=val,
+                train_loader=train_loader,
+                val_loader=val_loader,
                 read_pairs=self.reader.pairs,
                 processes=Processes(distributed),
                 progress_bar=progress_bar,
@@ -519,7 +478,7 @@ class RewardPosterior:
         scoring, :func:`~bt_laplace.prior.gridsearch.pair_nll_sum`)."""
         link = LinkApprox.check("link_approx", link_approx)
         with self.lock:
-            self._check_weights()
+            self.weights.check()
             total, count = pair_nll_sum(self.predictive, loader, self.reader.pairs, link)
         if count == 0:
             raise ValueError("`loader` yielded no pairs; pass a non-empty validation loader.")
@@ -534,11 +493,7 @@ def __getattr__(name: str) -> object:
 
         import bt_laplace  # the package top, complete by the time a module attribute is read
 
-        warnings.warn(
-            "bt_laplace.posterior.fit_reward_posterior moved to bt_laplace.fit; use "
-            "bt_laplace.fit_reward_posterior.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        message = "bt_laplace.posterior.fit_reward_posterior moved to bt_laplace.fit; use "
+        warnings.warn(message + "bt_laplace.fit_reward_posterior.", DeprecationWarning, 2)
         return bt_laplace.fit_reward_posterior
     raise AttributeError(f"module 'bt_laplace.posterior' has no attribute {name!r}")

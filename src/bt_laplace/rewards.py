@@ -26,7 +26,7 @@ the training pairs were (:class:`~bt_laplace.TextPairCollator`: the eos appended
 answer and the prompt prepended, conversations through the chat template), asks the posterior
 for the reward mean and variance of every completion (relative to the completions of the same
 prompt with ``relative=True``), and returns the penalized reward of
-:func:`~bt_laplace.rlhf.penalize`.
+:func:`~bt_laplace.penalties.penalize`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ from typing import Any
 import torch
 from typing_extensions import Unpack
 
-from bt_laplace._checks import check_choice
 from bt_laplace.inputs import check_texts
+from bt_laplace.penalties import RewardPenalty
 from bt_laplace.posterior import RewardPosterior
-from bt_laplace.rlhf import PENALTIES, penalize
 from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["PosteriorRewardFunction", "make_reward_function"]
@@ -116,7 +115,7 @@ class PosteriorRewardFunction:
             the items per forward pass.
         collator: Renders texts into token batches (the posterior's ``text_collator``, or one
             made for the tokenizer given to :func:`make_reward_function`).
-        penalty, k, beta, level: As in :func:`~bt_laplace.rlhf.penalize`.
+        penalty, k, beta, level: As in :func:`~bt_laplace.penalties.penalize`.
         relative: Moments relative to the completions of the same prompt in the call.
         name: The ``__name__`` TRL logs the reward under.
         log: Log through ``log_extra`` and ``log_metric`` when the trainer passes them.
@@ -149,12 +148,11 @@ class PosteriorRewardFunction:
         if not isinstance(name, str) or not name:
             raise TypeError(f"`name` must be a non-empty string, got {name!r}.")
         # every option checked now, not at the first training step
-        zero = torch.zeros(1, dtype=torch.float64)
-        penalize(zero, zero, penalty=penalty, k=k, beta=beta, level=level)
+        self.rule = RewardPenalty(penalty, k, beta, level)
         self.posterior = posterior
         self.collator = collator
-        self.penalty = check_choice("penalty", penalty, PENALTIES)
-        self.k, self.beta, self.level = float(k), beta, level
+        self.penalty, self.k = self.rule.penalty, self.rule.k
+        self.beta, self.level = self.rule.beta, self.rule.level
         self.relative = relative
         self.log = log
         #: the name TRL logs the reward under (trl.trainer.utils.get_callable_name reads it)
@@ -224,9 +222,7 @@ class PosteriorRewardFunction:
         if not completion_list:
             return []
         mean, variance = self._moments(prompt_list or [], completion_list)
-        scores = penalize(
-            mean, variance, penalty=self.penalty, k=self.k, beta=self.beta, level=self.level
-        )
+        scores = self.rule.apply(mean, variance)
         if self.log:
             std = variance.sqrt()
             if log_extra is not None:
@@ -266,7 +262,7 @@ def make_reward_function(
             decoded texts). None takes the posterior's ``text_collator`` (set by a fit on
             :func:`~bt_laplace.text_preference_dataloader`, ``post.set_tokenizer`` or
             ``load_reward_posterior(..., tokenizer=)``).
-        k, penalty, beta, level: As in :func:`~bt_laplace.rlhf.penalize`: ``"std"``
+        k, penalty, beta, level: As in :func:`~bt_laplace.penalties.penalize`: ``"std"``
             ``mean - k std`` (default, ``k=0`` the posterior mean), ``"variance"``,
             ``"quantile"`` (``level``), ``"kl"`` / ``"kl_optimistic"`` (``beta``, the KL
             coefficient of the RL objective, e.g. ``GRPOConfig.beta``).

@@ -31,7 +31,7 @@ Rewards. Each text is scored as one item, prepared as the posterior's training t
 token appended unless the text ends with it, ``max_length`` and ``truncation`` as saved with
 the posterior). A text that starts with the bos token that the tokenizer adds itself loses
 that leading bos first, so it is not doubled (the mirror image of TRL's rule for the eos).
-``rewards`` are :func:`~bt_laplace.rlhf.penalize` of the posterior mean and variance
+``rewards`` are :func:`~bt_laplace.penalties.penalize` of the posterior mean and variance
 (``mean - k std`` by default); ``prompts`` and ``labels`` are checked and otherwise unused.
 ``--bare`` serves the MAP model's reward ``r(x)`` instead (no variance, no penalty), the
 baseline a posterior server is compared with.
@@ -76,8 +76,8 @@ from bt_laplace._protocol import RequestError, read_request, response_body
 from bt_laplace._tokens import concat
 from bt_laplace.choices import Truncation
 from bt_laplace.inputs import QueryReader
+from bt_laplace.penalties import PENALTIES, RewardPenalty
 from bt_laplace.posterior import RewardPosterior
-from bt_laplace.rlhf import PENALTIES, penalize
 
 __all__ = ["create_app", "main"]
 
@@ -100,7 +100,7 @@ class _Scorer:
     """Runs in the worker thread: one model call for the token dicts of a batch of requests,
     split back into one response body per request."""
 
-    def __init__(self, posterior: RewardPosterior, *, bare: bool, penalty: dict[str, Any]):
+    def __init__(self, posterior: RewardPosterior, *, bare: bool, penalty: RewardPenalty):
         self.posterior = posterior
         self.bare = bare
         self.penalty = penalty
@@ -117,7 +117,7 @@ class _Scorer:
             reward, std = mean, None
         else:
             mean, variance = post.predict(cast(Any, tokens))  # a token dict
-            reward, std = penalize(mean, variance, **self.penalty), variance.sqrt()
+            reward, std = self.penalty.apply(mean, variance), variance.sqrt()
         if not bool(torch.isfinite(reward).all()):
             raise RuntimeError(
                 "the model gave a non-finite reward (NaN or infinite); check the model's "
@@ -132,15 +132,6 @@ class _Scorer:
             bodies.append(response_body(part["rewards"], part["mean"], part.get("std")))
             start = stop
         return bodies
-
-
-def _penalty_options(
-    penalty: str, k: float, beta: float | None, level: float | None
-) -> dict[str, Any]:
-    """The keyword arguments of :func:`~bt_laplace.rlhf.penalize`, checked by trying them."""
-    options: dict[str, Any] = {"penalty": penalty, "k": k, "beta": beta, "level": level}
-    penalize(torch.zeros(1), torch.ones(1), **options)  # raises on a bad combination
-    return options
 
 
 def _check_posterior(posterior: Any) -> None:
@@ -161,7 +152,7 @@ def _check_posterior(posterior: Any) -> None:
 def create_app(
     posterior: RewardPosterior,
     *,
-    penalty: str = "std",
+    penalty: str | RewardPenalty = "std",
     k: float = 1.0,
     beta: float | None = None,
     level: float | None = None,
@@ -181,7 +172,7 @@ def create_app(
             or ``load_reward_posterior(..., tokenizer=)``); its ``max_length``, ``truncation`` and
             ``append_eos`` apply to the queries.
         penalty, k, beta, level: How ``rewards`` come from the reward's mean and variance, as in
-            :func:`~bt_laplace.rlhf.penalize` (default ``mean - 1 std``).
+            :func:`~bt_laplace.penalties.penalize` (default ``mean - 1 std``).
         bare: Serve the MAP model's reward instead (no variance, no penalty; ``extra_logs``
             holds ``reward_mean`` only).
         max_batch_size: Most texts scored in one model call.
@@ -197,14 +188,14 @@ def create_app(
         ValueError: For a bad penalty or size.
     """
     _check_posterior(posterior)
-    options = _penalty_options(penalty, k, beta, level)
+    rule = RewardPenalty.from_arguments(penalty, k=k, beta=beta, level=level)
     max_batch_size = check_positive_int("max_batch_size", max_batch_size)
     max_request_size = check_positive_int("max_request_size", max_request_size)
     wait = check_finite("max_wait_ms", max_wait_ms)
     if wait < 0:
         raise ValueError(f"`max_wait_ms` must be >= 0, got {max_wait_ms}.")
     batcher: MicroBatcher[dict[str, torch.Tensor], dict[str, Any]] = MicroBatcher(
-        _Scorer(posterior, bare=bare, penalty=options),
+        _Scorer(posterior, bare=bare, penalty=rule),
         max_batch_size=max_batch_size,
         max_wait_s=wait / 1000.0,
     )
@@ -298,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--tokenizer", help="tokenizer folder (default: --model)")
     add("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     add("--port", type=int, default=5000)
-    add("--penalty", default="std", choices=PENALTIES, help="see bt_laplace.rlhf.penalize")
+    add("--penalty", default="std", choices=PENALTIES, help="see bt_laplace.penalties")
     add("--k", type=float, default=1.0, help="multiplier of 'std' and 'variance'")
     add("--beta", type=float, help="KL coefficient of 'kl' and 'kl_optimistic'")
     add("--level", type=float, help="lower tail probability of 'quantile'")
@@ -338,7 +329,7 @@ def load_app(args: argparse.Namespace) -> FastAPI:
     from bt_laplace.io import load_reward_posterior
     from bt_laplace.model import PairwiseRewardModel
 
-    options = _penalty_options(args.penalty, args.k, args.beta, args.level)
+    rule = RewardPenalty(args.penalty, args.k, args.beta, args.level)  # before loading anything
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = AutoModelForSequenceClassification.from_pretrained(args.model)
     if args.dtype != "auto":
@@ -361,7 +352,7 @@ def load_app(args: argparse.Namespace) -> FastAPI:
     posterior.set_tokenizer(tokenizer, options=text)
     return create_app(
         posterior,
-        **options,
+        penalty=rule,
         bare=args.bare,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -374,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        _penalty_options(args.penalty, args.k, args.beta, args.level)
+        RewardPenalty(args.penalty, args.k, args.beta, args.level)  # raises on a bad combination
         for name in ("max_batch_size", "max_request_size"):
             check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
         if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):

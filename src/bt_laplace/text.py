@@ -122,6 +122,14 @@ class TextOptions:
             )
         return options
 
+    def as_config(self) -> dict[str, Any]:
+        """The options as JSON-able keywords (what a saved posterior records)."""
+        return {
+            "max_length": self.max_length,
+            "truncation": str(self.truncation),
+            "append_eos": self.append_eos,
+        }
+
     def changed(self) -> list[str]:
         """The names of the options that differ from their defaults."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
@@ -445,7 +453,7 @@ def text_preference_dataloader(
     drop_last: bool = False,
     **text: Unpack[TextKeywords],
 ) -> DataLoader:
-    """A DataLoader of token batches of pairs from a TRL-format preference dataset.
+    r"""A DataLoader of token batches of pairs from a TRL-format preference dataset.
 
     The first row is collated up front, so a malformed dataset fails here, not mid-fit.
 

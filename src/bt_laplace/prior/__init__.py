@@ -19,12 +19,13 @@ and one row of :data:`~bt_laplace.prior.settings.PRIOR_SETTINGS`.
 """
 
 from bt_laplace.prior.marglik import curvature_eigenvalues, optimize_marglik
-from bt_laplace.prior.precision import set_prior_precision
+from bt_laplace.prior.precision import reset_prior_precision, set_prior_precision
 from bt_laplace.prior.settings import PRIOR_KWARGS, PRIOR_SETTINGS, PRIOR_STRUCTURES, PriorSetting
 
 __all__ = [
     "PriorSetting",
     "set_prior_precision",
+    "reset_prior_precision",
     "optimize_marglik",
     "curvature_eigenvalues",
     "PRIOR_SETTINGS",

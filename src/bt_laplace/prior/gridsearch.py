@@ -20,12 +20,7 @@ from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import LayerIO
 from bt_laplace._loader import split_batch
-from bt_laplace.bradley_terry import (
-    bradley_terry_nll,
-    margin_shift,
-    mc_preference_probability,
-    probit_preference_probability,
-)
+from bt_laplace.bradley_terry import bradley_terry_nll, margin_shift, preference_probability
 from bt_laplace.choices import LinkApprox
 from bt_laplace.predictive import Predictive
 
@@ -48,13 +43,12 @@ def scored_nll_sum(
     :data:`MC_SCORING_SAMPLES` per pair from a generator seeded 0, so a score is repeatable."""
     if shift is not None:
         mean_diff = mean_diff - shift.to(mean_diff)
-    if link_approx is LinkApprox.PROBIT:
-        p = probit_preference_probability(mean_diff, var_diff)
-    else:
+    g = None
+    if link_approx is LinkApprox.MC:
         g = torch.Generator(device=mean_diff.device).manual_seed(0)
-        p = mc_preference_probability(
-            mean_diff, var_diff, n_samples=MC_SCORING_SAMPLES, generator=g
-        )
+    p = preference_probability(
+        mean_diff, var_diff, link_approx, n_samples=MC_SCORING_SAMPLES, generator=g
+    )
     return float(bradley_terry_nll(p, y.to(p.device))) * len(y)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bt_laplace._distributed import Processes
+from bt_laplace._loader import CheckedPairLoader
 from bt_laplace.choices import Evidence, PriorMethod
 from bt_laplace.curvature import is_pair_backend
 from bt_laplace.predictive import Predictive
@@ -28,8 +29,9 @@ from bt_laplace.prior.evidence import (
 from bt_laplace.prior.gridsearch import gridsearch
 from bt_laplace.prior.marglik import optimize_marglik
 from bt_laplace.prior.settings import PriorSetting
+from bt_laplace.structures import subset_of_weights
 
-__all__ = ["set_prior_precision"]
+__all__ = ["reset_prior_precision", "set_prior_precision"]
 
 
 def set_prior_precision(
@@ -88,6 +90,37 @@ def set_prior_precision(
         warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
         optimize_marglik(la, progress_bar=progress_bar, **setting.settings)
     return None
+
+
+def reset_prior_precision(
+    predictive: Predictive,
+    setting: PriorSetting,
+    *,
+    train_loader: Iterable[Any] | None,
+    val_loader: Iterable[Any] | None,
+    read_pairs: Callable[[Any], Any],
+    processes: Processes,
+    progress_bar: bool = False,
+) -> None:
+    """:func:`set_prior_precision` on a posterior fitted earlier (or loaded): checks that
+    ``setting`` suits its subset and structure and the loaders batch by batch
+    (:meth:`~bt_laplace.RewardPosterior.optimize_prior_precision`)."""
+    la = predictive.laplace
+    setting.check_structure(subset_of_weights(la), predictive.structure.name)
+    train = None
+    if train_loader is not None:
+        margin = is_pair_backend(la._backend_cls)
+        train = CheckedPairLoader(train_loader, "train_loader", la.dict_key_y, margin=margin)
+    val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
+    set_prior_precision(
+        predictive,
+        setting,
+        train_loader=train,
+        val_loader=val,
+        read_pairs=read_pairs,
+        processes=processes,
+        progress_bar=progress_bar,
+    )
 
 
 def _exact_evidence(
