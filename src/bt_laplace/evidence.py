@@ -1,18 +1,14 @@
 """The exact Laplace evidence of a Bradley-Terry reward model: moved to
-:mod:`bt_laplace.prior.evidence`, the prior's floor; these names stay importable from here."""
+:mod:`bt_laplace.prior.evidence`, the prior's floor; its names stay importable from here."""
 
-from bt_laplace.prior.evidence import (
-    EVIDENCE_MEMORY_LIMIT,
-    exact_evidence_prior_precision,
-    exact_ggn_eigenvalues,
-    exact_pair_variances,
-    fitted_ggn_eigenvalues,
-)
+from typing import Any
 
-__all__ = [
-    "exact_ggn_eigenvalues",
-    "fitted_ggn_eigenvalues",
-    "exact_evidence_prior_precision",
-    "exact_pair_variances",
-    "EVIDENCE_MEMORY_LIMIT",
-]
+from bt_laplace.prior import evidence as _moved
+
+__all__ = list(_moved.__all__)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _moved.__all__:
+        return getattr(_moved, name)
+    raise AttributeError(f"module 'bt_laplace.evidence' has no attribute {name!r}")

@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bt_laplace.persistence import (
     CONFIG_FILE,
     FORMAT,
@@ -97,22 +95,7 @@ def load_reward_posterior(
     return posterior
 
 
-def posterior_record(
-    posterior: RewardPosterior,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The configuration and tensors that define a fitted posterior: :meth:`RewardPosterior.
-    state`."""
-    return posterior.state()
-
-
-def rebuild_posterior(
-    model: Any,
-    config: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    *,
-    strict: bool = True,
-    batch_size: int | None = None,
-) -> RewardPosterior:
-    """The posterior of a record from :func:`posterior_record`:
-    :meth:`RewardPosterior.from_state`."""
-    return RewardPosterior.from_state(model, config, tensors, strict=strict, batch_size=batch_size)
+#: the configuration and tensors that define a fitted posterior (:meth:`RewardPosterior.state`)
+posterior_record = RewardPosterior.state
+#: the posterior of a record from :func:`posterior_record` (:meth:`RewardPosterior.from_state`)
+rebuild_posterior = RewardPosterior.from_state

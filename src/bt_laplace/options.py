@@ -98,27 +98,6 @@ class FitOptions:
         """The :mod:`bt_laplace.structures` class of the posterior."""
         return STRUCTURES[self.hessian_structure]
 
-    # the prior's parts under their old names
-    @property
-    def prior_method(self) -> PriorMethod:
-        """``prior.method``."""
-        return self.prior.method
-
-    @property
-    def evidence(self) -> Evidence:
-        """``prior.evidence``."""
-        return self.prior.evidence
-
-    @property
-    def link_approx(self) -> LinkApprox:
-        """``prior.link_approx``."""
-        return self.prior.link_approx
-
-    @property
-    def calibrate(self) -> bool:
-        """``prior.calibrate``."""
-        return self.prior.calibrate
-
     @classmethod
     def from_arguments(
         cls,

@@ -64,16 +64,8 @@ class RewardPosterior:
 
     Example:
         >>> import torch
-        >>> from torch import nn
-        >>> import bt_laplace as btl
-        >>> _ = torch.manual_seed(0)
-        >>> model = btl.PairwiseRewardModel(nn.Sequential(nn.Linear(3, 8), nn.Tanh(),
-        ...                                               nn.Linear(8, 1)))
-        >>> rows = [{"x0": torch.randn(3), "x1": torch.randn(3), "label": i % 2}
-        ...         for i in range(16)]
-        >>> loader = btl.preference_dataloader(rows, batch_size=8)
-        >>> post = btl.fit_reward_posterior(model, loader, subset_of_weights="all",
-        ...                                 hessian_structure="diag")
+        >>> from bt_laplace.testing import tiny_posterior
+        >>> post = tiny_posterior(hessian_structure="diag")  # fit_reward_posterior's result
         >>> mean, variance = post(torch.randn(5, 3))
         >>> mean.shape, variance.shape
         (torch.Size([5]), torch.Size([5]))

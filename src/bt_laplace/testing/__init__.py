@@ -17,57 +17,12 @@ Everything here forms per-item Jacobians or dense ``(P, P)`` matrices: use it on
 in float64, never in a training or serving loop.
 """
 
-from bt_laplace.testing.ggn import (
-    exact_ggn,
-    exact_last_layer_ggn,
-    item_jacobians,
-    kronecker_rearrangement,
-    nearest_kronecker_floor,
-    rel_err,
-)
-from bt_laplace.testing.matrix_free import (
-    frob_sq,
-    inner,
-    item_taps,
-    kron_rel_error,
-    pair_forms,
-    r_apply,
-    top_singular,
-)
-from bt_laplace.testing.problems import bradley_terry_epoch, mlp, teacher_pairs, train_map
-from bt_laplace.testing.tiny import (
-    tiny_loader,
-    tiny_model,
-    tiny_posterior,
-    tiny_text_posterior,
-    tiny_tokenizer,
-)
+from bt_laplace.testing import ggn, matrix_free, problems, tiny
+from bt_laplace.testing.ggn import *  # noqa: F403
+from bt_laplace.testing.matrix_free import *  # noqa: F403
+from bt_laplace.testing.problems import *  # noqa: F403
+from bt_laplace.testing.tiny import *  # noqa: F403
 
-__all__ = [
-    # dense references (ggn)
-    "item_jacobians",
-    "exact_ggn",
-    "exact_last_layer_ggn",
-    "kronecker_rearrangement",
-    "nearest_kronecker_floor",
-    "rel_err",
-    # matrix-free floor (matrix_free)
-    "item_taps",
-    "frob_sq",
-    "pair_forms",
-    "inner",
-    "r_apply",
-    "top_singular",
-    "kron_rel_error",
-    # problems and MAP training (problems)
-    "mlp",
-    "teacher_pairs",
-    "bradley_terry_epoch",
-    "train_map",
-    # tiny fitted posteriors for examples and doctests (tiny)
-    "tiny_model",
-    "tiny_loader",
-    "tiny_posterior",
-    "tiny_tokenizer",
-    "tiny_text_posterior",
-]
+#: dense references (ggn), the matrix-free floor (matrix_free), problems and MAP training
+#: (problems), tiny fitted posteriors (tiny)
+__all__ = [*ggn.__all__, *matrix_free.__all__, *problems.__all__, *tiny.__all__]
