@@ -66,16 +66,19 @@ def autograd_query(method: _F) -> _F:
 
 
 class WeightsGuard:
-    """Refuses queries once a module's weights changed: where each parameter and buffer lives
-    and how often it was changed in place, taken at construction and compared by
-    :meth:`check` (a cheap fingerprint, checked on every query)."""
+    """Refuses queries once the weights of any of ``modules`` changed: where each parameter
+    and buffer lives and how often it was changed in place, taken at construction and compared
+    by :meth:`check` (a cheap fingerprint, checked on every query). A last-layer posterior
+    guards the user's model as well as laplace-torch's copy of it that predictions run
+    through: training the model further makes the posterior stale even though the copy is not
+    touched."""
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = list({id(m): m for m in modules}.values())
         self.key = self._key()
 
     def _key(self) -> list[tuple[int, int, torch.dtype, torch.device]]:
-        tensors = [*self.module.parameters(), *self.module.buffers()]
+        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
         return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
 
     def check(self) -> None:

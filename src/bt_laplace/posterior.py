@@ -91,7 +91,7 @@ class RewardPosterior:
         #: queries as one, e.g. a server's scoring step
         self.lock = threading.RLock()
         #: refuses queries once the model's weights changed
-        self.weights = WeightsGuard(getattr(laplace.model, "model", laplace.model))
+        self.weights = WeightsGuard(model, getattr(laplace.model, "model", laplace.model))
         #: shape of one real-valued item the posterior was fitted on (None: not recorded)
         self.item_shape: tuple[int, ...] | None = None
         #: the factor the default fit scaled the exact evidence's prior by so that this
