@@ -274,7 +274,9 @@ def test_bad_posterior_or_collator(text_posterior, tokenizer):
         btl.make_reward_function(text_posterior.laplace, tokenizer)
     with pytest.raises(TypeError, match=r"`collator` must be a bt_laplace.TextPairCollator"):
         PosteriorRewardFunction(text_posterior, tokenizer)
-    too_short = btl.make_reward_function(text_posterior, tokenizer, max_length=4)
+    too_short = btl.make_reward_function(
+        text_posterior, tokenizer, max_length=4, long_queries="refuse"
+    )
     with pytest.raises(ValueError, match=r"item 0 has \d+ tokens, more than max_length=4; raise"):
         too_short(PROMPTS, COMPLETIONS)
 

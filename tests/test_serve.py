@@ -204,7 +204,9 @@ BAD = [
 @pytest.fixture(scope="module")
 def short_server() -> Iterator[str]:
     """A server taking at most 4 texts per request, each at most 8 tokens."""
-    with running(serve.create_app(fit(max_length=8)[0], max_request_size=4)) as url:
+    with running(
+        serve.create_app(fit(max_length=8, long_queries="refuse")[0], max_request_size=4)
+    ) as url:
         yield url
 
 
