@@ -393,12 +393,13 @@ class TextPairCollator:
         if len(rows) == 0:
             raise ValueError("Cannot collate an empty batch (0 rows); pass at least one row.")
         self._check_pad()
-        items = [self.encode(row, where(i)) for i, row in enumerate(rows)]
+        encoded = [self.encode(row, where(i)) for i, row in enumerate(rows)]
+        items: list[tuple[list[int], ...]]
         if window is None:
-            items = [self._cut(row, where(i)) for i, row in enumerate(items)]
+            items = [self._cut(row, where(i)) for i, row in enumerate(encoded)]
         else:
             cuts = [[cut_query(ids, self.options, window, where(i)) for ids in row]
-                    for i, row in enumerate(items)]  # fmt: skip
+                    for i, row in enumerate(encoded)]  # fmt: skip
             items = [tuple(ids for ids, _ in row) for row in cuts]
             warn_cut(sum(c for row in cuts for _, c in row), 2 * len(items), window)
         out = self._pad(items)
