@@ -43,7 +43,9 @@ from bt_laplace.inputs import check_texts, is_conversation
 from bt_laplace.reading import TokenWindow, cut_query, warn_cut
 from bt_laplace.text_options import TextKeywords, TextOptions
 
-__all__ = ["TextOptions", "TextKeywords", "TextPairCollator", "text_preference_dataloader"]
+# TextOptions and TextKeywords (bt_laplace.text_options) are importable from here too, as before;
+# they are documented on their own module's page
+__all__ = ["TextPairCollator", "text_preference_dataloader"]
 
 #: pairs of token-id columns, (chosen, rejected), in the order they are looked for
 ID_COLUMNS = (
