@@ -141,5 +141,7 @@ def test_a_tokenizer_without_eos_gets_none_by_default() -> None:
     assert ids == tok("the cat")["input_ids"]  # [CLS] the cat [SEP], nothing appended
     with pytest.raises(ValueError, match=r"no eos_token"):
         TextPairCollator(tok, append_eos="required").encode_item("the cat")
-    with pytest.raises(ValueError, match=r"`append_eos` must be one of \('required',\)"):
+    with pytest.raises(
+        ValueError, match=r"`append_eos` must be True, False or 'required', got 'always'"
+    ):
         TextOptions(append_eos="always")

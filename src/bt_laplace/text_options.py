@@ -79,7 +79,11 @@ long_queries='refuse')
             self, "long_queries", LongQueries.check("long_queries", self.long_queries)
         )
         if isinstance(self.append_eos, str):
-            object.__setattr__(self, "append_eos", AppendEos.check("append_eos", self.append_eos))
+            if self.append_eos not in AppendEos.values():
+                raise ValueError(
+                    f"`append_eos` must be True, False or 'required', got {self.append_eos!r}."
+                )
+            object.__setattr__(self, "append_eos", AppendEos(self.append_eos))
         elif not isinstance(self.append_eos, bool):
             raise TypeError(
                 f"`append_eos` must be a bool or 'required', got {type(self.append_eos).__name__}."
