@@ -274,7 +274,9 @@ def test_bad_posterior_or_collator(text_posterior, tokenizer):
         btl.make_reward_function(text_posterior.laplace, tokenizer)
     with pytest.raises(TypeError, match=r"`collator` must be a bt_laplace.TextPairCollator"):
         PosteriorRewardFunction(text_posterior, tokenizer)
-    too_short = btl.make_reward_function(text_posterior, tokenizer, max_length=4)
+    too_short = btl.make_reward_function(
+        text_posterior, tokenizer, max_length=4, long_queries="refuse"
+    )
     with pytest.raises(ValueError, match=r"item 0 has \d+ tokens, more than max_length=4; raise"):
         too_short(PROMPTS, COMPLETIONS)
 
@@ -349,3 +351,30 @@ def test_trl_trainer_trains_on_the_posterior_reward_and_logs_its_uncertainty(
     last = steps[-1]
     assert last[f"{name}/posterior_std"] == pytest.approx(float(variance.sqrt().mean()), rel=1e-6)
     print(trainer_name, kind, {k: v for k, v in last.items() if k.startswith("reward")})
+
+
+def test_completions_over_max_length_get_a_reward_and_are_counted(text_posterior, tokenizer):
+    """No lost reward: over the fit's max_length a completion is scored whole, over the model's
+    64 positions it keeps its last 64 tokens (a Llama reads the reward at the last token), with
+    a warning and a metric; long_queries='refuse' refuses."""
+    fn = btl.make_reward_function(text_posterior, tokenizer, k=1.0, max_length=8, name="bt")
+    long = " ".join(["the sky is blue"] * 20)  # 80 words
+    completions = [
+        "i like it very good yes very good",
+        long,
+        "world",
+    ]  # with the prompt: 15, 83, 4 tokens
+    ids = [fn.collator.encode_item(c, p) for c, p in zip(completions, PROMPTS[2:], strict=True)]
+    assert [len(i) > 8 for i in ids] == [True, True, False] and len(ids[1]) > 64
+    metrics: dict[str, list] = {}
+    with pytest.warns(btl.BTLaplaceWarning, match=r"1 of 3 query texts.*last 64 tokens"):
+        got = fn(PROMPTS[2:], completions, log_metric=lambda n, v: metrics.setdefault(n, [v]))
+    mean, variance = text_posterior(pad([ids[0], ids[1][-64:], ids[2]], tokenizer.pad_token_id))
+    assert got == pytest.approx((mean - variance.sqrt()).tolist(), rel=1e-12)
+    assert fn.truncated == 1 and metrics["rewards/bt/truncated"] == [1.0]
+    assert (fn.window.length, fn.window.keep) == (64, "end")
+    refusing = btl.make_reward_function(
+        text_posterior, tokenizer, max_length=8, long_queries="refuse"
+    )
+    with pytest.raises(ValueError, match=r"item 0 has 15 tokens, more than max_length=8"):
+        refusing(PROMPTS[2:], completions)

@@ -204,7 +204,9 @@ BAD = [
 @pytest.fixture(scope="module")
 def short_server() -> Iterator[str]:
     """A server taking at most 4 texts per request, each at most 8 tokens."""
-    with running(serve.create_app(fit(max_length=8)[0], max_request_size=4)) as url:
+    with running(
+        serve.create_app(fit(max_length=8, long_queries="refuse")[0], max_request_size=4)
+    ) as url:
         yield url
 
 
@@ -428,3 +430,95 @@ def test_one_command_serves_a_saved_posterior(tmp_path) -> None:
     finally:
         process.terminate()
         process.wait(30)
+
+
+# ---------------------------------------------------------------------------- no lost reward
+LONG = " ".join(["the cat sat on the mat"] * 12)  # 72 words: over the model's 64 positions
+
+
+def test_texts_over_max_length_are_scored_and_counted() -> None:
+    post = fit(max_length=8)[0]  # queries over 8 tokens are scored whole, by default
+    texts = ["the cat sat on the mat the cat sat", LONG, "hello world"]
+    app = serve.create_app(post, log_truncated=True)
+    with pytest.warns(btl.BTLaplaceWarning, match=r"1 of [13] query texts.*last 64 tokens"):
+        with running(app) as url, httpx.Client() as client:
+            response = client.post(f"{url}/get_reward", json=openrlhf_body(texts))
+            again = client.post(f"{url}/get_reward", json=openrlhf_body(texts[1:2]))
+            health = client.get(f"{url}/health").json()
+        want = expected(post, texts)
+    assert response.status_code == again.status_code == 200, response.text
+    body = response.json()
+    assert_equal(body["rewards"], want[0])
+    assert set(body["extra_logs"]) == {"reward_mean", "reward_std", "truncated"}
+    assert body["extra_logs"]["truncated"] == [0.0, 1.0, 0.0]
+    assert (health["truncated"], health["window"]) == (2, 64)
+    assert len(post.text_collator.encode_item(texts[0])) > 8  # over max_length, not cut
+
+
+def test_refused_requests_are_logged_with_their_reason(caplog) -> None:
+    post = fit(max_length=8, long_queries="refuse")[0]
+    with caplog.at_level("WARNING", logger="bt_laplace.serve"):
+        with running(serve.create_app(post)) as url, httpx.Client() as client:
+            long = client.post(f"{url}/get_reward", json={"query": ["the cat " * 8]})
+            missing = client.post(f"{url}/get_reward", json={"texts": ["a"]})
+            unknown = client.get(f"{url}/nowhere")
+    assert (long.status_code, missing.status_code, unknown.status_code) == (422, 422, 404)
+    refused = [r for r in caplog.records if r.name == "bt_laplace.serve"]
+    assert [r.levelname for r in refused] == ["WARNING"] * 3
+    assert re.search(r"HTTP 422.*18 tokens, more than max_length=8", refused[0].getMessage())
+    assert re.search(r"HTTP 422.*'query' is missing", refused[1].getMessage())
+    assert re.search(r"HTTP 404.*GET /nowhere", refused[2].getMessage())
+
+
+# ---------------------------------------------------------------------------- special tokens
+def fit_family(family: str):
+    """A posterior of family ``family`` with its tokenizer: "bert" (MiniLM's BERT tokenizer,
+    [CLS] ... [SEP], no eos), "gpt2", "llama" (<s> prepended), "chat" (llama with a chat
+    template that renders the bos itself)."""
+    from conftest import CHAT_TEMPLATE, minilm_tokenizer
+
+    tok = (
+        minilm_tokenizer() if family == "bert" else word_tokenizer(family.replace("chat", "llama"))
+    )
+    if family == "chat":
+        tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    kind = family.replace("chat", "llama")
+    model = btl.PairwiseRewardModel(tiny_reward_net(kind, tok).double()).eval()
+    loader = btl.text_preference_dataloader(ROWS, tok, batch_size=4)
+    post = btl.fit_reward_posterior(
+        model, loader, subset_of_weights="last_layer", hessian_structure="full", prior_precision=1.0
+    )
+    return post, tok
+
+
+def openrlhf_query(tok, text: str) -> str:
+    """The query OpenRLHF sends for the sequence ``text`` (prompt and response): its ids with
+    the special tokens the tokenizer adds, ending with the eos if the tokenizer has one, decoded
+    with skip_special_tokens=False (openrlhf/utils/agent.py)."""
+    ids = tok(text)["input_ids"]
+    if tok.eos_token_id is not None and ids[-1] != tok.eos_token_id:
+        ids.append(tok.eos_token_id)
+    return tok.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "chat"])
+def test_special_tokens_of_a_decoded_query_are_not_doubled(family: str) -> None:
+    post, tok = fit_family(family)
+    if family == "chat":
+        messages = [{"role": "user", "content": "what color is the sky"}]
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]  # as OpenRLHF tokenizes it
+        ids += tok("blue </s>", add_special_tokens=False)["input_ids"]
+        query = tok.decode(ids, skip_special_tokens=False)
+        plain: object = [messages + [{"role": "assistant", "content": "blue"}]]
+        assert query.startswith("<s> <|user|>")
+    else:
+        query = openrlhf_query(tok, "what color is the sky blue")
+        plain = ["what color is the sky blue"]
+    with running(serve.create_app(post)) as url, httpx.Client() as client:
+        got = client.post(f"{url}/get_reward", json=openrlhf_body([query])).json()["rewards"]
+    assert_equal(got, expected(post, plain)[0])
+    if family == "bert":  # before: [CLS] [CLS] ... [SEP] [SEP], another reward
+        assert query == "[CLS] what color is the sky blue [SEP]"
+        doubled = expected(post, [query])[0]
+        assert abs(float(doubled[0]) - got[0]) > 1e-4

@@ -298,10 +298,13 @@ def test_margin_must_be_in_every_row_and_finite() -> None:
 
 
 def test_tokenizer_problems_are_explained() -> None:
+    # no eos is refused only when asked for (the default appends it where the tokenizer has one)
     with pytest.raises(ValueError, match=r"no eos_token.*RewardConfig\(eos_token=.*append_eos"):
-        TextPairCollator(minilm_tokenizer())(ROWS["implicit"])
+        TextPairCollator(minilm_tokenizer(), append_eos="required")(ROWS["implicit"])
     batch, _ = TextPairCollator(minilm_tokenizer(), append_eos=False)(ROWS["implicit"])
     assert batch["input_ids"][0, 0, :3].tolist() == [101, 2053, 102]  # [CLS] no [SEP]
+    default, _ = TextPairCollator(minilm_tokenizer())(ROWS["implicit"])
+    assert torch.equal(default["input_ids"], batch["input_ids"])  # no eos, nothing appended
     with pytest.raises(ValueError, match=r"no chat template.*chat_template_path"):
         TextPairCollator(word_tokenizer("gpt2"))(ROWS["conversational-explicit"])
     tokenizer = word_tokenizer("gpt2")
@@ -616,7 +619,7 @@ def test_bad_text_queries_are_explained(text_posterior) -> None:
         post.preference_probability([{"prompt": "a", "completion": " b"}])
     short = post.__class__.__new__(post.__class__)
     short.__dict__.update(post.__dict__)
-    short.set_tokenizer(tokenizer, max_length=3)
+    short.set_tokenizer(tokenizer, max_length=3, long_queries="refuse")
     with pytest.raises(ValueError, match=r"text of item 0 has 5 tokens, more than max_length=3"):
         short(["the cat sat"])
 

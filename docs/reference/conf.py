@@ -25,6 +25,8 @@ MODULES = [
     "bt_laplace.choices",
     "bt_laplace.data",
     "bt_laplace.text",
+    "bt_laplace.text_options",
+    "bt_laplace.reading",
     "bt_laplace.inputs",
     "bt_laplace.model",
     "bt_laplace.fit",

@@ -30,6 +30,9 @@ __all__ = [
     "Evidence",
     "LinkApprox",
     "Truncation",
+    "LongQueries",
+    "AppendEos",
+    "KeptEnd",
     "Penalty",
     "PairMethod",
     "Reference",
@@ -120,6 +123,39 @@ class Truncation(Choice):
     ERROR = "error"
     LEFT = "left"
     RIGHT = "right"
+
+
+class LongQueries(Choice):
+    """``long_queries``: what a query text (a posterior query on texts, the reward function,
+    the server) longer than ``max_length`` gets while ``truncation="error"`` (training pairs
+    that long are refused whatever this says).
+
+    - ``SCORE`` (default): scored whole, as far as the model reads (its positions); a text
+      longer than that is cut on the side the model keeps (:class:`KeptEnd`), with a
+      :class:`~bt_laplace.BTLaplaceWarning`, and counted.
+    - ``REFUSE``: refused like a training pair (``ValueError``; the server answers 422).
+    """
+
+    SCORE = "score"
+    REFUSE = "refuse"
+
+
+class AppendEos(Choice):
+    """``append_eos`` given as a word (``True``, the default, appends the tokenizer's eos
+    where it has one; ``False`` appends none)."""
+
+    #: append the eos, refusing a tokenizer without one (as TRL's RewardTrainer fails on it)
+    REQUIRED = "required"
+
+
+class KeptEnd(Choice):
+    """Which end of a text longer than the model's positions is kept: the one it reads the
+    reward from."""
+
+    #: a last-token model (GPT-2, Llama and other decoders, which pool the last token)
+    END = "end"
+    #: a first-token model (BERT, RoBERTa, DeBERTa and other encoders, which pool [CLS])
+    START = "start"
 
 
 class Penalty(Choice):

@@ -31,6 +31,7 @@ import torch
 
 from bt_laplace._checks import check_choice, check_input_dtype, check_tensor, n_rows
 from bt_laplace.choices import Reference
+from bt_laplace.reading import TokenWindow
 
 if TYPE_CHECKING:
     from bt_laplace.model import PairwiseRewardModel
@@ -279,7 +280,8 @@ preference_probability(x) for pairs, or x.flatten(0, 1) to score both items.
 
     def tokens(self, x: Sequence[Any], name: str, *, pairs: bool) -> dict[str, Any]:
         """Token dict of a list of texts or prompt-completion rows (items), or of TRL
-        preference rows or text tuples (pairs), prepared by :attr:`text_collator`."""
+        preference rows or text tuples (pairs), prepared by :attr:`text_collator` as queries:
+        read as far as the model reads (:attr:`window`, ``long_queries``)."""
         collator = self.text_collator
         if collator is None:
             raise TypeError(
@@ -301,12 +303,14 @@ preference_probability(x) for pairs, or x.flatten(0, 1) to score both items.
                     f"'chosen', 'rejected'}} or (text_0, text_1) tuples; got "
                     f"{type(bad).__name__}."
                 )
-            tokens, _ = collator(rows)
+            tokens, _ = collator(rows, window=self.window)
             tokens.pop("margin", None)
             return tokens
         if all(isinstance(row, Mapping) and "completion" in row for row in x):
             return collator.collate_items(
-                [row["completion"] for row in x], [row.get("prompt") for row in x]
+                [row["completion"] for row in x],
+                [row.get("prompt") for row in x],
+                window=self.window,
             )
         bad_i = next((i for i, row in enumerate(x) if not is_text(row)), None)
         if bad_i is not None:
@@ -315,7 +319,13 @@ preference_probability(x) for pairs, or x.flatten(0, 1) to score both items.
                 f"{{'prompt', 'completion'}}; entry {bad_i} is {str(x[bad_i])[:60]!r}"
                 + (" (pairs go to preference_probability)." if isinstance(x[bad_i], tuple) else ".")
             )
-        return collator.collate_items(list(x))
+        return collator.collate_items(list(x), window=self.window)
+
+    @property
+    def window(self) -> TokenWindow:
+        """How many tokens the model reads of a query text, and which end of a longer one it
+        keeps (:class:`~bt_laplace.reading.TokenWindow`)."""
+        return TokenWindow.of(self.model, getattr(self.text_collator, "tokenizer", None))
 
     # ------------------------------------------------------------------ checks
     def _token_dict(self, x: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from typing_extensions import Unpack
 from bt_laplace.inputs import check_texts
 from bt_laplace.penalties import RewardPenalty
 from bt_laplace.posterior import RewardPosterior
+from bt_laplace.reading import TokenWindow
 from bt_laplace.text import TextKeywords, TextOptions, TextPairCollator
 
 __all__ = ["PosteriorRewardFunction", "make_reward_function"]
@@ -104,8 +105,17 @@ class PosteriorRewardFunction:
     ``"rewards/<name>/posterior_mean"`` (the batch mean of the means),
     ``"rewards/<name>/posterior_std"`` (the batch mean of the standard deviations: a rise
     signals a policy drifting to where the reward model is unsure, the reward-hacking signal)
-    and ``"rewards/<name>/posterior_std_max"``. TRL itself logs the returned (penalized)
+    and ``"rewards/<name>/posterior_std_max"``; from the first completion longer than the model
+    reads on (see below), ``"rewards/<name>/truncated"``, the running count of such
+    completions. TRL itself logs the returned (penalized)
     rewards as ``"rewards/<name>/mean"`` and ``"rewards/<name>/std"``.
+
+    A text longer than the fit's ``max_length`` is scored whole (``long_queries="score"``,
+    the default of :class:`~bt_laplace.text.TextOptions`), as far as the model reads
+    (:attr:`window`); a longer one keeps the end the model reads the reward from (the last
+    tokens of a decoder, the first of a ``[CLS]`` encoder), with a
+    :class:`~bt_laplace.BTLaplaceWarning`, and is counted in :attr:`truncated` and the
+    ``truncated`` metric. ``long_queries="refuse"`` raises instead.
 
     Instances pickle (the posterior rebuilds from its model and saved record, the tokenizer
     pickles), so the asynchronous GRPO trainer can send one to its scoring process.
@@ -155,6 +165,10 @@ class PosteriorRewardFunction:
         self.beta, self.level = self.rule.beta, self.rule.level
         self.relative = relative
         self.log = log
+        #: how far the model reads a text: a longer one is cut to it, warned and counted
+        self.window = TokenWindow.of(posterior.model, collator.tokenizer)
+        #: texts cut to :attr:`window` so far, over every call
+        self.truncated = 0
         #: the name TRL logs the reward under (trl.trainer.utils.get_callable_name reads it)
         self.__name__ = name
 
@@ -182,19 +196,22 @@ class PosteriorRewardFunction:
         completion_list, prompt_list = check_texts(completions, prompts, need_prompts=True)
         if not completion_list:
             raise ValueError("`completions` is empty; pass at least one completion.")
-        return self._moments(prompt_list or [], completion_list)
+        mean, variance, _ = self._moments(prompt_list or [], completion_list)
+        return mean, variance
 
     def _moments(
         self, prompts: list[Any], completions: list[Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         # (B, L) token dict; RewardPosterior.__call__ takes these too (annotated as tensors)
-        tokens: Any = self.collator.collate_items(completions, prompts)
+        tokens: Any
+        tokens, cut = self.collator.collate_queries(completions, prompts, window=self.window)
+        self.truncated += len(cut)
         if self.relative:
             groups = [_prompt_key(p) for p in prompts]
             mean, variance = self.posterior.relative_reward(tokens, "group", groups=groups)
         else:
             mean, variance = self.posterior(tokens)
-        return mean, variance
+        return mean, variance, len(cut)
 
     def __call__(
         self,
@@ -221,7 +238,7 @@ class PosteriorRewardFunction:
         completion_list, prompt_list = check_texts(completions, prompts, need_prompts=True)
         if not completion_list:
             return []
-        mean, variance = self._moments(prompt_list or [], completion_list)
+        mean, variance, _ = self._moments(prompt_list or [], completion_list)
         scores = self.rule.apply(mean, variance)
         if self.log:
             std = variance.sqrt()
@@ -233,6 +250,8 @@ class PosteriorRewardFunction:
                 log_metric(f"{prefix}_mean", float(mean.mean()))
                 log_metric(f"{prefix}_std", float(std.mean()))
                 log_metric(f"{prefix}_std_max", float(std.max()))
+                if self.truncated:  # from the first cut on: the running count
+                    log_metric(f"rewards/{self.__name__}/truncated", float(self.truncated))
         return [float(s) for s in scores.tolist()]
 
 

@@ -29,8 +29,15 @@ lists hold one number per text of ``query``; a request may hold several texts.
 Rewards. Each text is scored as one item, prepared as the posterior's training texts were
 (:meth:`~bt_laplace.TextPairCollator.collate_items`: the tokenizer's special tokens, the eos
 token appended unless the text ends with it, ``max_length`` and ``truncation`` as saved with
-the posterior). A text that starts with the bos token that the tokenizer adds itself loses
-that leading bos first, so it is not doubled (the mirror image of TRL's rule for the eos).
+the posterior). The special tokens the tokenizer adds itself (a leading bos or ``[CLS]``, a
+trailing ``[SEP]``) are taken off a text that already has them first
+(:class:`~bt_laplace.reading.AddedTokens`), so they are not doubled (the mirror image of
+TRL's rule for the eos): a text decoded with them scores as the plain text. A text longer than
+``max_length`` is scored whole (``long_queries="score"``, the default), as far as the model
+reads; a longer one keeps the end the model reads the reward from, with a
+:class:`~bt_laplace.BTLaplaceWarning`, and is counted: ``GET /health`` reports ``truncated``,
+and with ``log_truncated`` (on by the command line) ``extra_logs`` holds ``truncated``, 1.0
+for each text cut, 0.0 else.
 ``rewards`` are :func:`~bt_laplace.penalties.penalize` of the posterior mean and variance
 (``mean - k std`` by default); ``prompts`` and ``labels`` are checked and otherwise unused.
 ``--bare`` serves the MAP model's reward ``r(x)`` instead (no variance, no penalty), the
@@ -42,8 +49,10 @@ within ``max_wait_ms`` of each other (or while a batch runs) are scored in one m
 requests meanwhile; ``GET /health`` reports the batches run.
 
 Errors. A bad request gets 400 (not JSON) or 422 (a missing or mistyped field, too many
-texts, a text over ``max_length`` or without tokens), a failure while scoring gets 500, each as
-``{"error": "..."}`` naming the field; the server keeps serving. If a batch fails, each of its
+texts, a text without tokens, or over ``max_length`` with ``long_queries="refuse"``), a
+failure while scoring gets 500, each as ``{"error": "..."}`` naming the field, and logged
+with its reason (4xx at WARNING level: OpenRLHF's client does not read the body); the server
+keeps serving. If a batch fails, each of its
 requests is retried on its own, so only the failing ones get 500.
 """
 
@@ -74,10 +83,11 @@ from bt_laplace._batcher import MicroBatcher
 from bt_laplace._checks import check_finite, check_positive_int
 from bt_laplace._protocol import RequestError, read_request, response_body
 from bt_laplace._tokens import concat
-from bt_laplace.choices import Truncation
+from bt_laplace.choices import LongQueries, Truncation
 from bt_laplace.inputs import QueryReader
 from bt_laplace.penalties import PENALTIES, RewardPenalty
 from bt_laplace.posterior import RewardPosterior
+from bt_laplace.reading import AddedTokens
 
 __all__ = ["create_app", "main"]
 
@@ -86,14 +96,6 @@ logger = logging.getLogger(__name__)
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _leading_bos(tokenizer: Any) -> str | None:
-    """The bos token's text if the tokenizer prepends it to every text itself, else None."""
-    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
-    if not bos or bos_id is None:
-        return None
-    return bos if list(tokenizer("")["input_ids"][:1]) == [bos_id] else None
 
 
 class _Scorer:
@@ -160,6 +162,7 @@ def create_app(
     max_batch_size: int = 64,
     max_wait_ms: float = 2.0,
     max_request_size: int = 1024,
+    log_truncated: bool = False,
 ) -> FastAPI:
     """A FastAPI app answering OpenRLHF's ``POST /get_reward`` from ``posterior``.
 
@@ -169,8 +172,8 @@ def create_app(
 
     Args:
         posterior: A posterior that takes texts (:meth:`~bt_laplace.RewardPosterior.set_tokenizer`,
-            or ``load_reward_posterior(..., tokenizer=)``); its ``max_length``, ``truncation`` and
-            ``append_eos`` apply to the queries.
+            or ``load_reward_posterior(..., tokenizer=)``); its ``max_length``, ``truncation``,
+            ``append_eos`` and ``long_queries`` apply to the queries.
         penalty, k, beta, level: How ``rewards`` come from the reward's mean and variance, as in
             :func:`~bt_laplace.penalties.penalize` (default ``mean - 1 std``).
         bare: Serve the MAP model's reward instead (no variance, no penalty; ``extra_logs``
@@ -179,6 +182,9 @@ def create_app(
         max_wait_ms: How long a request waits for others to join its batch, in milliseconds.
         max_request_size: Most texts in one request (bounds the tokenization done on the event
             loop); larger requests get 422.
+        log_truncated: Add ``truncated`` to every response's ``extra_logs``: 1.0 for a text
+            longer than the model reads, cut to it, else 0.0 (OpenRLHF logs its mean). Off by
+            default here, on in the command line; ``GET /health`` counts them either way.
 
     Returns:
         The app, with ``POST /get_reward`` and ``GET /health``.
@@ -191,6 +197,8 @@ def create_app(
     rule = RewardPenalty.from_arguments(penalty, k=k, beta=beta, level=level)
     max_batch_size = check_positive_int("max_batch_size", max_batch_size)
     max_request_size = check_positive_int("max_request_size", max_request_size)
+    if not isinstance(log_truncated, bool):
+        raise TypeError(f"`log_truncated` must be a bool, got {type(log_truncated).__name__}.")
     wait = check_finite("max_wait_ms", max_wait_ms)
     if wait < 0:
         raise ValueError(f"`max_wait_ms` must be >= 0, got {max_wait_ms}.")
@@ -200,6 +208,7 @@ def create_app(
         max_wait_s=wait / 1000.0,
     )
     routes = _Routes(posterior.reader, batcher, max_request_size, "bare" if bare else "posterior")
+    routes.log_truncated = log_truncated
     app = FastAPI(title="bt_laplace reward server", lifespan=routes.lifespan)
     app.state.batcher = batcher
     app.state.posterior = posterior
@@ -219,7 +228,13 @@ class _Routes:
     ) -> None:
         self.reader, self.batcher, self.mode = reader, batcher, mode
         self.max_request_size = max_request_size
-        self.bos = _leading_bos(reader.text_collator.tokenizer)
+        self.collator = reader.text_collator
+        self.window = reader.window
+        #: the special tokens the tokenizer adds itself, taken off a text that has them
+        self.added = AddedTokens.of(self.collator.tokenizer)
+        #: texts cut to the model's window so far
+        self.truncated = 0
+        self.log_truncated = False
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -231,17 +246,24 @@ class _Routes:
 
     async def http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
         where = f"{request.method} {request.url.path}"
-        return _error(
+        return self._refuse(
             exc.status_code,
             f"{where}: {exc.detail}; this server answers POST /get_reward and GET /health.",
         )
 
+    @staticmethod
+    def _refuse(status: int, message: str) -> JSONResponse:
+        """The answer to a refused request, its reason logged (OpenRLHF's client logs only
+        the status, at INFO level)."""
+        if status < 500:
+            logger.warning("refused a request (HTTP %d): %s", status, message)
+        return _error(status, message)
+
     async def get_reward(self, request: Request) -> JSONResponse:
         try:
             texts = read_request(await request.body(), self.max_request_size)
-            if self.bos is not None:
-                texts = [t[len(self.bos) :] if t.startswith(self.bos) else t for t in texts]
-            tokens = self.reader.tokens(texts, "query", pairs=False)
+            texts = [self.added.strip_from(t) for t in texts]
+            tokens, cut = self.collator.collate_queries(texts, window=self.window)
             empty = (tokens["attention_mask"].sum(1) == 0).nonzero().flatten().tolist()
             if empty:
                 raise RequestError(
@@ -251,14 +273,17 @@ class _Routes:
                     "text.",
                 )
         except RequestError as err:
-            return _error(err.status, str(err))
+            return self._refuse(err.status, str(err))
         except (ValueError, TypeError) as err:
-            return _error(422, f"field 'query': {err}")
+            return self._refuse(422, f"field 'query': {err}")
+        self.truncated += len(cut)
         try:
             body = await self.batcher.submit(tokens, len(texts))
         except Exception as err:
             logger.exception("scoring failed")
             return _error(500, f"scoring failed: {type(err).__name__}: {err}")
+        if self.log_truncated:
+            body["extra_logs"]["truncated"] = [float(i in cut) for i in range(len(texts))]
         return JSONResponse(body)
 
     async def health(self) -> dict[str, Any]:
@@ -271,6 +296,8 @@ class _Routes:
             "items": batcher.items,
             "largest_batch": batcher.largest,
             "busy_seconds": batcher.busy_s,
+            "truncated": self.truncated,
+            "window": self.window.length,
         }
 
 
@@ -299,8 +326,15 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-request-size", type=int, default=1024, help="most texts per request")
     add("--max-length", type=int, help="longest text in tokens (default: as saved, else the "
         "model's max_position_embeddings)")  # fmt: skip
-    add("--truncation", choices=Truncation.values(), help="longer texts: refuse (422) "
-        "or cut tokens on that side (default: as saved)")  # fmt: skip
+    add("--truncation", choices=Truncation.values(), help="texts over --max-length: 'left'/"
+        "'right' cut tokens on that side; 'error' leaves them to --long-queries (default: as "
+        "saved)")  # fmt: skip
+    add("--long-queries", choices=LongQueries.values(), help="texts over --max-length under "
+        "--truncation error: 'score' reads them whole up to the model's positions (cutting "
+        "beyond on the side it reads), 'refuse' answers 422 (default: as saved)")  # fmt: skip
+    add("--log-truncated", action=argparse.BooleanOptionalAction, default=True,
+        help="add 'truncated' (1.0 for a text cut to the model's positions) to "
+        "extra_logs")  # fmt: skip
     add("--append-eos", action=argparse.BooleanOptionalAction, default=None,
         help="append the eos token to texts not ending with it (default: as saved)")  # fmt: skip
     add("--dtype", choices=("auto", "float32", "float64"), default="auto",
@@ -348,6 +382,7 @@ def load_app(args: argparse.Namespace) -> FastAPI:
         max_length=max_length,
         truncation=args.truncation or saved.truncation,
         append_eos=saved.append_eos if args.append_eos is None else args.append_eos,
+        long_queries=args.long_queries or saved.long_queries,
     )
     posterior.set_tokenizer(tokenizer, options=text)
     return create_app(
@@ -357,6 +392,7 @@ def load_app(args: argparse.Namespace) -> FastAPI:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_request_size=args.max_request_size,
+        log_truncated=args.log_truncated,
     )
 
 

@@ -27,10 +27,9 @@ by the tokenizer's chat template, plain text by the tokenizer with its special t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,8 +40,12 @@ from bt_laplace._dataset import Batch, PairSource, check_not_empty, check_split,
 from bt_laplace._tokens import column_ids, column_text, cut, margins, pad
 from bt_laplace.choices import Truncation
 from bt_laplace.inputs import check_texts, is_conversation
+from bt_laplace.reading import TokenWindow, cut_query, warn_cut
+from bt_laplace.text_options import TextKeywords, TextOptions
 
-__all__ = ["TextOptions", "TextKeywords", "TextPairCollator", "text_preference_dataloader"]
+# TextOptions and TextKeywords (bt_laplace.text_options) are importable from here too, as before;
+# they are documented on their own module's page
+__all__ = ["TextPairCollator", "text_preference_dataloader"]
 
 #: pairs of token-id columns, (chosen, rejected), in the order they are looked for
 ID_COLUMNS = (
@@ -54,85 +57,6 @@ _FORMATS = (
     "TRL's preference formats: 'chosen' and 'rejected' (text or messages, with an optional "
     "'prompt'), or token ids in 'chosen_ids' and 'rejected_ids'"
 )
-
-
-class TextKeywords(TypedDict, total=False):
-    """The fields of :class:`TextOptions` as keywords, which the functions that take
-    ``options=`` take too (``max_length=512`` for ``options=TextOptions(max_length=512)``)."""
-
-    max_length: int | None
-    truncation: str
-    append_eos: bool
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class TextOptions:
-    """How texts become token ids besides the tokenizer: one value that
-    :class:`TextPairCollator`, :func:`text_preference_dataloader`,
-    :meth:`~bt_laplace.RewardPosterior.set_tokenizer`, the reward function and the server take.
-
-    Args:
-        max_length: Longest item in tokens, or None for no limit.
-        truncation: What to do with a longer item: ``"error"`` (default) refuses it, ``"left"``
-            keeps its last ``max_length`` tokens (the end of the answer and the eos, which a
-            decoder reward model pools), ``"right"`` its first (the ``[CLS]`` an encoder
-            pools). Token ids are cut after the tokenizer and chat template, special tokens
-            included.
-        append_eos: Append the eos token to text answers that do not end with it, as TRL does.
-
-    Example:
-        >>> TextOptions(max_length=512, truncation="left")
-        TextOptions(max_length=512, truncation='left', append_eos=True)
-        >>> TextOptions(max_length=512, truncation="left").changed()
-        ['max_length', 'truncation']
-    """
-
-    max_length: int | None = None
-    truncation: Truncation = Truncation.ERROR
-    append_eos: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_length is not None:
-            check_positive_int("max_length", self.max_length)
-        object.__setattr__(self, "truncation", Truncation.check("truncation", self.truncation))
-        if not isinstance(self.append_eos, bool):
-            raise TypeError(f"`append_eos` must be a bool, got {type(self.append_eos).__name__}.")
-
-    def __repr__(self) -> str:
-        return (
-            f"TextOptions(max_length={self.max_length}, truncation={str(self.truncation)!r}, "
-            f"append_eos={self.append_eos})"
-        )
-
-    @classmethod
-    def of(
-        cls, options: TextOptions | None = None, **keywords: Unpack[TextKeywords]
-    ) -> TextOptions:
-        """``options``, or the options the keywords give (the older spelling), not both."""
-        if options is None:
-            return cls(**keywords)  # type: ignore[arg-type]  # __post_init__ reads the str
-        if not isinstance(options, TextOptions):
-            raise TypeError(
-                f"`options` must be a bt_laplace.TextOptions, got {type(options).__name__}."
-            )
-        if keywords:
-            raise ValueError(
-                f"pass the text options either as `options` or as keywords, not both; got "
-                f"options={options} and {sorted(keywords)}."
-            )
-        return options
-
-    def as_config(self) -> dict[str, Any]:
-        """The options as JSON-able keywords (what a saved posterior records)."""
-        return {
-            "max_length": self.max_length,
-            "truncation": str(self.truncation),
-            "append_eos": self.append_eos,
-        }
-
-    def changed(self) -> list[str]:
-        """The names of the options that differ from their defaults."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
 
 
 class TextPairCollator:
@@ -149,13 +73,16 @@ class TextPairCollator:
     if it has none, as TRL does), on ``padding_side``. Rows longer than ``max_length`` tokens
     are never dropped silently: ``truncation="error"`` refuses them (TRL's ``RewardTrainer``
     filters them out of its training set: :meth:`fits` does the same test for
-    ``dataset.filter``), ``"left"``/``"right"`` cut tokens from that side.
+    ``dataset.filter``), ``"left"``/``"right"`` cut tokens from that side. Queries (given
+    the model's ``window``: posterior queries on texts, the reward function, the server) are
+    scored whole instead under ``long_queries="score"`` (the default), as far as the model
+    reads (:class:`~bt_laplace.reading.TokenWindow`).
 
     Args:
         tokenizer: The tokenizer the model was trained with (for a ``RewardTrainer``,
             ``trainer.processing_class``, which has the eos and pad tokens the trainer set).
         options: How texts become token ids (:class:`TextOptions`: ``max_length``,
-            ``truncation``, ``append_eos``).
+            ``truncation``, ``append_eos``, ``long_queries``).
         pad_to_multiple_of: Round ``L`` up to a multiple of this.
         padding_side: ``"right"`` or ``"left"``; None takes ``tokenizer.padding_side``. The
             rewards of :class:`~bt_laplace.PairwiseRewardModel` do not depend on it.
@@ -222,8 +149,9 @@ class TextPairCollator:
         return self.options.truncation
 
     @property
-    def append_eos(self) -> bool:
-        """Whether the eos token is appended to text answers (:class:`TextOptions`)."""
+    def append_eos(self) -> bool | str:
+        """Whether the eos token is appended to text answers (:class:`TextOptions`): True
+        where the tokenizer has one, ``"required"``, or False."""
         return self.options.append_eos
 
     def __repr__(self) -> str:
@@ -274,16 +202,19 @@ class TextPairCollator:
         return list(ids["input_ids"][0]), list(ids["input_ids"][1])
 
     def _with_eos(self, text: str, where: str) -> str:
-        """``text`` with the eos token appended unless it ends with it (as TRL does)."""
-        if not self.append_eos:
+        """``text`` with the eos token appended unless it ends with it (as TRL does), where
+        the tokenizer has one (``append_eos=True``) or must have one (``"required"``)."""
+        if self.append_eos is False:
             return text
         eos = self.tokenizer.eos_token
         if eos is None:
+            if self.append_eos is True:
+                return text  # not trained by TRL, which needs an eos: none was appended
             raise ValueError(
                 f"The tokenizer has no eos_token, which TRL's RewardTrainer appends to each "
                 f"answer (it fails on {where} too); set tokenizer.eos_token (as "
-                "RewardConfig(eos_token=...) does), or pass append_eos=False if the model "
-                "was trained without it."
+                "RewardConfig(eos_token=...) does), or pass append_eos=False (or True: "
+                "append it where the tokenizer has one) if the model was trained without it."
             )
         return text if text.endswith(eos) else text + eos
 
@@ -359,20 +290,28 @@ class TextPairCollator:
         return list(self.tokenizer(text)["input_ids"])
 
     def collate_items(
-        self, completions: Sequence[Any], prompts: Sequence[Any | None] | None = None
+        self,
+        completions: Sequence[Any],
+        prompts: Sequence[Any | None] | None = None,
+        *,
+        window: TokenWindow | None = None,
     ) -> dict[str, torch.Tensor]:
         """Token batch of items ``{"input_ids": (B, L), "attention_mask": (B, L)}`` from texts.
 
-        Each item is encoded by :meth:`encode_item` (as the items of the training pairs) and
-        ``max_length`` applies as in :meth:`__call__`.
+        Each item is encoded by :meth:`encode_item` (as the items of the training pairs);
+        ``max_length`` applies as to training pairs, or as to queries given the model's
+        ``window`` (:meth:`collate_queries`).
 
         Args:
             completions: ``B`` answers: strings or message lists.
             prompts: None, or ``B`` prompts (or Nones), one per answer.
+            window: The model's :class:`~bt_laplace.reading.TokenWindow` for queries, or None.
 
         Raises:
             TypeError, ValueError: As :func:`~bt_laplace.inputs.check_texts`, or for no texts.
         """
+        if window is not None:
+            return self.collate_queries(completions, prompts, window=window)[0]
         completions, prompts = check_texts(completions, prompts)
         if len(completions) == 0:
             raise ValueError("`completions` is empty; pass at least one text.")
@@ -384,9 +323,49 @@ class TextPairCollator:
             items.append(self._cut((ids,), where)[0])
         return {k: v[:, 0] for k, v in self._pad([(ids,) for ids in items]).items()}
 
+    def collate_queries(
+        self,
+        completions: Sequence[Any],
+        prompts: Sequence[Any | None] | None = None,
+        *,
+        window: TokenWindow,
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Token batch of query items, read as far as the model reads: a text over
+        ``max_length`` is scored whole under ``long_queries="score"`` (the default), and cut
+        to the model's ``window`` on the side it reads beyond that, with a warning.
+
+        Args:
+            completions, prompts: As in :meth:`collate_items`.
+            window: The model's :class:`~bt_laplace.reading.TokenWindow`
+                (``TokenWindow.of(model, tokenizer)``).
+
+        Returns:
+            ``({"input_ids": (B, L), "attention_mask": (B, L)}, cut)``, ``cut`` the indices of
+            the texts cut to the window.
+        """
+        completions, prompts = check_texts(completions, prompts)
+        if len(completions) == 0:
+            raise ValueError("`completions` is empty; pass at least one text.")
+        self._check_pad()
+        items, cut = [], []
+        for i, completion in enumerate(completions):
+            where = f"item {i}"
+            ids = self.encode_item(completion, None if prompts is None else prompts[i], where=where)
+            ids, was_cut = cut_query(ids, self.options, window, where)
+            items.append(ids)
+            if was_cut:
+                cut.append(i)
+        warn_cut(len(cut), len(items), window)
+        return {k: v[:, 0] for k, v in self._pad([(ids,) for ids in items]).items()}, cut
+
     # ------------------------------------------------------------------ batch
-    def __call__(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, batch: Any, *, window: TokenWindow | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Collate ``batch``: a list of rows, or a mapping of columns (``dataset[:8]``).
+
+        ``max_length`` applies as to training pairs, or as to queries (as in
+        :meth:`collate_queries`) given the model's ``window``.
 
         Returns:
             ``({"input_ids": (B, 2, L), "attention_mask": (B, 2, L)[, "margin": (B,)]},
@@ -416,7 +395,15 @@ class TextPairCollator:
         if len(rows) == 0:
             raise ValueError("Cannot collate an empty batch (0 rows); pass at least one row.")
         self._check_pad()
-        items = [self._cut(self.encode(row, where(i)), where(i)) for i, row in enumerate(rows)]
+        encoded = [self.encode(row, where(i)) for i, row in enumerate(rows)]
+        items: list[tuple[list[int], ...]]
+        if window is None:
+            items = [self._cut(row, where(i)) for i, row in enumerate(encoded)]
+        else:
+            cuts = [[cut_query(ids, self.options, window, where(i)) for ids in row]
+                    for i, row in enumerate(encoded)]  # fmt: skip
+            items = [tuple(ids for ids, _ in row) for row in cuts]
+            warn_cut(sum(c for row in cuts for _, c in row), 2 * len(items), window)
         out = self._pad(items)
         margin = margins(rows, where)
         if margin is not None:
