@@ -24,7 +24,7 @@ prints, per posterior: the mean reward standard deviation in-distribution and ou
 relative to the other answers to the same question, and the AUROC of the std as a detector of
 the unlike texts (``bt_laplace.metrics.ood_auroc``). It saves a plot of the relative stds.
 
-Run: python examples/trl_minilm.py [--pairs 600] [--steps 150] [--out trl_minilm.png]
+Run: python examples/trl_minilm.py [--pairs 600] [--steps 150] [--out PATH]
 Needs the ``transformers`` extra with TRL and peft: pip install -e ".[transformers]" trl peft.
 """
 
@@ -35,6 +35,7 @@ import os
 import random
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -353,6 +354,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--out", default="trl_minilm.png")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().with_name("trl_minilm.png")),
+        help="where to save the plot (default: beside this script)",
+    )
     args = parser.parse_args()
     main(n_pairs=args.pairs, steps=args.steps, out=args.out)
