@@ -5,12 +5,13 @@ a Laplace posterior over all weights with a marginal-likelihood prior, then pred
 reward mean and variance for 5 test items, preference probabilities for a few pairs, and a plot
 of the reward mean +- 2 standard deviations along a line through input space.
 
-Run: python examples/quickstart.py [--out quickstart.png]
+Run: python examples/quickstart.py [--out PATH] (default: quickstart.png beside this script)
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -18,8 +19,11 @@ from torch import nn
 
 import bt_laplace as btl
 
+#: where the plot goes without ``--out``: beside this script, whatever the current directory
+DEFAULT_OUT = Path(__file__).resolve().with_name("quickstart.png")
 
-def main(out: str = "quickstart.png") -> None:
+
+def main(out: str | Path = DEFAULT_OUT) -> None:
     torch.manual_seed(0)
 
     # 1. Preference data: label = index (0 or 1) of the preferred item of the pair.
@@ -84,6 +88,9 @@ def main(out: str = "quickstart.png") -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="quickstart.png", help="where to save the plot")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to save the plot")
     main(parser.parse_args().out)

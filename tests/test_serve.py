@@ -394,6 +394,19 @@ def test_help_lists_the_options(capsys) -> None:
         assert option in out
 
 
+def test_help_shows_the_defaults(capsys) -> None:
+    """Every option with a default names it; none prints "(default: None)"."""
+    with pytest.raises(SystemExit):
+        serve.main(["--help"])
+    options = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
+    for option, default in [("--host", "127.0.0.1"), ("--port", "5000"), ("--penalty", "std"),
+                            ("--k", "1.0"), ("--max-batch-size", "64"), ("--max-wait-ms", "2.0"),
+                            ("--max-request-size", "1024"), ("--dtype", "auto"),
+                            ("--log-level", "info")]:  # fmt: skip
+        assert re.search(rf"{option} [^-]*\(default: {re.escape(default)}\)", options), option
+    assert "(default: None)" not in options and "(default: False)" not in options
+
+
 @pytest.mark.slow  # importing torch and laplace-torch in a fresh process takes seconds
 def test_help_runs_as_a_module() -> None:
     done = run_module("--help")

@@ -303,11 +303,22 @@ class _Routes:
 
 # ---------------------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
+    class DefaultsShown(argparse.HelpFormatter):
+        """``--help`` names each option's default, unless its help already says it or the
+        default is None or False (argparse's ArgumentDefaultsHelpFormatter prints those too)."""
+
+        def _get_help_string(self, action: argparse.Action) -> str | None:
+            text = action.help or ""
+            if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+                return action.help
+            return f"{text} (default: %(default)s)"
+
     parser = argparse.ArgumentParser(
         prog="python -m bt_laplace.serve",
         description="Serve a saved bt_laplace reward posterior to OpenRLHF: POST /get_reward "
         "with {'query': [text, ...]} gives rewards (mean - k std by default), scores and "
         "extra_logs {'reward_mean', 'reward_std'}.",
+        formatter_class=DefaultsShown,
     )
     add = parser.add_argument
     add("--posterior", required=True, help="folder written by RewardPosterior.save")
@@ -315,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
         "(AutoModelForSequenceClassification, num_labels=1), as fitted")  # fmt: skip
     add("--tokenizer", help="tokenizer folder (default: --model)")
     add("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    add("--port", type=int, default=5000)
+    add("--port", type=int, default=5000, help="port to listen on")
     add("--penalty", default="std", choices=PENALTIES, help="see bt_laplace.penalties")
     add("--k", type=float, default=1.0, help="multiplier of 'std' and 'variance'")
     add("--beta", type=float, help="KL coefficient of 'kl' and 'kl_optimistic'")
@@ -340,7 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--dtype", choices=("auto", "float32", "float64"), default="auto",
         help="cast the model to this dtype (the one the posterior was fitted in)")  # fmt: skip
     add("--device", help="torch device (default: cuda if available, else cpu)")
-    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+        help="the server's log level")  # fmt: skip
     add("--access-log", action="store_true", help="log every request")
     return parser
 
