@@ -277,3 +277,30 @@ def test_grouped_relative_of_sequence_models(request, fixture, structure):
     ref_mean, ref_var = per_group_reference(post, items, index, 3)
     torch.testing.assert_close(mean, ref_mean, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(var, ref_var, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron", "full"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_float32_model_keeps_grouped_relative_variance_accurate(subset, structure):
+    """As above, with groups: the sides rotate in float32, the cancelling sums run in
+    float64, and the float32 model's answer is the float64 model's."""
+    from conftest import make_net
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(200, 2, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (200,), generator=g)
+    items = torch.randn(30, D_IN, generator=g, dtype=torch.float64)
+    index = torch.randint(0, 4, (30,), generator=g)
+    index[:4] = torch.arange(4)  # every group holds an item
+    answers = []
+    for dtype in (torch.float64, torch.float32):
+        model = btl.PairwiseRewardModel(make_net().to(dtype)).eval()
+        loader = DataLoader(TensorDataset(x.to(dtype), y), batch_size=50)
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights=subset, hessian_structure=structure,
+            prior_precision=1e-4,
+        )  # fmt: skip
+        answers.append(post.relative_reward(items.to(dtype), groups=index).variance)
+    assert answers[1].dtype == torch.float32
+    torch.testing.assert_close(answers[1].double(), answers[0], rtol=2e-3, atol=0.0)

@@ -162,16 +162,16 @@ class Predictive:
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """:meth:`relative_moments` of each item relative to the items of its own group
         (``index`` ``(N,)`` into ``n_groups``, every group non-empty), from one pass over ``x``
-        (one batch) and one batched product per parameter tensor
-        (:meth:`~bt_laplace.structures.PosteriorStructure.group_variance`, in float64); None off
-        the fast path."""
+        (one batch) and batched products per parameter tensor
+        (:meth:`~bt_laplace.structures.PosteriorStructure.group_variance`, whose cancelling
+        sums run in float64); None off the fast path."""
         (jac,) = self.jacobians(x)
         if not isinstance(jac, LayerIO):
             return None
-        jac = _double(jac)
         index = index.to(jac.output.device)
         counts = torch.bincount(index, minlength=n_groups)
-        mean = jac.output - group_means(jac.output, index, counts)[index]
+        output = jac.output.double()
+        mean = output - group_means(output, index, counts)[index]
         variance = self.structure.group_variance(jac, index, n_groups).clamp_min(0.0)
         dtype = self.laplace._dtype
         return mean.to(dtype), variance.to(dtype)

@@ -87,24 +87,29 @@ class EigenbasisStructure(PosteriorStructure):
         return totals
 
     def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
-        """``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` ``(N,)``: per weight
+        """``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` ``(N,)`` in float64: per weight
         ``J_n Sigma J_n^T - 2 J_n Sigma Jbar_g^T + Jbar_g Sigma Jbar_g^T`` from the rotated
         sides (one rotation for the three), each group's ``Jbar_g`` in the basis from batched
-        products over the padded groups of :class:`GroupLayout`; per bias the centred sides."""
+        products over the padded groups of :class:`GroupLayout`; per bias the centred sides.
+
+        The sides are rotated in the model's precision (the same rounded sides enter all three
+        terms, as the rounded layer I/O does) and every sum that cancels runs in float64."""
         layout = GroupLayout(index, n_groups)
-        total = torch.zeros_like(result.output)
-        for piece, (u,), v in self._rotate([result]):
-            if v is None:  # bias: (u_n - mean_g u) weighted by m, nothing cancels
+        total = torch.zeros_like(result.output, dtype=torch.float64)
+        for piece, (u32,), v32 in self._rotate([result]):  # rotated in the model's precision
+            u, m = u32.double(), piece.m.double()
+            if v32 is None:  # bias: (u_n - mean_g u) weighted by m, nothing cancels
                 d = u - group_means(u, index, layout.counts)[index]
-                total = total + (d.square() * piece.m).sum(-1)
+                total = total + d.square() @ m
                 continue
-            total = total + _slot_cross(piece.m, u, v[0], u, v[0])
-            u3, v3 = (u, v[0]) if is_sequence(u) else (u[:, None], v[0][:, None])
+            v = v32[0].double()
+            total = total + _slot_cross(m, u, v, u, v)
+            u3, v3 = (u, v) if is_sequence(u) else (u[:, None], v[:, None])
             per_member = u3.shape[1] * (u3.shape[2] + v3.shape[2])
-            for chunk in layout.chunks(per_member, 2 * piece.m.numel()):
+            for chunk in layout.chunks(per_member, 2 * m.numel()):
                 up, vp = chunk.pad(u3), chunk.pad(v3)  # (g, width * L, rows), (g, width * L, cols)
                 jbar = up.transpose(1, 2) @ vp / chunk.counts.to(up.dtype)[:, None, None]
-                weighted = piece.m * jbar
+                weighted = m * jbar
                 quad = (weighted * jbar).sum((1, 2))
                 cross = chunk.take(((up @ weighted) * vp).sum(-1))
                 total[chunk.items] += quad[chunk.slot[0]] - 2 * cross
@@ -143,10 +148,10 @@ def _slot_cross(
     if v is not None and is_sequence(v):  # per-item blocks sum_t u_t v_t^T
         return _block_products(u, v, u2, v2, m)
     uu = u.square() if u is u2 else u * u2
-    if v is None or v2 is None:  # bias
-        return (uu * m).sum(-1)
+    if v is None or v2 is None:  # bias: one matrix-vector product
+        return uu @ m
     vv = v.square() if v is v2 else v * v2
-    return ((uu @ m) * vv).sum(-1)
+    return torch.linalg.vecdot(uu @ m, vv)  # no (N, cols) product formed
 
 
 def _block_products(

@@ -32,7 +32,7 @@ def group_means(values: torch.Tensor, index: torch.Tensor, counts: torch.Tensor)
     Example:
         >>> group_means(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1, 0, 1]),
         ...             torch.tensor([1, 2]))
-        tensor([2.5000, 2.0000])
+        tensor([2.0000, 2.5000])
     """
     sums = values.new_zeros((counts.shape[0], *values.shape[1:])).index_add_(0, index, values)
     return sums / counts.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))

@@ -274,7 +274,7 @@ class PosteriorStructure(ABC):
         """``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` ``(N,)``: the variance of each item's
         reward relative to the mean reward of its group, ``Jbar_g`` the mean Jacobian of the
         items of group ``g`` (``index`` ``(N,)`` into ``n_groups``, every group non-empty), for
-        layer I/O, in its dtype, with no loop over the groups."""
+        layer I/O, in float64 (the terms cancel), with no loop over the groups."""
         return self._group_variance(result, index, n_groups)
 
     @abstractmethod

@@ -76,9 +76,9 @@ class FullStructure(PosteriorStructure):
         return self.recorder.jacobian(result) @ sigma_jbar, jbar @ sigma_jbar
 
     def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
-        """From the centred Jacobians ``J_n - Jbar_g`` ``(N, P)`` (nothing cancels)."""
-        sigma = self.pieces(result.output.dtype)
-        jac = self.recorder.jacobian(result)
+        """From the centred Jacobians ``J_n - Jbar_g`` ``(N, P)``, in float64."""
+        sigma = self.pieces(torch.float64)
+        jac = self.recorder.jacobian(result).double()
         counts = torch.bincount(index, minlength=n_groups)
         d = jac - group_means(jac, index, counts)[index]
         return ((d @ sigma) * d).sum(-1)
