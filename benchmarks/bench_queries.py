@@ -108,8 +108,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "best_of_n(groups)": lambda post=post: best_of_n(post, x, groups=prompts),
         }
         for link in links:
-            queries[f"preference_probability ({link})"] = (
-                lambda post=post, link=link: post.preference_probability(pairs, link_approx=link)
+            queries[f"preference_probability ({link})"] = lambda post=post, link=link: (
+                post.preference_probability(pairs, link_approx=link)
             )
         row: dict[str, float] = {}
         for name, fn in queries.items():

@@ -62,7 +62,7 @@ def stratified_monte_carlo(mu: torch.Tensor, std: torch.Tensor, n: int) -> torch
     """``E sigmoid(mu + std z)`` from ``n`` draws of ``z``, one in each of ``n`` equiprobable
     strata of the standard normal (error far below plain Monte Carlo's ``0.5 / sqrt(n)``)."""
     g = torch.Generator().manual_seed(0)
-    u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=g, dtype=torch.float64))
+    u = torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=g, dtype=torch.float64)
     z = torch.special.ndtri(u / n)
     return torch.stack([torch.sigmoid(m + s * z).mean() for m, s in zip(mu, std, strict=True)])
 

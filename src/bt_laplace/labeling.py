@@ -80,10 +80,10 @@ def preference_uncertainty_from_moments(
     (:func:`~bt_laplace.bradley_terry.gauss_hermite`), in float64; the probability
     ``E sigmoid(f)`` is the pair probability of every query
     (:func:`~bt_laplace.bradley_terry.quadrature_preference_probability`, to about 1e-10 for
-    any variance). BALD is ``H[E sigmoid(f)] - E H[sigmoid(f)]``. With the default 128 nodes the relative error of
-    BALD is below 1e-8 for ``sqrt(var_diff) <= 3``, 1e-5 at 5, 2e-3 at 10, 4e-2 at 30 (the
-    quadrature's nodes get sparse where the entropy lives, ``|f| < 5``, when the Gaussian is
-    much wider than that).
+    any variance). BALD is ``H[E sigmoid(f)] - E H[sigmoid(f)]``. With the default 128 nodes
+    the relative error of BALD is below 1e-8 for ``sqrt(var_diff) <= 3``, 1e-5 at 5, 2e-3 at
+    10, 4e-2 at 30 (the quadrature's nodes get sparse where the entropy lives, ``|f| < 5``,
+    when the Gaussian is much wider than that).
 
     Args:
         mean_diff: Mean of ``r_1 - r_0`` ``(B,)``.
