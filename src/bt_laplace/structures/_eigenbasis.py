@@ -108,10 +108,10 @@ class EigenbasisStructure(PosteriorStructure):
             per_member = u3.shape[1] * (u3.shape[2] + v3.shape[2])
             for chunk in layout.chunks(per_member, 2 * m.numel()):
                 up, vp = chunk.pad(u3), chunk.pad(v3)  # (g, width * L, rows), (g, width * L, cols)
-                jbar = up.transpose(1, 2) @ vp / chunk.counts.to(up.dtype)[:, None, None]
+                jbar = (up.transpose(1, 2) @ vp).div_(chunk.counts.to(up.dtype)[:, None, None])
                 weighted = m * jbar
-                quad = (weighted * jbar).sum((1, 2))
-                cross = chunk.take(((up @ weighted) * vp).sum(-1))
+                quad = torch.linalg.vecdot(weighted.flatten(1), jbar.flatten(1))
+                cross = chunk.take(torch.linalg.vecdot(up @ weighted, vp))
                 total[chunk.items] += quad[chunk.slot[0]] - 2 * cross
         return total
 
