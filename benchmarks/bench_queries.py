@@ -3,7 +3,7 @@ pair probabilities on the benchmark MLP.
 
 Run from the repository root::
 
-    python benchmarks/bench_queries.py                  # ~3 min on 2 CPU cores
+    python benchmarks/bench_queries.py                  # about 2 min on 2 CPU cores
     python benchmarks/bench_queries.py --src OLD/src --label before --merge
 
 Saves ``docs/data/<page>.json`` (``--out``, default ``docs/results/queries.md``) and writes the
