@@ -108,11 +108,13 @@ class EigenbasisStructure(PosteriorStructure):
             per_member = u3.shape[1] * (u3.shape[2] + v3.shape[2])
             for chunk in layout.chunks(per_member, 2 * m.numel()):
                 up, vp = chunk.pad(u3), chunk.pad(v3)  # (g, width * L, rows), (g, width * L, cols)
-                jbar = (up.transpose(1, 2) @ vp).div_(chunk.counts.to(up.dtype)[:, None, None])
-                weighted = m * jbar
-                quad = torch.linalg.vecdot(weighted.flatten(1), jbar.flatten(1))
+                jsum = up.transpose(1, 2) @ vp  # n_g Jbar_g in the basis
+                weighted = m * jsum
+                counts = chunk.counts.to(up.dtype)
+                quad = torch.linalg.vecdot(weighted.flatten(1), jsum.flatten(1)) / counts.square()
                 cross = chunk.take(torch.linalg.vecdot(up @ weighted, vp))
-                total[chunk.items] += quad[chunk.slot[0]] - 2 * cross
+                group = chunk.slot[0]
+                total[chunk.items] += quad[group] - 2 * cross / counts[group]
         return total
 
     def _dense_cross(
