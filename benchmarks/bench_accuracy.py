@@ -361,7 +361,7 @@ def probability_section(model, d, cfg, bt, args, out, seed):
                 mean, var, cov = post.pair_moments(xs)
                 truth = mc_joint(mean, var, cov, args.n_mc, gen)
                 probs = {
-                    "bt probit": post.preference_probability(xs),
+                    "bt probit": post.preference_probability(xs, link_approx="probit"),
                     "bt mc": post.preference_probability(
                         xs, link_approx="mc", n_samples=20_000, generator=gen
                     ),

@@ -95,3 +95,31 @@ def test_unsupported_laplace_class_is_refused():
 
     with pytest.raises(NotImplementedError, match="supports laplace-torch's diag, kron and full"):
         structure_for(Other())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("subset", "hessian"), CASES, ids=[f"{s}-{h}" for s, h in CASES])
+def test_float32_crosses_are_the_float64_ones_to_rounding(pairs, subset, hessian):
+    """A float32 model's variances and pair covariances from layer I/O (rotated, contracted
+    and summed in float32) equal the same posterior's in float64 to float32 rounding."""
+    from conftest import make_net
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bt_laplace import PairwiseRewardModel
+
+    x, y = pairs
+    model = PairwiseRewardModel(make_net().float()).eval()
+    la = fit_bt(model, DataLoader(TensorDataset(x.float(), y), batch_size=20), subset, hessian)
+    structure = structure_for(la)
+    items = torch.randn(40, x.shape[-1], generator=torch.Generator().manual_seed(3))
+    res = structure.recorder.run(lambda: la.model(items))
+    other = structure.recorder.run(lambda: la.model(items.flip(0)))
+    double = [
+        LayerIO(r.output.double(), [a.double() for a in r.acts], [g.double() for g in r.grads])
+        for r in (res, other)
+    ]
+    pairs_ = [(0, 0), (1, 1), (0, 1)]
+    got = structure.crosses([res, other], pairs_)
+    want = structure.crosses(double, pairs_)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-6 * float(w.abs().max()))

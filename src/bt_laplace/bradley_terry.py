@@ -22,6 +22,13 @@ Lauritzen, 1990) of its expected sigmoid is
 
 Using the variance of the difference (with the covariance term) is what makes it right for
 pairs: two near-duplicate items have large, but almost perfectly correlated, reward variances.
+
+The expectation itself is one-dimensional, and :func:`quadrature_preference_probability`
+computes it to about 1e-10 (the default ``link_approx="quadrature"``): by Gauss-Hermite
+quadrature over the Gaussian where the logistic is smooth on the Gaussian's scale
+(``sigma_f <= 2``), else written over a standard logistic ``L`` (``sigma(f) = P(L < f)``),
+``E[sigma(f)] = E_L[Phi((mu_f - L) / sigma_f)]``, by the trapezoidal rule, which converges
+geometrically for the logistic's density.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from bt_laplace.choices import LinkApprox
@@ -38,7 +46,9 @@ __all__ = [
     "bradley_terry_weight",
     "pair_difference_moments",
     "probit_preference_probability",
+    "quadrature_preference_probability",
     "mc_preference_probability",
+    "gauss_hermite",
     "preference_probability",
     "bradley_terry_nll",
     "margin_shift",
@@ -104,8 +114,81 @@ def probit_preference_probability(mean_diff: torch.Tensor, var_diff: torch.Tenso
     return torch.sigmoid(mean_diff / torch.sqrt(1.0 + math.pi / 8.0 * var_diff))
 
 
-#: numbers one chunk of Monte Carlo draws may hold
+#: numbers one chunk of Monte Carlo draws or quadrature nodes may hold
 MC_CHUNK = 2**22
+#: Gauss-Hermite nodes of :func:`quadrature_preference_probability` (error below 1e-10 up to
+#: :data:`QUADRATURE_SWITCH`)
+QUADRATURE_NODES = 64
+#: ``sqrt(var_diff)`` above which :func:`quadrature_preference_probability` integrates over the
+#: logistic instead of the Gaussian
+QUADRATURE_SWITCH = 2.0
+#: the trapezoidal grid over the logistic: ``L`` in ``[-24, 24]`` in steps of 0.6, the weights
+#: normalized to sum to one (tails ``e^-24``; the logistic's density has poles at ``+-i pi``,
+#: so the discretization error falls as ``exp(-2 pi^2 / 0.6)``)
+LOGISTIC_GRID = (24.0, 0.6)
+
+
+def gauss_hermite(
+    n_nodes: int, *, dtype: torch.dtype = torch.float64, device: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Hermite nodes ``z`` and weights ``w`` ``(n_nodes,)`` for a standard normal:
+    ``E g(z) ~ sum_i w_i g(z_i)`` for ``z ~ N(0, 1)``, exact for polynomials of degree up to
+    ``2 n_nodes - 1``.
+
+    Example:
+        >>> z, w = gauss_hermite(5)
+        >>> round(float((w * z**2).sum()), 12), round(float(w.sum()), 12)
+        (1.0, 1.0)
+    """
+    t, w = np.polynomial.hermite.hermgauss(n_nodes)
+    nodes = torch.as_tensor(t * math.sqrt(2.0), dtype=dtype, device=device)
+    return nodes, torch.as_tensor(w / math.sqrt(math.pi), dtype=dtype, device=device)
+
+
+def quadrature_preference_probability(
+    mean_diff: torch.Tensor, var_diff: torch.Tensor
+) -> torch.Tensor:
+    """``E[sigmoid(f)]`` for ``f ~ N(mean_diff, var_diff)`` by deterministic quadrature, in
+    float64, to about 1e-10 for every mean and variance (zero included).
+
+    ``sqrt(var_diff) <= 2`` (:data:`QUADRATURE_SWITCH`): :data:`QUADRATURE_NODES`
+    Gauss-Hermite nodes, ``sum_i w_i sigmoid(mean_diff + sigma_f z_i)``. Wider: the same
+    integral over a standard logistic ``L``, ``E[Phi((mean_diff - L) / sigma_f)]``, by the
+    trapezoidal rule on :data:`LOGISTIC_GRID` (81 nodes), where a Gauss-Hermite rule would
+    step over the logistic's rise.
+
+    Args:
+        mean_diff: Mean of the reward difference ``(B,)``.
+        var_diff: Variance of the reward difference ``(B,)``.
+
+    Returns:
+        ``P(item 1 preferred over item 0)`` ``(B,)``, in the dtype of ``mean_diff``.
+
+    Example:
+        >>> p = quadrature_preference_probability(torch.tensor([1.0, 1.0]),
+        ...                                       torch.tensor([0.0, 100.0]))
+        >>> [round(float(v), 4) for v in p]
+        [0.7311, 0.5392]
+    """
+    m = mean_diff.double().reshape(-1)
+    std = var_diff.double().clamp_min(0.0).sqrt().reshape(-1)
+    z, w = gauss_hermite(QUADRATURE_NODES, device=m.device)
+    half, step = LOGISTIC_GRID
+    logistic = torch.arange(-half, half + step / 2, step, dtype=torch.float64, device=m.device)
+    density = torch.sigmoid(logistic) * torch.sigmoid(-logistic)
+    density = density / density.sum()
+    wide = std > QUADRATURE_SWITCH
+    out = torch.empty_like(m)
+    rows = MC_CHUNK // logistic.numel()
+    for sel, is_wide in ((~wide).nonzero().flatten(), False), (wide.nonzero().flatten(), True):
+        for part in sel.split(rows):
+            mi, si = m[part, None], std[part, None]
+            if is_wide:  # Phi(t) = erfc(-t / sqrt 2) / 2
+                scale = 1.0 / (si * math.sqrt(2.0))
+                out[part] = torch.erfc(torch.addcmul(-mi * scale, logistic, scale)) @ density / 2
+            else:
+                out[part] = torch.sigmoid(mi + si * z) @ w
+    return out.clamp(0.0, 1.0).reshape(mean_diff.shape).to(mean_diff.dtype)
 
 
 def mc_preference_probability(
@@ -154,13 +237,14 @@ def mc_preference_probability(
 def preference_probability(
     mean_diff: torch.Tensor,
     var_diff: torch.Tensor,
-    link_approx: str = "probit",
+    link_approx: str = "quadrature",
     *,
     n_samples: int = 1000,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``P(item 1 preferred) = E[sigmoid(f)]`` for ``f ~ N(mean_diff, var_diff)`` ``(B,)``, by
-    ``link_approx``: ``"probit"`` (:func:`probit_preference_probability`) or ``"mc"``
+    ``link_approx``: ``"quadrature"`` (default, :func:`quadrature_preference_probability`,
+    exact to about 1e-10), ``"probit"`` (:func:`probit_preference_probability`) or ``"mc"``
     (:func:`mc_preference_probability` with ``n_samples`` draws from ``generator``); the one
     place a pair probability is computed from the moments of the reward difference.
 
@@ -168,7 +252,10 @@ def preference_probability(
         >>> float(preference_probability(torch.zeros(1), torch.ones(1)))
         0.5
     """
-    if LinkApprox.check("link_approx", link_approx) is LinkApprox.PROBIT:
+    link = LinkApprox.check("link_approx", link_approx)
+    if link is LinkApprox.QUADRATURE:
+        return quadrature_preference_probability(mean_diff, var_diff)
+    if link is LinkApprox.PROBIT:
         return probit_preference_probability(mean_diff, var_diff)
     return mc_preference_probability(mean_diff, var_diff, n_samples=n_samples, generator=generator)
 

@@ -11,11 +11,11 @@ Example:
     >>> LinkApprox.check("link_approx", "probit")
     <LinkApprox.PROBIT: 'probit'>
     >>> LinkApprox.values()
-    ('probit', 'mc')
+    ('quadrature', 'probit', 'mc')
     >>> LinkApprox.check("link_approx", "bogus")
     Traceback (most recent call last):
     ...
-    ValueError: `link_approx` must be one of ('probit', 'mc'), got 'bogus'.
+    ValueError: `link_approx` must be one of ('quadrature', 'probit', 'mc'), got 'bogus'.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ class LinkApprox(Choice):
     """``link_approx``: how a pair probability integrates the logistic over the Gaussian
     reward difference."""
 
+    QUADRATURE = "quadrature"
     PROBIT = "probit"
     MC = "mc"
 

@@ -38,7 +38,7 @@ def fit_reward_posterior(
     prior_precision: str | float = "auto",
     evidence: str = "auto",
     val_loader: DataLoader | None = None,
-    link_approx: str = "probit",
+    link_approx: str = "quadrature",
     progress_bar: bool = False,
     batch_size: int = 4096,
     distributed: bool = True,

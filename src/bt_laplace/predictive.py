@@ -23,7 +23,13 @@ from laplace.baselaplace import ParametricLaplace
 from bt_laplace._checks import n_rows
 from bt_laplace._layer_io import LayerIO, backend_jacobians, pair_split
 from bt_laplace.inputs import split_rows, take_rows
-from bt_laplace.structures import DenseJacobians, Jacobians, PosteriorStructure, structure_for
+from bt_laplace.structures import (
+    DenseJacobians,
+    Jacobians,
+    PosteriorStructure,
+    group_means,
+    structure_for,
+)
 
 __all__ = ["CANCELLATION", "Predictive"]
 
@@ -155,35 +161,53 @@ class Predictive:
         self, x: Any, index: torch.Tensor, n_groups: int
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """:meth:`relative_moments` of each item relative to the items of its own group
-        (``index`` ``(N,)`` into ``n_groups``), from one pass over ``x`` (one batch); None
-        off the fast path."""
+        (``index`` ``(N,)`` into ``n_groups``, every group non-empty), from one pass over ``x``
+        (one batch) and batched products per parameter tensor
+        (:meth:`~bt_laplace.structures.PosteriorStructure.group_variance`, whose cancelling
+        sums run in float64); None off the fast path."""
         (jac,) = self.jacobians(x)
         if not isinstance(jac, LayerIO):
             return None
-        jac = _double(jac)
-        n = jac.output.shape[0]
-        means = torch.empty(n, dtype=self.laplace._dtype, device=self.laplace._device)
-        variances = torch.empty_like(means)
-        index = index.to(means.device)
-        for g in range(n_groups):
-            rows = (index == g).nonzero().flatten()
-            sub = _rows(jac, rows)
-            dense = [t / rows.numel() for t in self.structure.jacobian_sum([sub])]
-            mean, variance = self._relative_to(sub, dense, sub.output.mean())
-            means[rows], variances[rows] = mean.to(means.dtype), variance.to(means.dtype)
-        return means, variances
+        index = index.to(jac.output.device)
+        counts = torch.bincount(index, minlength=n_groups)
+        output = jac.output.double()
+        mean = output - group_means(output, index, counts)[index]
+        variance = self.structure.group_variance(jac, index, n_groups).clamp_min(0.0)
+        dtype = self.laplace._dtype
+        return mean.to(dtype), variance.to(dtype)
 
     def relative_moments_by_group(
         self, x: Any, index: torch.Tensor, n_groups: int, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`relative_moments` of each item of ``x`` ``(N, *item)`` relative to the items
-        of its own group (``index`` ``(N,)`` into ``n_groups``): one pass when ``x`` fits one
-        batch of ``batch_size`` on the fast path, else one :meth:`relative_moments` per
-        group, its items in batches."""
-        if n_rows(x) <= batch_size:
-            moments = self.grouped_relative_moments(x, index, n_groups)
-            if moments is not None:
-                return moments
+        of its own group (``index`` ``(N,)`` into ``n_groups``).
+
+        On the fast path whole groups go together into batches of at most ``batch_size``
+        items, each batch one :meth:`grouped_relative_moments`; a group larger than a batch
+        gets :meth:`relative_moments` over its items in batches (a pass for its mean Jacobian,
+        one for its items). Off the fast path every group gets :meth:`relative_moments`.
+        """
+        dtype, device = self.laplace._dtype, self.laplace._device
+        n = n_rows(x)
+        mean = torch.empty(n, dtype=dtype, device=device)
+        variance = torch.empty_like(mean)
+        index = index.to(device)
+        counts = torch.bincount(index, minlength=n_groups)
+        for rows, local, k in _group_batches(index, counts, batch_size):
+            moments = self.grouped_relative_moments(take_rows(x, rows), local, k)
+            if moments is None:  # off the fast path: group by group
+                return self._relative_per_group(x, index, n_groups, batch_size)
+            mean[rows], variance[rows] = moments
+        for g in (counts > batch_size).nonzero().flatten().tolist():  # groups beyond a batch
+            rows = (index == g).nonzero().flatten()
+            m, v = self.relative_moments(split_rows(take_rows(x, rows), batch_size), None)
+            mean[rows], variance[rows] = m.to(dtype), v.to(dtype)
+        return mean, variance
+
+    def _relative_per_group(
+        self, x: Any, index: torch.Tensor, n_groups: int, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`relative_moments_by_group` one group at a time (models off the fast path)."""
         dtype, device = self.laplace._dtype, self.laplace._device
         mean = torch.empty(n_rows(x), dtype=dtype, device=device)
         variance = torch.empty_like(mean)
@@ -220,6 +244,29 @@ class Predictive:
         """Joint samples ``(S, N)`` of the linearized rewards ``r(x) + J(x) (theta - theta*)``."""
         (jac,) = self.jacobians(x)
         return self.structure.samples(jac, n_samples, generator)
+
+
+def _group_batches(
+    index: torch.Tensor, counts: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Whole groups of at most ``batch_size`` items packed into batches, in group order:
+    per batch its items ``(k,)`` (by group), their group ids renumbered from 0 ``(k,)`` and
+    its number of groups. Groups larger than ``batch_size`` are left out."""
+    small = (counts > 0) & (counts <= batch_size)
+    groups = small.nonzero().flatten()
+    if groups.numel() == 0:
+        return []
+    ends = torch.cumsum(counts[groups], 0)  # items up to and including each group
+    order = torch.argsort(index, stable=True)
+    order = order[small[index[order]]]  # the items of the small groups, by group
+    batches, first, taken = [], 0, 0
+    while first < groups.numel():
+        last = int(torch.searchsorted(ends, taken + batch_size, right=True))  # past the batch
+        rows = order[taken : int(ends[last - 1])]
+        local = torch.unique(index[rows], return_inverse=True)[1]
+        batches.append((rows, local, last - first))
+        first, taken = last, int(ends[last - 1])
+    return batches
 
 
 def _split_items(result: LayerIO) -> tuple[LayerIO, LayerIO]:

@@ -92,7 +92,7 @@ class PriorSetting:
 
     Example:
         >>> s = PriorSetting.from_arguments(prior_precision="auto", evidence="auto",
-        ...                                 val_loader=None, link_approx="probit", kwargs={})
+        ...                                 val_loader=None, link_approx="quadrature", kwargs={})
         >>> s.method, s.evidence, s.calibrate
         (<PriorMethod.MARGLIK: 'marglik'>, <Evidence.AUTO: 'auto'>, True)
     """
@@ -100,7 +100,7 @@ class PriorSetting:
     method: PriorMethod
     value: float | None = None
     evidence: Evidence = Evidence.POSTERIOR
-    link_approx: LinkApprox = LinkApprox.PROBIT
+    link_approx: LinkApprox = LinkApprox.QUADRATURE
     settings: Mapping[str, Any] = field(default_factory=dict)
     calibrate: bool = False
 

@@ -29,6 +29,7 @@ from bt_laplace._layer_io import (
     weight_factors,
     weight_jacobian,
 )
+from bt_laplace.structures._groups import GroupLayout, group_means
 from bt_laplace.structures.base import PosteriorStructure
 
 __all__ = ["EigenbasisStructure", "SlotCovariance"]
@@ -81,16 +82,40 @@ class EigenbasisStructure(PosteriorStructure):
         totals = [torch.zeros_like(results[0].output) for _ in pairs]
         for piece, u, v in self._rotate(results):
             for k, (i, j) in enumerate(pairs):
-                if v is not None and is_sequence(v[0]):  # per-item blocks sum_t u_t v_t^T
-                    totals[k] = totals[k] + _block_products(u[i], v[i], u[j], v[j], piece.m)
-                    continue
-                uu = u[i].square() if i == j else u[i] * u[j]
-                if v is None:  # bias
-                    totals[k] = totals[k] + (uu * piece.m).sum(-1)
-                else:
-                    vv = v[i].square() if i == j else v[i] * v[j]
-                    totals[k] = totals[k] + ((uu @ piece.m) * vv).sum(-1)
+                vi, vj = (None, None) if v is None else (v[i], v[j])
+                totals[k] = totals[k] + _slot_cross(piece.m, u[i], vi, u[j], vj)
         return totals
+
+    def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` ``(N,)`` in float64: per weight
+        ``J_n Sigma J_n^T - 2 J_n Sigma Jbar_g^T + Jbar_g Sigma Jbar_g^T`` from the rotated
+        sides (one rotation for the three), each group's ``Jbar_g`` in the basis from batched
+        products over the padded groups of :class:`GroupLayout`; per bias the centred sides.
+
+        The sides are rotated in the model's precision (the same rounded sides enter all three
+        terms, as the rounded layer I/O does) and every sum that cancels runs in float64."""
+        layout = GroupLayout(index, n_groups)
+        total = torch.zeros_like(result.output, dtype=torch.float64)
+        for piece, (u32,), v32 in self._rotate([result]):  # rotated in the model's precision
+            u, m = u32.double(), piece.m.double()
+            if v32 is None:  # bias: (u_n - mean_g u) weighted by m, nothing cancels
+                d = u - group_means(u, index, layout.counts)[index]
+                total = total + d.square() @ m
+                continue
+            v = v32[0].double()
+            total = total + _slot_cross(m, u, v, u, v)
+            u3, v3 = (u, v) if is_sequence(u) else (u[:, None], v[:, None])
+            per_member = u3.shape[1] * (u3.shape[2] + v3.shape[2])
+            for chunk in layout.chunks(per_member, 2 * m.numel()):
+                up, vp = chunk.pad(u3), chunk.pad(v3)  # (g, width * L, rows), (g, width * L, cols)
+                jsum = up.transpose(1, 2) @ vp  # n_g Jbar_g in the basis
+                weighted = m * jsum
+                counts = chunk.counts.to(up.dtype)
+                quad = torch.linalg.vecdot(weighted.flatten(1), jsum.flatten(1)) / counts.square()
+                cross = chunk.take(torch.linalg.vecdot(up @ weighted, vp))
+                group = chunk.slot[0]
+                total[chunk.items] += quad[group] - 2 * cross / counts[group]
+        return total
 
     def _dense_cross(
         self, result: LayerIO, dense: list[torch.Tensor]
@@ -111,6 +136,24 @@ class EigenbasisStructure(PosteriorStructure):
             else:
                 cross = cross + ((u[0] @ weighted) * v[0]).sum(-1)
         return cross, quad
+
+
+def _slot_cross(
+    m: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor | None,
+    u2: torch.Tensor,
+    v2: torch.Tensor | None,
+) -> torch.Tensor:
+    """``J Sigma J'^T`` ``(N,)`` of one parameter tensor from the rotated sides of two aligned
+    batches (``v = None`` for a bias)."""
+    if v is not None and is_sequence(v):  # per-item blocks sum_t u_t v_t^T
+        return _block_products(u, v, u2, v2, m)
+    uu = u.square() if u is u2 else u * u2
+    if v is None or v2 is None:  # bias: one matrix-vector product
+        return uu @ m
+    vv = v.square() if v is v2 else v * v2
+    return torch.linalg.vecdot(uu @ m, vv)  # no (N, cols) product formed
 
 
 def _block_products(

@@ -23,6 +23,8 @@ implements, for layer I/O:
 - :meth:`PosteriorStructure.crosses`: row-wise ``J_i Sigma J_j^T`` ``(N,)``;
 - :meth:`PosteriorStructure.dense_cross`: ``J Sigma Jbar^T`` and ``Jbar Sigma Jbar^T`` for one
   dense ``Jbar`` (a mean Jacobian, for rewards relative to a reference);
+- :meth:`PosteriorStructure.group_variance`: ``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` with
+  ``Jbar_g`` the mean Jacobian of each item's group (rewards relative to their group's);
 - its curvature from layer I/O (:meth:`batch_curvature`, the fit side) and the eigenvalues
   of that curvature per parameter tensor (:meth:`curvature_eigenvalues`, for the prior);
 - :meth:`curvature_state`: the tensors that define its curvature, by name: what a saved
@@ -267,6 +269,17 @@ class PosteriorStructure(ABC):
             cov = self._dense_covariance([result.jac, jbar])
             return cov[:, 0, 1], cov[0, 1, 1]
         return self._dense_cross(result, dense)
+
+    def group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """``(J_n - Jbar_g) Sigma (J_n - Jbar_g)^T`` ``(N,)``: the variance of each item's
+        reward relative to the mean reward of its group, ``Jbar_g`` the mean Jacobian of the
+        items of group ``g`` (``index`` ``(N,)`` into ``n_groups``, every group non-empty), for
+        layer I/O, in float64 (the terms cancel), with no loop over the groups."""
+        return self._group_variance(result, index, n_groups)
+
+    @abstractmethod
+    def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """:meth:`group_variance`."""
 
     @abstractmethod
     def _dense_cross(

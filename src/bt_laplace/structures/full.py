@@ -16,6 +16,7 @@ import torch
 from laplace.baselaplace import FullLaplace
 
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, pair_split
+from bt_laplace.structures._groups import group_means
 from bt_laplace.structures.base import PosteriorStructure
 
 __all__ = ["FullStructure"]
@@ -73,3 +74,11 @@ class FullStructure(PosteriorStructure):
         jbar = torch.cat([d.reshape(-1) for d in dense])
         sigma_jbar = sigma @ jbar
         return self.recorder.jacobian(result) @ sigma_jbar, jbar @ sigma_jbar
+
+    def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """From the centred Jacobians ``J_n - Jbar_g`` ``(N, P)``, in float64."""
+        sigma = self.pieces(torch.float64)
+        jac = self.recorder.jacobian(result).double()
+        counts = torch.bincount(index, minlength=n_groups)
+        d = jac - group_means(jac, index, counts)[index]
+        return ((d @ sigma) * d).sum(-1)

@@ -1,0 +1,149 @@
+"""The cost of queries against the forward pass: post(x), grouped relative rewards, best-of-n and
+pair probabilities on the benchmark MLP.
+
+Run from the repository root::
+
+    python benchmarks/bench_queries.py                  # about 2 min on 2 CPU cores
+    python benchmarks/bench_queries.py --src OLD/src --label before --merge
+
+Saves ``docs/data/<page>.json`` (``--out``, default ``docs/results/queries.md``) and writes the
+page from it (``benchmarks/report.py``). ``--src`` imports bt_laplace from another checkout's
+``src`` (a baseline), ``--label`` names the run and ``--merge`` keeps the runs already in the
+JSON, so that a page can show a baseline and the working tree side by side; ratios are only
+ever taken within one run.
+
+What is measured, on the benchmark MLP (D=64 -> 256 -> 256 -> 1, tanh; 82,689 parameters)
+trained with MAP on 4,000 teacher-labelled pairs, for the posteriors all/kron (the default),
+all/diag, last_layer/kron, last_layer/diag and last_layer/full (``full`` over all weights
+would be an 82,689^2 covariance, 55 GB, and is not run), each the best of ``--repeats`` calls
+on 6,400 candidates of 100 prompts of 64 (prompt ids interleaved, not sorted), at the
+default ``batch_size`` (4,096 items):
+
+* the plain MAP forward ``model(x)`` under ``torch.no_grad()``, timed in turn with every
+  query, and each query's time as a ratio to it;
+* ``post(x)`` (mean and variance);
+* ``post.relative_reward(x, groups=prompts)`` and ``best_of_n(post, x, groups=prompts)``;
+* ``post.preference_probability`` on the 3,200 pairs of the same items, for each
+  ``link_approx`` the checkout knows (``quadrature``, ``probit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import report  # noqa: E402
+from _common import DATA, OUT_HELP, environment, page_name, save  # noqa: E402
+
+CONFIGS = [
+    ("all", "kron"),
+    ("all", "diag"),
+    ("last_layer", "kron"),
+    ("last_layer", "diag"),
+    ("last_layer", "full"),
+]
+D, HIDDEN, PAIRS, PROMPTS, PER_PROMPT = 64, 256, 4_000, 100, 64
+
+
+def best_of(fn: Callable[[], Any], fwd: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best times of ``fn`` and of the forward ``fwd``, timed in turn (load hits both alike)."""
+    fn(), fwd()  # warm-up
+    times: list[float] = []
+    fwd_times: list[float] = []
+    for _ in range(repeats):
+        for f, out in ((fwd, fwd_times), (fn, times)):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+    return min(times), min(fwd_times)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every configuration's times and ratios to the forward."""
+    import torch
+
+    from bt_laplace import best_of_n, fit_reward_posterior
+    from bt_laplace.choices import LinkApprox
+    from bt_laplace.model import PairwiseRewardModel
+    from bt_laplace.testing import mlp, teacher_pairs, train_map
+
+    torch.set_num_threads(args.threads)
+    x_train, y_train = teacher_pairs(D, PAIRS, seed=0)
+    torch.manual_seed(0)
+    model = PairwiseRewardModel(mlp(D, HIDDEN))
+    train_map(model, x_train, y_train, epochs=3)
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train, y_train), batch_size=256
+    )
+    g = torch.Generator().manual_seed(1)
+    n = PROMPTS * PER_PROMPT
+    x = torch.randn(n, D, generator=g)
+    prompts = torch.arange(n) % PROMPTS  # interleaved
+    pairs = x.reshape(-1, 2, D)
+    links = [link for link in ("quadrature", "probit") if link in LinkApprox.values()]
+
+    def fwd() -> None:
+        with torch.no_grad():
+            model(x)
+
+    rows: dict[str, dict[str, float]] = {}
+    for subset, structure in CONFIGS:
+        post = fit_reward_posterior(
+            model, loader, subset_of_weights=subset, hessian_structure=structure,
+            prior_precision=1.0,
+        )  # fmt: skip
+        queries: dict[str, Callable[[], Any]] = {
+            "post(x)": lambda post=post: post(x),
+            "relative_reward(groups)": lambda post=post: post.relative_reward(x, groups=prompts),
+            "best_of_n(groups)": lambda post=post: best_of_n(post, x, groups=prompts),
+        }
+        for link in links:
+            queries[f"preference_probability ({link})"] = lambda post=post, link=link: (
+                post.preference_probability(pairs, link_approx=link)
+            )
+        row: dict[str, float] = {}
+        for name, fn in queries.items():
+            t, t_fwd = best_of(fn, fwd, args.repeats)
+            row[name], row[f"{name} forward"] = t, t_fwd
+            print(f"{subset}/{structure} {name}: {t * 1e3:.1f} ms, {t / t_fwd:.2f}x", flush=True)
+        rows[f"{subset}/{structure}"] = row
+    return {"times": rows, "items": n, "prompts": PROMPTS, "pairs": n // 2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many calls")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--src", default=None, help="import bt_laplace from this src folder")
+    parser.add_argument("--label", default="this tree", help="the name of this run")
+    parser.add_argument("--merge", action="store_true", help="keep the runs already saved")
+    parser.add_argument("--out", default="docs/results/queries.md", help=OUT_HELP)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.abspath(args.src) if args.src else str(ROOT / "src"))
+    warnings.filterwarnings("ignore")
+    name = page_name(args.out)
+    runs: dict[str, Any] = {}
+    path = DATA / f"{name}.json"
+    if args.merge and path.exists():
+        runs = json.loads(path.read_text()).get("runs", {})
+    env = environment(args.threads)
+    import bt_laplace
+
+    env["bt_laplace_from"] = str(Path(bt_laplace.__file__).resolve().parents[1])
+    runs[args.label] = {"environment": dict(env, loadavg_end=os.getloadavg()), **measure(args)}
+    save(name, "queries", {"environment": env, "runs": runs})
+    report.write(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""docs/results/queries.md from docs/data/queries.json (bench_queries.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from _common import environment_lines, fmt_s, fmt_x, md_table
+
+QUERIES = (
+    "post(x)",
+    "relative_reward(groups)",
+    "best_of_n(groups)",
+    "preference_probability (quadrature)",
+    "preference_probability (probit)",
+)
+
+
+def _cell(row: dict[str, float], name: str) -> str:
+    if name not in row:
+        return "-"
+    return f"{fmt_s(row[name])} ({fmt_x(row[name] / row[f'{name} forward'])})"
+
+
+def _ratio(row: dict[str, float], name: str) -> str:
+    if name not in row:
+        return "-"
+    cell = fmt_x(row[name] / row[f"{name} forward"])
+    if name in ("relative_reward(groups)", "best_of_n(groups)"):  # and to post(x), both ratios
+        post = row["post(x)"] / row["post(x) forward"]
+        cell += f" ({fmt_x(row[name] / row[f'{name} forward'] / post)} post(x))"
+    return cell
+
+
+def render(data: dict[str, Any], page: Path) -> str:
+    runs = data["runs"]
+    first = next(iter(runs.values()))
+    parts = [
+        "# Queries at the cost of the forward",
+        "",
+        f"{first['items']:,} candidates of {first['prompts']} prompts (ids interleaved), "
+        f"{first['pairs']:,} pairs of the same items for the pair probabilities; the benchmark "
+        "MLP (64-256-256-1 tanh, 82,689 parameters) after MAP training on 4,000 pairs, default "
+        "`batch_size` (4,096 items). Each time is the best of the repeats; each ratio divides it "
+        "by the best time of the plain forward `model(x)` under `torch.no_grad()`, timed in "
+        "turn with it in the same run (the machine is shared: only ratios from one run are "
+        "compared; the forward takes 12-30 ms, and a ratio moves by about a quarter from one "
+        "call to the next under the other engineers' load). `full` over all weights (an "
+        "82,689^2 covariance, 55 GB) is not run. For the grouped queries the ratio to "
+        "`post(x)` (both to the forward) follows in brackets.",
+        "",
+    ]
+    if len(runs) > 1:
+        labels = list(runs)
+        header = ["configuration", "query", *(f"{label} (x forward)" for label in labels)]
+        table = []
+        for config in first["times"]:
+            for name in QUERIES:
+                cells = [_ratio(runs[label]["times"].get(config, {}), name) for label in labels]
+                if any(c != "-" for c in cells):
+                    table.append([config, f"`{name}`", *cells])
+        parts += ["## Ratios to the forward, run by run", "", md_table(header, table), ""]
+    for label, run in runs.items():
+        header = ["configuration", "forward", *(f"`{q}`" for q in QUERIES)]
+        table = [
+            [config, fmt_s(row["post(x) forward"]), *(_cell(row, q) for q in QUERIES)]
+            for config, row in run["times"].items()
+        ]
+        parts += [
+            f"## {label}",
+            "",
+            *environment_lines(run["environment"]),
+            f"- bt_laplace imported from: `{run['environment']['bt_laplace_from']}`",
+            "",
+            md_table(header, table),
+            "",
+        ]
+    return "\n".join(parts)
