@@ -66,20 +66,23 @@ def autograd_query(method: _F) -> _F:
 
 
 class WeightsGuard:
-    """Refuses queries once the weights of any of ``modules`` changed: where each parameter
-    and buffer lives and how often it was changed in place, taken at construction and compared
-    by :meth:`check` (a cheap fingerprint, checked on every query). A last-layer posterior
-    guards the user's model as well as laplace-torch's copy of it that predictions run
-    through: training the model further makes the posterior stale even though the copy is not
-    touched."""
+    """Refuses queries once the weights of any of ``modules`` changed: which tensor each
+    parameter and buffer is, how often it was changed in place, its dtype and device, taken at
+    construction and compared by :meth:`check` (a cheap fingerprint, checked on every query).
+    A last-layer posterior guards the user's model as well as laplace-torch's copy of it that
+    predictions run through: training the model further makes the posterior stale even though
+    the copy is not touched."""
 
     def __init__(self, *modules: nn.Module) -> None:
         self.modules = list({id(m): m for m in modules}.values())
         self.key = self._key()
 
-    def _key(self) -> list[tuple[int, int, torch.dtype, torch.device]]:
+    def _key(self) -> list[tuple[int, int, torch.dtype, torch.device, tuple[int, ...]]]:
+        # which tensor, how often changed in place, its dtype, device and shape; not where its
+        # memory lives: sending the model to another process (multiprocessing, spawn) moves
+        # its storage to shared memory without changing a weight
         tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
-        return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
+        return [(id(t), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors]
 
     def check(self) -> None:
         """Raise ``RuntimeError`` naming the fix if the weights changed."""
