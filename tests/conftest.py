@@ -8,7 +8,7 @@ from laplace import Laplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bt_laplace import PairwiseRewardModel
+from bt_laplace import PairwiseRewardModel, fit_reward_posterior
 from bt_laplace.curvature import BradleyTerryGGN, PairKronLaplace, PairKronLLLaplace
 
 D_IN, HIDDEN, N_PAIRS = 5, 7, 60
@@ -44,6 +44,25 @@ def pairs() -> tuple[torch.Tensor, torch.Tensor]:
 def pair_loader(pairs: tuple[torch.Tensor, torch.Tensor]) -> DataLoader:
     """The 60 pairs in batches of 16 (the last batch is smaller)."""
     return DataLoader(TensorDataset(*pairs), batch_size=16)
+
+
+@pytest.fixture
+def full_posterior(reward_model, pair_loader):
+    """An all-weights ``full`` posterior of the reward model at prior precision 0.5 (the exact
+    GGN covariance: the reference the RLHF and labeling tests check Monte Carlo against)."""
+    return fit_reward_posterior(
+        reward_model,
+        pair_loader,
+        subset_of_weights="all",
+        hessian_structure="full",
+        prior_precision=0.5,
+    )
+
+
+def random_items(n: int, seed: int) -> torch.Tensor:
+    """``n`` random float64 items ``(n, D_IN)`` from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D_IN, generator=g, dtype=torch.float64)
 
 
 def fit_bt(model, loader, subset: str, structure: str, **kw):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import D_IN, make_net
+from conftest import D_IN, make_net, random_items
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
@@ -23,19 +23,11 @@ S_MC = 100_000  # joint Monte Carlo draws (tolerances are derived from it)
 
 
 @pytest.fixture
-def posterior(reward_model, pair_loader):
-    return btl.fit_reward_posterior(
-        reward_model,
-        pair_loader,
-        subset_of_weights="all",
-        hessian_structure="full",
-        prior_precision=0.5,
-    )
+def posterior(full_posterior):
+    return full_posterior
 
 
-def items(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, D_IN, generator=g, dtype=torch.float64)
+items = random_items
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

@@ -36,31 +36,22 @@ def test_quantile_penalty_equals_normal_icdf(level):
         torch.testing.assert_close(penalize(mean, var, penalty="quantile"), want)
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,match",
-    [
-        ({"penalty": "mad"}, ValueError, r"`penalty` must be one of .*'kl'.*got 'mad'"),
-        ({"penalty": "kl"}, ValueError, r"penalty='kl' needs `beta`.*pass it"),
-        ({"penalty": "kl", "beta": -1.0}, ValueError, r"`beta` must be positive.*got -1.0"),
-        ({"penalty": "quantile", "level": 1.5}, ValueError, r"`level`.*\(0, 1\), got 1.5"),
-        ({"level": 0.1}, ValueError, r"`level` is used by penalty 'quantile', not by .*'std'"),
-        ({"beta": 0.1}, ValueError, r"`beta` is used by penalty 'kl' or 'kl_optimistic'"),
-        ({"penalty": "kl", "beta": 0.1, "k": 2.0}, ValueError, r"`k` is used by penalty 'std'"),
-        ({"k": float("nan")}, ValueError, r"`k` must be a finite number, got nan"),
-    ],
-    ids=[
-        "unknown",
-        "kl-no-beta",
-        "beta-negative",
-        "level-1.5",
-        "level-unused",
-        "beta-unused",
-        "k-unused",
-        "k-nan",
-    ],
-)
-def test_penalize_bad_options(kwargs, error, match):
-    with pytest.raises(error, match=match):
+#: every bad penalty setting, with the message that names it (penalize and RewardPenalty alike)
+BAD_OPTIONS = {
+    "unknown": ({"penalty": "mad"}, r"`penalty` must be one of .*'kl'.*got 'mad'"),
+    "kl-no-beta": ({"penalty": "kl"}, r"penalty='kl' needs `beta`.*pass it"),
+    "beta-negative": ({"penalty": "kl", "beta": -1.0}, r"`beta` must be positive.*got -1.0"),
+    "level-1.5": ({"penalty": "quantile", "level": 1.5}, r"`level`.*\(0, 1\), got 1.5"),
+    "level-unused": ({"level": 0.1}, r"`level` is used by penalty 'quantile', not by .*'std'"),
+    "beta-unused": ({"beta": 0.1}, r"`beta` is used by penalty 'kl' or 'kl_optimistic'"),
+    "k-unused": ({"penalty": "kl", "beta": 0.1, "k": 2.0}, r"`k` is used by penalty 'std'"),
+    "k-nan": ({"k": float("nan")}, r"`k` must be a finite number, got nan"),
+}
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_penalize_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         penalize(torch.zeros(2), torch.ones(2), **kwargs)
 
 
@@ -83,29 +74,7 @@ def test_reward_penalty_is_frozen_and_holds_plain_checked_values():
         rule.beta = 2.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"penalty": "mad"}, r"`penalty` must be one of .*'kl'.*got 'mad'"),
-        ({"penalty": "kl"}, r"penalty='kl' needs `beta`.*pass it"),
-        ({"penalty": "kl", "beta": -1.0}, r"`beta` must be positive.*got -1.0"),
-        ({"penalty": "quantile", "level": 1.5}, r"`level`.*\(0, 1\), got 1.5"),
-        ({"level": 0.1}, r"`level` is used by penalty 'quantile', not by .*'std'"),
-        ({"beta": 0.1}, r"`beta` is used by penalty 'kl' or 'kl_optimistic'"),
-        ({"penalty": "kl", "beta": 0.1, "k": 2.0}, r"`k` is used by penalty 'std'"),
-        ({"k": float("nan")}, r"`k` must be a finite number, got nan"),
-    ],
-    ids=[
-        "unknown",
-        "kl-no-beta",
-        "beta-negative",
-        "level-1.5",
-        "level-unused",
-        "beta-unused",
-        "k-unused",
-        "k-nan",
-    ],
-)
+@pytest.mark.parametrize("kwargs,match", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
 def test_reward_penalty_is_checked_when_made(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RewardPenalty(**kwargs)
