@@ -146,13 +146,12 @@ def _fitted(
     posterior.item_shape = loader.item_shape
     if isinstance(getattr(train_loader, "collate_fn", None), TextPairCollator):
         posterior.text_collator = train_loader.collate_fn  # queries take texts as trained
-    val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
     # None unless the held-out calibration scaled the exact evidence's prior
     posterior.prior_calibration = set_prior_precision(
         posterior.predictive,
         options.prior,
         train_loader=loader,
-        val_loader=val,
+        val_loader=val_loader,
         read_pairs=posterior.reader.pairs,
         processes=processes,
         progress_bar=progress_bar,

@@ -247,10 +247,11 @@ def restore_laplace(
     la.mean = parameters_to_vector(posterior_parameters(la)).detach()
     la.n_params, la.n_layers = la.mean.numel(), len(posterior_parameters(la))
     la.n_data = config["n_data"]
-    la.loss = get("loss").reshape(())
-    la.prior_mean = _scalar_or_vector(get("prior_mean"))
-    la.prior_precision = _scalar_or_vector(get("prior_precision"))
-    structure.restore_state(la, {name: get(name) for name in tensors})
+    state = {name: get(name) for name in tensors}  # each tensor copied once
+    la.loss = state["loss"].reshape(())
+    la.prior_mean = _scalar_or_vector(state["prior_mean"])
+    la.prior_precision = _scalar_or_vector(state["prior_precision"])
+    structure.restore_state(la, state)
     return la
 
 

@@ -53,7 +53,8 @@ def set_prior_precision(
             or the exact Bradley-Terry one), or a grid search on validation pairs.
         train_loader: The pairs the posterior was fitted on, every one once (checked), for
             the exact evidence and the held-out calibration.
-        val_loader: Validation pairs ``(x (B, 2, *item), y (B,))`` for the grid search.
+        val_loader: Validation pairs ``(x (B, 2, *item), y (B,))`` for the grid search (checked
+            here, batch by batch).
         read_pairs: Checks a validation batch's ``x`` and puts it on the posterior's device.
         processes: The process group the pairs are split over (sums across ranks).
         progress_bar: Show tqdm bars.
@@ -75,7 +76,7 @@ def set_prior_precision(
             raise ValueError("the grid search needs `val_loader`, validation pairs; pass one.")
         gridsearch(
             predictive,
-            val_loader,
+            CheckedPairLoader(val_loader, "val_loader"),  # checked batch by batch
             read_pairs=read_pairs,
             processes=processes,
             link_approx=setting.link_approx,
@@ -111,12 +112,11 @@ def reset_prior_precision(
     if train_loader is not None:
         margin = is_pair_backend(la._backend_cls)
         train = CheckedPairLoader(train_loader, "train_loader", la.dict_key_y, margin=margin)
-    val = None if val_loader is None else CheckedPairLoader(val_loader, "val_loader")
     set_prior_precision(
         predictive,
         setting,
         train_loader=train,
-        val_loader=val,
+        val_loader=val_loader,
         read_pairs=read_pairs,
         processes=processes,
         progress_bar=progress_bar,
