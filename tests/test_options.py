@@ -6,13 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import D_IN, make_net
-from laplace.baselaplace import DiagLaplace, FullLaplace
-from laplace.lllaplace import DiagLLLaplace
+from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace
+from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bt_laplace as btl
 from bt_laplace.curvature import PairKronLaplace, PairKronLLLaplace
+from bt_laplace.structures.inplace import (
+    BTDiagLaplace,
+    BTDiagLLLaplace,
+    BTFullLaplace,
+    BTFullLLLaplace,
+)
 
 
 def _loader(x, y, batch_size=16, shuffle=False):
@@ -57,16 +63,19 @@ def test_default_prior_is_the_grid_search_when_validation_pairs_are_given(
 
 
 @pytest.mark.parametrize(
-    "subset,structure,cls",
+    "subset,structure,cls,base",
     [
-        ("all", "diag", DiagLaplace),
-        ("all", "full", FullLaplace),
-        ("all", "kron", PairKronLaplace),
-        ("last_layer", "diag", DiagLLLaplace),
+        ("all", "diag", BTDiagLaplace, DiagLaplace),
+        ("all", "full", BTFullLaplace, FullLaplace),
+        ("all", "kron", PairKronLaplace, KronLaplace),
+        ("last_layer", "diag", BTDiagLLLaplace, DiagLLLaplace),
+        ("last_layer", "full", BTFullLLLaplace, FullLLLaplace),
+        ("last_layer", "kron", PairKronLLLaplace, KronLLLaplace),
     ],
-    ids=["all-diag", "all-full", "all-kron", "ll-diag"],
+    ids=["all-diag", "all-full", "all-kron", "ll-diag", "ll-full", "ll-kron"],
 )
-def test_laplace_torch_classes_are_used(reward_model, pair_loader, subset, structure, cls):
+def test_laplace_torch_classes_are_used(reward_model, pair_loader, subset, structure, cls, base):
+    """laplace-torch's classes, extended only to read the model in place and in float32."""
     post = btl.fit_reward_posterior(
         reward_model,
         pair_loader,
@@ -74,7 +83,7 @@ def test_laplace_torch_classes_are_used(reward_model, pair_loader, subset, struc
         hessian_structure=structure,
         prior_precision=2.0,
     )
-    assert type(post.laplace) is cls
+    assert type(post.laplace) is cls and isinstance(post.laplace, base)
     assert float(post.prior_precision) == 2.0
     assert post.laplace.likelihood == "reward_modeling"
 
@@ -260,10 +269,14 @@ def test_auto_subset_takes_the_last_layer_above_the_parameter_limit(
 
 # ---------------------------------------------------------------- from test_bad_input.py
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_model_is_refused_with_the_fix(pairs, dtype):
+def test_half_precision_model_with_laplace_torch_backend_is_refused_with_the_fix(pairs, dtype):
+    """laplace-torch's backends sum the curvature in the model's dtype: refused, naming the
+    fix; bt_laplace's own backend fits the model as it is (tests/test_half_precision.py)."""
+    from laplace.curvature import CurvlinopsGGN
+
     x, y = pairs
-    with pytest.raises(ValueError, match=rf"{dtype}.*Fit in float32: model.float\(\)"):
-        btl.fit_reward_posterior(_model(dtype), _loader(x.to(dtype), y))
+    with pytest.raises(ValueError, match=rf"{dtype}.*backend=CurvlinopsGGN.*leave `backend` out"):
+        btl.fit_reward_posterior(_model(dtype), _loader(x.to(dtype), y), backend=CurvlinopsGGN)
 
 
 def test_nan_weights_are_refused(pair_loader):

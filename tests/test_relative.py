@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import D_IN
+from laplace.baselaplace import DiagLaplace, KronLaplace
 
 import bt_laplace as btl
 from bt_laplace.testing import item_jacobians
@@ -12,10 +13,9 @@ from bt_laplace.testing import item_jacobians
 
 def dense_covariance(la) -> torch.Tensor:
     """The posterior covariance ``(P, P)`` of any structure, densified."""
-    name = type(la).__name__
-    if name.startswith("Diag"):
+    if isinstance(la, DiagLaplace):
         return torch.diag(la.posterior_variance)
-    if "Kron" in name:
+    if isinstance(la, KronLaplace):
         return torch.linalg.inv(la.posterior_precision.to_matrix())
     return la.posterior_covariance
 

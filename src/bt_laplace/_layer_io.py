@@ -28,6 +28,8 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 from torch import nn
 
+from bt_laplace._dtypes import widen
+
 __all__ = [
     "LayerIORecorder",
     "ParamSlot",
@@ -225,8 +227,10 @@ class LayerIORecorder:
             for h in handles:
                 h.remove()
         # sequences (N, ..., in): positions flattened into one axis, (N, L, in)
-        acts = [_items_first(ins[0].detach()) for ins in inputs]
-        return LayerIO(reward.detach(), acts, [_items_first(g.detach()) for g in grads])
+        # a half-precision model is read in its own dtype; what is summed from it is float32
+        acts = [widen(_items_first(ins[0].detach())) for ins in inputs]
+        grads_ = [widen(_items_first(g.detach())) for g in grads]
+        return LayerIO(widen(reward.detach()), acts, grads_)
 
     def try_run(self, forward: Callable[[], torch.Tensor]) -> LayerIO | None:
         """:meth:`run`, or None (and ``supported`` set to False) if the forward does not fit."""
@@ -300,6 +304,6 @@ def backend_jacobians(
     with torch.enable_grad():
         if not last_layer:
             jac, f = backend.jacobians(x)
-            return jac.detach(), f.detach()
+            return widen(jac.detach()), widen(f.detach())
         jac, f = backend.last_layer_jacobians(x)  # (N * K, 1, P) from per-item features
-    return jac.detach().reshape(f.shape[0], -1, jac.shape[-1]), f.detach()
+    return widen(jac.detach().reshape(f.shape[0], -1, jac.shape[-1])), widen(f.detach())

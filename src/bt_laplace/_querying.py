@@ -69,9 +69,9 @@ class WeightsGuard:
     """Refuses queries once the weights of any of ``modules`` changed: which tensor each
     parameter and buffer is, how often it was changed in place, its dtype and device, taken at
     construction and compared by :meth:`check` (a cheap fingerprint, checked on every query).
-    A last-layer posterior guards the user's model as well as laplace-torch's copy of it that
-    predictions run through: training the model further makes the posterior stale even though
-    the copy is not touched."""
+    Every posterior reads the user's model itself (a last-layer one too: no copy, see
+    :mod:`bt_laplace.structures.inplace`), so training it further, loading other weights into
+    it or casting it is seen here."""
 
     def __init__(self, *modules: nn.Module) -> None:
         self.modules = list({id(m): m for m in modules}.values())

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
+from bt_laplace._dtypes import HALF_DTYPES, model_dtype
 from bt_laplace._layer_io import LayerIORecorder, is_linear_layer
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod, SubsetOfWeights
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
@@ -160,12 +161,14 @@ class FitOptions:
                 f"can be iterated more than once), got {type(train_loader).__name__}; build one "
                 "with bt_laplace.preference_dataloader."
             )
-        dtype = next(model.parameters()).dtype
-        if dtype in (torch.float16, torch.bfloat16):
+        dtype = model_dtype(model)
+        if dtype in HALF_DTYPES and not self.pair_backend:
+            backend = self.laplace_kwargs["backend"]
             raise ValueError(
-                f"`model` has {dtype} parameters; the curvature needs an eigendecomposition "
-                "that half precision cannot hold. Fit in float32: model.float() (and "
-                "preference_dataloader(..., dtype=torch.float32)); cast back for serving."
+                f"`model` has {dtype} parameters and backend={backend.__name__} computes its "
+                "curvature in the model's dtype, where sums over many pairs lose their digits; "
+                "leave `backend` out (bt_laplace's BradleyTerryGGN reads a half-precision model "
+                "in its dtype and sums in float32), or fit a float32 copy: model.float()."
             )
         for name, p in model.named_parameters():
             if not bool(torch.isfinite(p).all()):

@@ -69,8 +69,8 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 
 def _network(laplace: Any) -> nn.Module:
-    """The network predictions run through: the pair model, or laplace-torch's copy of it
-    inside the last-layer ``FeatureExtractor``."""
+    """The network predictions run through: the pair model, also inside a last-layer
+    posterior's ``FeatureExtractor``."""
     model = laplace.model
     return model.model if hasattr(model, "last_layer") else model
 
@@ -229,7 +229,9 @@ def restore_laplace(
     la: Any = structure.build_laplace(
         model, subset, pair_backend=is_pair_backend(backend), **kwargs
     )
-    if type(la).__name__ != config["laplace_class"]:
+    # a record names the class it was fitted with; earlier versions built laplace-torch's
+    # own classes, which the classes built now extend
+    if config["laplace_class"] not in {c.__name__ for c in type(la).__mro__}:
         raise ValueError(
             f"the saved posterior is a {config['laplace_class']}, but its settings build a "
             f"{type(la).__name__} here; save and load with the same bt_laplace version."
@@ -244,7 +246,7 @@ def restore_laplace(
         t = tensors[name].to(device=device, dtype=dtype, copy=True)
         return t.mT if name in column_major else t
 
-    la.mean = parameters_to_vector(posterior_parameters(la)).detach()
+    la.mean = parameters_to_vector(posterior_parameters(la)).detach().to(dtype)
     la.n_params, la.n_layers = la.mean.numel(), len(posterior_parameters(la))
     la.n_data = config["n_data"]
     state = {name: get(name) for name in tensors}  # each tensor copied once

@@ -348,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
         "extra_logs")  # fmt: skip
     add("--append-eos", action=argparse.BooleanOptionalAction, default=None,
         help="append the eos token to texts not ending with it (default: as saved)")  # fmt: skip
-    add("--dtype", choices=("auto", "float32", "float64"), default="auto",
+    add("--dtype", choices=("auto", "bfloat16", "float16", "float32", "float64"), default="auto",
         help="cast the model to this dtype (the one the posterior was fitted in)")  # fmt: skip
     add("--device", help="torch device (default: cuda if available, else cpu)")
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from laplace import Laplace
 from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
@@ -110,10 +109,10 @@ class PosteriorStructure(ABC):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type | None:
-        """The laplace-torch class to build for this structure, or None for the class
-        laplace-torch's own ``Laplace`` factory picks."""
-        return None
+    @abstractmethod
+    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type:
+        """The laplace-torch class to build for this structure: laplace-torch's own, reading
+        the model in place and in at least float32 (:mod:`bt_laplace.structures.inplace`)."""
 
     @classmethod
     def build_laplace(
@@ -121,15 +120,7 @@ class PosteriorStructure(ABC):
     ) -> Any:
         """The unfitted laplace-torch posterior of this structure over ``model`` (the fit and
         a loaded posterior build it here alike)."""
-        laplace_cls = cls.laplace_class(subset_of_weights, pair_backend)
-        if laplace_cls is None:
-            return Laplace(
-                model,
-                "reward_modeling",
-                subset_of_weights=str(subset_of_weights),
-                hessian_structure=cls.name,
-                **laplace_kwargs,
-            )
+        laplace_cls = cls.laplace_class(str(subset_of_weights), pair_backend)
         return laplace_cls(model, "reward_modeling", **laplace_kwargs)
 
     # ------------------------------------------------------------------ saved state

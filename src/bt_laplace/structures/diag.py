@@ -29,6 +29,7 @@ from bt_laplace._layer_io import (
     weight_jacobian,
 )
 from bt_laplace.structures._eigenbasis import EigenbasisStructure, SlotCovariance
+from bt_laplace.structures.inplace import BTDiagLaplace, BTDiagLLLaplace
 
 __all__ = ["DiagStructure"]
 
@@ -38,6 +39,10 @@ class DiagStructure(EigenbasisStructure):
 
     name: ClassVar[str] = "diag"
     laplace_type: ClassVar[type] = DiagLaplace
+
+    @classmethod
+    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type:
+        return BTDiagLaplace if subset_of_weights == "all" else BTDiagLLLaplace
 
     @staticmethod
     def batch_curvature(

@@ -18,6 +18,7 @@ from laplace.baselaplace import FullLaplace
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, pair_split
 from bt_laplace.structures._groups import group_means
 from bt_laplace.structures.base import PosteriorStructure
+from bt_laplace.structures.inplace import BTFullLaplace, BTFullLLLaplace
 
 __all__ = ["FullStructure"]
 
@@ -28,6 +29,10 @@ class FullStructure(PosteriorStructure):
     name: ClassVar[str] = "full"
     laplace_type: ClassVar[type] = FullLaplace
     dense_covariance: ClassVar[bool] = True
+
+    @classmethod
+    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type:
+        return BTFullLaplace if subset_of_weights == "all" else BTFullLLLaplace
 
     @staticmethod
     def batch_curvature(

@@ -44,6 +44,12 @@ from torch.utils.data import DataLoader
 from bt_laplace._layer_io import LayerIO
 from bt_laplace._loader import batch_on
 from bt_laplace.structures._eigenbasis import EigenbasisStructure, SlotCovariance
+from bt_laplace.structures.inplace import (
+    BTKronLaplace,
+    BTKronLLLaplace,
+    FullPrecisionLaplace,
+    InPlaceLLLaplace,
+)
 from bt_laplace.structures.kron_factors import (
     PairKronFactors,
     Reduce,
@@ -68,9 +74,9 @@ class KronStructure(EigenbasisStructure):
     laplace_type: ClassVar[type] = KronLaplace
 
     @classmethod
-    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type | None:
+    def laplace_class(cls, subset_of_weights: str, pair_backend: bool) -> type:
         if not pair_backend:
-            return None
+            return BTKronLaplace if subset_of_weights == "all" else BTKronLLLaplace
         return PairKronLaplace if subset_of_weights == "all" else PairKronLLLaplace
 
     @staticmethod
@@ -190,7 +196,7 @@ class _PairKronFit:
         self.H = self.H_facs.decompose(damping=self.damping)
 
 
-class PairKronLaplace(_PairKronFit, KronLaplace):
+class PairKronLaplace(_PairKronFit, FullPrecisionLaplace, KronLaplace):
     """laplace-torch's ``KronLaplace`` fitted with pair-correct Kronecker factors.
 
     Example:
@@ -213,8 +219,9 @@ class PairKronLaplace(_PairKronFit, KronLaplace):
     _key = ("bt_laplace", "all_kron")  # keeps laplace.Laplace()'s factory map unambiguous
 
 
-class PairKronLLLaplace(_PairKronFit, KronLLLaplace):
-    """laplace-torch's ``KronLLLaplace`` fitted with pair-correct Kronecker factors."""
+class PairKronLLLaplace(_PairKronFit, KronLLLaplace, InPlaceLLLaplace):
+    """laplace-torch's ``KronLLLaplace`` fitted with pair-correct Kronecker factors, over the
+    model in place (no copy; see :mod:`bt_laplace.structures.inplace`)."""
 
     _key = ("bt_laplace", "last_layer_kron")
 

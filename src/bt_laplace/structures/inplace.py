@@ -1,0 +1,232 @@
+"""laplace-torch's posterior classes, reading the user's model in place and in full precision.
+
+Two narrow changes to laplace-torch 0.3's classes, and nothing else:
+
+- **No copy of the network.** ``LLLaplace.__init__`` deep-copies the model into its
+  ``FeatureExtractor``: a whole second reward model (28 GB for a 7B model in float32) and a
+  last-layer posterior that silently kept answering with the old weights once the model was
+  trained further. :class:`InPlaceLLLaplace` builds the same ``FeatureExtractor`` around the
+  model itself, and :class:`InPlaceFeatureExtractor` hooks the last layer only while it reads
+  features (laplace-torch's leaves a hook on the layer for good, which would hold a batch of
+  features and make the user's model unpicklable).
+- **Half-precision models.** laplace-torch keeps its curvature, mean and prior in the dtype of
+  the model's first parameter: bfloat16 for a bf16 reward model, where eigendecompositions do
+  not run and sums of many pairs lose every digit. Here that dtype is the model's, widened to
+  float32 when it is half precision (:func:`compute_dtype`); the model itself is never cast.
+  Layer inputs and output gradients are read in the model's dtype and widened per batch
+  (:mod:`bt_laplace._layer_io`).
+
+Each class keeps laplace-torch's name with a ``BT`` prefix and its own ``_key`` (laplace-torch's
+``Laplace`` factory maps keys to classes; inherited keys would make it pick these classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import torch
+from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, ParametricLaplace
+from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
+from laplace.utils import FeatureExtractor
+from torch import nn
+from torch.nn.utils import parameters_to_vector
+from torch.utils.data import DataLoader
+
+from bt_laplace._dtypes import compute_dtype, model_dtype
+
+__all__ = [
+    "BTDiagLLLaplace",
+    "BTDiagLaplace",
+    "BTFullLLLaplace",
+    "BTFullLaplace",
+    "BTKronLLLaplace",
+    "BTKronLaplace",
+    "FullPrecisionLaplace",
+    "InPlaceFeatureExtractor",
+    "InPlaceLLLaplace",
+]
+
+
+class FullPrecisionLaplace(ParametricLaplace):
+    """laplace-torch's posterior with its curvature, mean and prior in at least float32.
+
+    ``_dtype`` is what every laplace-torch tensor (``H``, ``mean``, ``prior_precision``) is
+    made in; the mean is widened once after the fit.
+    """
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return compute_dtype(model_dtype(self.model))
+
+    def fit(
+        self, train_loader: DataLoader, override: bool = True, progress_bar: bool = False
+    ) -> None:
+        super().fit(train_loader, override=override, progress_bar=progress_bar)
+        self.mean = torch.as_tensor(self.mean).to(self._dtype)
+
+
+class InPlaceFeatureExtractor(FeatureExtractor):
+    """laplace-torch's ``FeatureExtractor`` without a lasting hook: the last layer's input is
+    recorded only inside :meth:`forward_with_features`, and dropped when it returns."""
+
+    def set_last_layer(self, last_layer_name: str) -> None:
+        layer = dict(self.model.named_modules()).get(last_layer_name)
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"last_layer_name={last_layer_name!r} names "
+                f"{'no module' if layer is None else type(layer).__name__} of the model; "
+                "a last-layer posterior needs an nn.Linear reward head."
+            )
+        self._last_layer_name = last_layer_name
+        self._modules.pop("last_layer", None)
+        object.__setattr__(self, "last_layer", layer)
+
+    def find_last_layer(self, x: torch.Tensor | MutableMapping[str, Any]) -> torch.Tensor:
+        """laplace-torch's search (the last leaf module called), without leaving its hooks on
+        the modules that the forward did not call."""
+        if self.last_layer is not None:
+            raise ValueError("Last layer is already known.")
+        called: dict[str, torch.Tensor | None] = {}
+
+        def record(name: str) -> Any:
+            def hook(_m: nn.Module, inp: tuple[Any, ...], _out: Any) -> None:
+                first = inp[0] if inp else None
+                called.setdefault(name, first.detach() if isinstance(first, torch.Tensor) else None)
+
+            return hook
+
+        modules = dict(self.model.named_modules())
+        if len(modules) <= 2:
+            raise ValueError("The model only has one module.")
+        handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+        try:
+            out = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name in reversed(list(called)):
+            if not list(modules[name].children()):
+                self.set_last_layer(name)
+                features = called[name]
+                if features is not None:
+                    self._features[name] = features
+                return out
+        raise ValueError("Something went wrong (all modules have children).")
+
+    def forward_with_features(
+        self, x: torch.Tensor | MutableMapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        handle = None
+        if self.last_layer is not None:
+            handle = self.last_layer.register_forward_hook(self._get_hook(self._last_layer_name))
+        try:
+            return super().forward_with_features(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+            self._features.clear()
+
+
+class InPlaceLLLaplace(FullPrecisionLaplace, LLLaplace):
+    """laplace-torch's ``LLLaplace`` over the model itself (``LLLaplace.__init__`` with
+    ``FeatureExtractor(model)`` in place of ``FeatureExtractor(deepcopy(model))``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        sigma_noise: float | torch.Tensor = 1.0,
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        feature_reduction: Any = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: Any = None,
+        last_layer_name: str | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if asdl_fisher_kwargs is not None:
+            raise ValueError("Last-layer Laplace does not support asdl_fisher_kwargs.")
+        self.H = None
+        # KronLLLaplace sets `damping` before this call, and KronLaplace.__init__ resets it to
+        # False (laplace-torch 0.3 loses KronLLLaplace(damping=True)); keep what was set
+        damping = self.__dict__.get("damping")
+        # LLLaplace's parent (ParametricLaplace and the structure's class), as LLLaplace calls it
+        super(LLLaplace, self).__init__(
+            model,
+            likelihood,
+            sigma_noise=sigma_noise,
+            prior_precision=1.0,
+            prior_mean=0.0,
+            temperature=temperature,
+            enable_backprop=enable_backprop,
+            dict_key_x=dict_key_x,
+            dict_key_y=dict_key_y,
+            backend=backend,
+            backend_kwargs=backend_kwargs,
+        )
+        if damping is not None:
+            self.damping = damping
+        self.model = InPlaceFeatureExtractor(
+            model,
+            last_layer_name=last_layer_name,
+            enable_backprop=enable_backprop,
+            feature_reduction=feature_reduction,
+        )
+        self.mean: Any
+        if self.model.last_layer is None:
+            self.mean = None
+            self.n_params = None
+            self.n_layers = None
+            self._prior_precision = prior_precision
+            self._prior_mean = prior_mean
+        else:
+            self.n_params = len(parameters_to_vector(self.model.last_layer.parameters()))
+            self.n_layers = len(list(self.model.last_layer.parameters()))
+            self.prior_precision = prior_precision
+            self.prior_mean = prior_mean
+            self.mean = self.prior_mean
+            self._init_H()
+        self._backend_kwargs["last_layer"] = True
+        self._last_layer_name = last_layer_name
+
+
+class BTDiagLaplace(FullPrecisionLaplace, DiagLaplace):
+    """laplace-torch's ``DiagLaplace`` in at least float32."""
+
+    _key = ("bt_laplace", "all_diag")
+
+
+class BTFullLaplace(FullPrecisionLaplace, FullLaplace):
+    """laplace-torch's ``FullLaplace`` in at least float32."""
+
+    _key = ("bt_laplace", "all_full")
+
+
+class BTKronLaplace(FullPrecisionLaplace, KronLaplace):
+    """laplace-torch's ``KronLaplace`` (its own Kronecker factors) in at least float32."""
+
+    _key = ("bt_laplace", "all_kron_laplace")
+
+
+class BTDiagLLLaplace(DiagLLLaplace, InPlaceLLLaplace):
+    """laplace-torch's ``DiagLLLaplace`` over the model in place, in at least float32."""
+
+    _key = ("bt_laplace", "last_layer_diag")
+
+
+class BTFullLLLaplace(FullLLLaplace, InPlaceLLLaplace):
+    """laplace-torch's ``FullLLLaplace`` over the model in place, in at least float32."""
+
+    _key = ("bt_laplace", "last_layer_full")
+
+
+class BTKronLLLaplace(KronLLLaplace, InPlaceLLLaplace):
+    """laplace-torch's ``KronLLLaplace`` (its own factors) over the model in place, in at
+    least float32."""
+
+    _key = ("bt_laplace", "last_layer_kron_laplace")
