@@ -353,6 +353,26 @@ def test_command_line_loads_the_saved_folders_with_its_text_options(tmp_path) ->
     assert (saved.max_length, saved.truncation, saved.append_eos) == (64, "error", True)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_command_line_serves_a_half_precision_model_in_its_dtype(tmp_path, dtype) -> None:
+    tok = word_tokenizer("llama")
+    net = tiny_reward_net("llama", tok).to(getattr(torch, dtype))
+    model = btl.PairwiseRewardModel(net).eval()
+    loader = btl.text_preference_dataloader(ROWS, tok, batch_size=4)
+    post = btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer")
+    net.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    post.save(tmp_path / "posterior")
+    folders = ["--posterior", str(tmp_path / "posterior"), "--model", str(tmp_path / "model")]
+    app = serve.load_app(serve._parser().parse_args(folders + ["--dtype", dtype]))
+    served = app.state.posterior.model
+    assert {p.dtype for p in served.parameters()} == {getattr(torch, dtype)}
+    with running(app) as url:
+        body = httpx.post(f"{url}/get_reward", json={"query": PREPARED}).json()
+    want = expected(post, PREPARED)[0].double()
+    torch.testing.assert_close(torch.tensor(body["rewards"], dtype=torch.float64), want)
+
+
 def test_command_line_explains_what_it_cannot_load(tmp_path, capsys) -> None:
     post, tok = fit()
     post.model.net.save_pretrained(tmp_path / "model")  # float64, but rotary buffers float32
