@@ -207,9 +207,8 @@ class BradleyTerryGGN(CurvatureInterface):
             self.reset_kron()
         assert self._kron_store is not None
         self._kron_store.add(result, w)
-        if self._zero_kron is None:
-            p = self.params[0]
-            self._zero_kron = _ZeroKron(Kron.init_from_model(self.params, p.device, p.dtype).kfacs)
+        if self._zero_kron is None:  # no factors: its addition never reads them
+            self._zero_kron = _ZeroKron([])
         return loss, self._zero_kron
 
     def reset_kron(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bt_laplace._checks import BTLaplaceWarning, check_choice, check_input_dtype
+from bt_laplace._checks import BTLaplaceWarning, all_finite, check_choice, check_input_dtype
 from bt_laplace._dtypes import HALF_DTYPES, model_dtype
 from bt_laplace._layer_io import LayerIORecorder, is_linear_layer
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod, SubsetOfWeights
@@ -171,7 +171,7 @@ class FitOptions:
                 "in its dtype and sums in float32), or fit a float32 copy: model.float()."
             )
         for name, p in model.named_parameters():
-            if not bool(torch.isfinite(p).all()):
+            if not all_finite(p):
                 raise ValueError(
                     f"`model` parameter {name!r} holds NaN or infinite values; the posterior "
                     "of a broken model means nothing. Retrain or reload the weights."
