@@ -88,12 +88,16 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
         torch.set_num_threads(1)
         x, y, xv, yv = _data()
         mine = (x[rank::world], y[rank::world], xv[rank::world], yv[rank::world])
-        for config in CONFIGS if world == 2 else CONFIGS[:6]:
+        # 4 ranks: what issue 17 asks for (last layer every structure, all weights diag
+        # and kron); 2 ranks: also all-weights full, the default, the exact evidence, the
+        # grid search, saving and loading
+        for config in CONFIGS if world == 2 else CONFIGS[:5]:
             sharded = _fit(_sharded_model(), *mine, config)
             whole = _fit(btl.PairwiseRewardModel(make_net()).eval(), x, y, xv, yv, config, False)
             assert whole.laplace.n_data == 64
             _same_posterior(sharded, whole, str(config))
-        _save_load_and_weights(rank, x, y, mine, folder)
+        if world == 2:
+            _save_load_and_weights(rank, x, y, mine, folder)
         # a rank with more batches than another would wait in a forward forever
         n = 16 if rank == 0 else 8
         with pytest.raises(ValueError, match=r"`train_loader` has between 1 and 2 batches"):
@@ -117,6 +121,12 @@ def _save_load_and_weights(rank, x, y, mine, folder):
     _same_posterior(loaded, post, "loaded onto the sharded model")
     plain = btl.load_reward_posterior(folder, btl.PairwiseRewardModel(make_net()).eval())
     _same_posterior(plain, post, "loaded onto the unsharded model")
+    # weights loaded into the sharded model (the same values): refused until refitted or
+    # loaded again; then a training step (every rank): refused again
+    model.load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="weights changed since the posterior was fitted"):
+        post(x[:3, 0])
+    post = btl.load_reward_posterior(folder, model)  # the same values: the fingerprint matches
     # a training step on the sharded model (every rank): the posterior refuses to answer
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model(x[:4]).sum().backward()
@@ -139,7 +149,7 @@ def test_every_rank_gets_the_posterior_of_all_pairs(world, tmp_path):
     mp.spawn(_rank, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
 
 
-def test_zero3_partitioned_parameters_are_refused(reward_model, pair_loader):
+def test_zero3_partitioned_parameters_are_refused(reward_model, pair_loader, tmp_path):
     # DeepSpeed ZeRO-3 marks each partitioned parameter with ds_id (its data is empty
     # outside the engine's forward); deepspeed itself is not needed to check the refusal
     weight = reward_model.net[0].weight
@@ -147,7 +157,11 @@ def test_zero3_partitioned_parameters_are_refused(reward_model, pair_loader):
     with pytest.raises(NotImplementedError, match="partitioned by DeepSpeed ZeRO-3.*zero_to_fp32"):
         btl.fit_reward_posterior(reward_model, pair_loader)
     weight.ds_persist = True  # kept whole on every rank (below the persistence threshold)
-    btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="last_layer")
+    post = btl.fit_reward_posterior(reward_model, pair_loader, subset_of_weights="last_layer")
+    post.save(tmp_path)
+    weight.ds_persist = False
+    with pytest.raises(NotImplementedError, match="partitioned by DeepSpeed ZeRO-3"):
+        btl.load_reward_posterior(tmp_path, reward_model)
 
 
 def test_fsdp1_is_refused_naming_fully_shard(pair_loader):

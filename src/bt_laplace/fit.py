@@ -83,7 +83,9 @@ def fit_reward_posterior(
             pairs and the curvature, loss, pair count, exact evidence and grid-search NLL are
             summed across ranks, so every rank ends with the posterior of all the pairs
             (the Kronecker factors sum inside each alternating step). ``False``: each rank
-            fits its own data.
+            fits its own data. A model sharded with FSDP2 (``fully_shard``) is fitted as it
+            is, every rank holding the same posterior (docs/guides/distributed.md); its
+            forwards run on all ranks at once, so each rank must pass as many batches.
         **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
             (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
             (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are

@@ -36,6 +36,7 @@ from torch import nn
 
 from bt_laplace._layer_io import posterior_parameters
 from bt_laplace._sharding import (
+    check_shardable,
     full_value,
     has_sharded_parameters,
     parameter_vector,
@@ -236,6 +237,7 @@ def restore_laplace(
             f"`model` must be the bt_laplace.PairwiseRewardModel the posterior was fitted on, "
             f"got {type(model).__name__}."
         )
+    check_shardable(model)
     structure = STRUCTURES[config["hessian_structure"]]
     subset = config["subset_of_weights"]
     backend = _backend_from_name(config["backend"])
