@@ -29,6 +29,7 @@ from laplace.lllaplace import LLLaplace
 from torch import nn
 
 from bt_laplace._dtypes import widen
+from bt_laplace._sharding import reshard
 
 __all__ = [
     "LayerIORecorder",
@@ -49,7 +50,9 @@ __all__ = [
 
 def posterior_parameters(laplace: ParametricLaplace) -> list[torch.Tensor]:
     """The parameter tensors a laplace-torch posterior is over, in its order (last layer or
-    all)."""
+    all); for a model sharded with FSDP2, the registered shards (``DTensor``), whose shapes
+    are the full ones (:mod:`bt_laplace._sharding`)."""
+    reshard(laplace.model)
     if isinstance(laplace, LLLaplace):
         last_layer: Any = laplace.model.last_layer
         return [p for p in last_layer.parameters() if p.requires_grad]
@@ -117,7 +120,10 @@ class LayerIORecorder:
 
     Args:
         model: Module that contains every tensor in ``params``.
-        params: The posterior's parameter tensors, in the posterior's order.
+        params: The posterior's parameter tensors, in the posterior's order (for a model
+            sharded with FSDP2: its registered shards, as after
+            :func:`~bt_laplace._sharding.reshard`; the layer inputs and output gradients
+            its forward hands the hooks are full, plain tensors).
 
     Attributes:
         supported: Whether every parameter is the weight or bias of an ``nn.Linear`` or a
@@ -136,6 +142,7 @@ class LayerIORecorder:
         self.slots: list[ParamSlot] = []
         self.reason = ""
         self.items_first: set[int] = set()
+        reshard(model)  # FSDP2: the shards registered, as in `params`
         owner: dict[int, tuple[nn.Module | None, str]] = {}
         owners: dict[int, int] = {}
         for mod in model.modules():
@@ -164,6 +171,7 @@ class LayerIORecorder:
     @contextmanager
     def _only_posterior_grads(self) -> Iterator[None]:
         """Switch off ``requires_grad`` of non-posterior parameters so no graph is built there."""
+        reshard(self.model)  # FSDP2: the shards registered, as in `params`
         ids = {id(p) for p in self.params}
         frozen = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
         for p in frozen:

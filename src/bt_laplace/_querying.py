@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bt_laplace._checks import n_rows
+from bt_laplace._sharding import reshard
 from bt_laplace.inputs import split_rows
 
 __all__ = ["WeightsGuard", "autograd_query", "finite_variance", "per_batch"]
@@ -80,7 +81,10 @@ class WeightsGuard:
     def _key(self) -> list[tuple[int, int, torch.dtype, torch.device, tuple[int, ...]]]:
         # which tensor, how often changed in place, its dtype, device and shape; not where its
         # memory lives: sending the model to another process (multiprocessing, spawn) moves
-        # its storage to shared memory without changing a weight
+        # its storage to shared memory without changing a weight. FSDP2: the shards, which
+        # are the same objects between forwards (and changed in place by an optimizer step)
+        for m in self.modules:
+            reshard(m)
         tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
         return [(id(t), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors]
 

@@ -34,6 +34,7 @@ from laplace.utils import Kron
 from torch import nn
 
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, backend_jacobians
+from bt_laplace._sharding import reshard
 from bt_laplace.bradley_terry import bradley_terry_weight, margin_shift
 from bt_laplace.structures import DiagStructure, FullStructure, PosteriorStructure
 from bt_laplace.structures.kron import PairKronLaplace, PairKronLLLaplace
@@ -109,6 +110,7 @@ class BradleyTerryGGN(CurvatureInterface):
                 "BradleyTerryGGN does not support subnetwork Laplace; use "
                 "subset_of_weights='all' or 'last_layer'."
             )
+        reshard(model)  # FSDP2: list the registered shards (the recorder maps those)
         super().__init__(model, likelihood, last_layer, None, dict_key_x, dict_key_y)
         self.kron_iterations = kron_iterations
         self.kron_store_limit = kron_store_limit

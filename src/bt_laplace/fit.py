@@ -16,12 +16,15 @@ import functools
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bt_laplace._distributed import Processes
 from bt_laplace._loader import CheckedPairLoader
+from bt_laplace._sharding import check_same_batch_counts, check_shardable, has_sharded_parameters
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import FitOptions
+from bt_laplace.persistence import keep_fingerprint
 from bt_laplace.posterior import RewardPosterior
 from bt_laplace.prior import set_prior_precision
 from bt_laplace.text import TextPairCollator
@@ -80,7 +83,9 @@ def fit_reward_posterior(
             pairs and the curvature, loss, pair count, exact evidence and grid-search NLL are
             summed across ranks, so every rank ends with the posterior of all the pairs
             (the Kronecker factors sum inside each alternating step). ``False``: each rank
-            fits its own data.
+            fits its own data. A model sharded with FSDP2 (``fully_shard``) is fitted as it
+            is, every rank holding the same posterior (docs/guides/distributed.md); its
+            forwards run on all ranks at once, so each rank must pass as many batches.
         **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
             (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
             (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are
@@ -115,6 +120,10 @@ def fit_reward_posterior(
         link_approx=link_approx,
         laplace_kwargs=laplace_kwargs,
     )
+    if isinstance(model, nn.Module):
+        check_shardable(model)
+        if has_sharded_parameters(model):  # its forwards gather weights: all ranks in step
+            check_same_batch_counts({"train_loader": train_loader, "val_loader": val_loader})
     options = options.check_model(model, train_loader)
     return _fitted(model, train_loader, val_loader, options, distributed, batch_size, progress_bar)
 
@@ -157,6 +166,7 @@ def _fitted(
         progress_bar=progress_bar,
         refit=functools.partial(_refit, model, options),
     )
+    keep_fingerprint(posterior.laplace)  # sharded: taken on every rank, so one rank can save
     return posterior
 
 

@@ -33,9 +33,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from bt_laplace._layer_io import posterior_parameters
+from bt_laplace._sharding import (
+    check_shardable,
+    full_value,
+    has_sharded_parameters,
+    parameter_vector,
+    reshard,
+)
 from bt_laplace.choices import SubsetOfWeights
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.model import PairwiseRewardModel
@@ -45,6 +51,7 @@ __all__ = [
     "CONFIG_FILE",
     "FORMAT",
     "TENSORS_FILE",
+    "keep_fingerprint",
     "laplace_record",
     "read_record",
     "restore_laplace",
@@ -59,10 +66,13 @@ CONFIG_FILE = "bt_posterior.json"
 
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 over the names, shapes, dtypes and values of a module's parameters and
-    buffers (hex). About 0.1 s per 100 MB of weights."""
+    buffers (hex). About 0.1 s per 100 MB of weights. A module sharded with FSDP2 has the
+    fingerprint of the same module unsharded: each parameter is gathered in turn (a
+    collective: call it on every rank)."""
     digest = hashlib.sha256()
+    reshard(module)
     for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        data = t.detach().cpu().contiguous()
+        data = full_value(t).cpu().contiguous()
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -77,6 +87,7 @@ def _network(laplace: Any) -> nn.Module:
 
 def _covered(laplace: Any) -> list[list[Any]]:
     """``[name, shape]`` of each parameter tensor the posterior covers, in its order."""
+    reshard(_network(laplace))  # FSDP2: the shards, as the posterior lists them
     names = {id(p): n for n, p in _network(laplace).named_parameters()}
     return [[names.get(id(p), "?"), list(p.shape)] for p in posterior_parameters(laplace)]
 
@@ -103,8 +114,23 @@ def _backend_from_name(name: str) -> type:
     return known[name]
 
 
+#: where :func:`keep_fingerprint` keeps a sharded network's fingerprint on its posterior
+_KEPT = "bt_weights_fingerprint"
+
+
+def keep_fingerprint(laplace: Any, fingerprint: str | None = None) -> None:
+    """For a network sharded with FSDP2, take its :func:`weights_fingerprint` now (on every
+    rank: a collective), or keep ``fingerprint`` if given, on ``laplace``: its record then
+    needs no collective, so one rank alone can save it. Nothing for an unsharded network,
+    whose fingerprint is taken when it is saved."""
+    network = _network(laplace)
+    if has_sharded_parameters(network):
+        setattr(laplace, _KEPT, fingerprint or weights_fingerprint(network))
+
+
 def laplace_record(laplace: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The configuration (JSON-able) and tensors that define a fitted laplace-torch posterior."""
+    """The configuration (JSON-able) and tensors that define a fitted laplace-torch posterior
+    (the fingerprint kept by :func:`keep_fingerprint`, else that of the network now)."""
     la = laplace
     cls = structure_class(la)
     subset = subset_of_weights(la)
@@ -123,7 +149,7 @@ def laplace_record(laplace: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor
         "dict_key_x": la.dict_key_x,
         "dict_key_y": la.dict_key_y,
         "parameters": _covered(la),
-        "fingerprint": weights_fingerprint(_network(la)),
+        "fingerprint": getattr(la, _KEPT, None) or weights_fingerprint(_network(la)),
     }
     if subset is SubsetOfWeights.LAST_LAYER:
         config["last_layer_name"] = la.model._last_layer_name
@@ -211,6 +237,7 @@ def restore_laplace(
             f"`model` must be the bt_laplace.PairwiseRewardModel the posterior was fitted on, "
             f"got {type(model).__name__}."
         )
+    check_shardable(model)
     structure = STRUCTURES[config["hessian_structure"]]
     subset = config["subset_of_weights"]
     backend = _backend_from_name(config["backend"])
@@ -236,7 +263,7 @@ def restore_laplace(
             f"the saved posterior is a {config['laplace_class']}, but its settings build a "
             f"{type(la).__name__} here; save and load with the same bt_laplace version."
         )
-    _check_model(la, config, strict)
+    keep_fingerprint(la, _check_model(la, config, strict))
     device, dtype = la._device, la._dtype
     column_major = set(config.get("column_major", ()))
 
@@ -246,7 +273,7 @@ def restore_laplace(
         t = tensors[name].to(device=device, dtype=dtype, copy=True)
         return t.mT if name in column_major else t
 
-    la.mean = parameters_to_vector(posterior_parameters(la)).detach().to(dtype)
+    la.mean = parameter_vector(posterior_parameters(la), dtype)
     la.n_params, la.n_layers = la.mean.numel(), len(posterior_parameters(la))
     la.n_data = config["n_data"]
     state = {name: get(name) for name in tensors}  # each tensor copied once
@@ -261,8 +288,9 @@ def _scalar_or_vector(t: torch.Tensor) -> Any:
     return t.reshape(()) if t.numel() == 1 else t
 
 
-def _check_model(la: Any, config: dict[str, Any], strict: bool) -> None:
-    """Refuse a model that is not the one the posterior was fitted on, saying what differs."""
+def _check_model(la: Any, config: dict[str, Any], strict: bool) -> str | None:
+    """Refuse a model that is not the one the posterior was fitted on, saying what differs;
+    its fingerprint, when ``strict`` computed it."""
     network = _network(la)
     have, want = _covered(la), config["parameters"]
     if have != want:
@@ -282,3 +310,5 @@ def _check_model(la: Any, config: dict[str, Any], strict: bool) -> None:
                 f"{found[:12]}... here, {config['fingerprint'][:12]}... saved); load the "
                 "fitted weights, or pass strict=False to use this curvature anyway."
             )
+        return found
+    return None

@@ -52,6 +52,7 @@ from bt_laplace._layer_io import (
     posterior_parameters,
     weight_factors,
 )
+from bt_laplace._sharding import reshard
 
 __all__ = ["DenseJacobians", "Jacobians", "PosteriorStructure", "SAMPLE_CHUNK"]
 
@@ -121,6 +122,7 @@ class PosteriorStructure(ABC):
         """The unfitted laplace-torch posterior of this structure over ``model`` (the fit and
         a loaded posterior build it here alike)."""
         laplace_cls = cls.laplace_class(str(subset_of_weights), pair_backend)
+        reshard(model)  # FSDP2: laplace-torch lists the registered shards, as every reader
         return laplace_cls(model, "reward_modeling", **laplace_kwargs)
 
     # ------------------------------------------------------------------ saved state

@@ -30,10 +30,11 @@ from laplace.baselaplace import DiagLaplace, FullLaplace, KronLaplace, Parametri
 from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from laplace.utils import FeatureExtractor
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from bt_laplace._dtypes import compute_dtype, model_dtype
+from bt_laplace._layer_io import posterior_parameters
+from bt_laplace._sharding import is_sharded, parameter_vector
 
 __all__ = [
     "BTDiagLLLaplace",
@@ -53,6 +54,10 @@ class FullPrecisionLaplace(ParametricLaplace):
 
     ``_dtype`` is what every laplace-torch tensor (``H``, ``mean``, ``prior_precision``) is
     made in; the mean is widened once after the fit.
+
+    A model sharded with FSDP2 (``DTensor`` parameters, :mod:`bt_laplace._sharding`): the
+    mean is the vector of the full parameter values, gathered from every rank, and the same
+    on every rank (laplace-torch's ``parameters_to_vector`` refuses shards).
     """
 
     @property
@@ -62,8 +67,23 @@ class FullPrecisionLaplace(ParametricLaplace):
     def fit(
         self, train_loader: DataLoader, override: bool = True, progress_bar: bool = False
     ) -> None:
+        covered = posterior_parameters(self)
+        if not is_sharded(covered):
+            super().fit(train_loader, override=override, progress_bar=progress_bar)
+            self.mean = torch.as_tensor(self.mean).to(self._dtype)
+            return
+        # laplace-torch reads `params` for the shapes of H and a mean it sets before the
+        # pass: shapes without values, so that no parameter is gathered there
+        params, self.params = self.params, [torch.empty(p.shape, device="meta") for p in covered]
+        try:
+            self._fit_sharded(train_loader, override=override, progress_bar=progress_bar)
+        finally:
+            self.params = params
+        self.mean = parameter_vector(covered, self._dtype)
+
+    def _fit_sharded(self, train_loader: DataLoader, override: bool, progress_bar: bool) -> None:
+        """laplace-torch's ``fit`` of this class for a model with sharded parameters."""
         super().fit(train_loader, override=override, progress_bar=progress_bar)
-        self.mean = torch.as_tensor(self.mean).to(self._dtype)
 
 
 class InPlaceFeatureExtractor(FeatureExtractor):
@@ -185,27 +205,43 @@ class InPlaceLLLaplace(FullPrecisionLaplace, LLLaplace):
             self._prior_precision = prior_precision
             self._prior_mean = prior_mean
         else:
-            self.n_params = len(parameters_to_vector(self.model.last_layer.parameters()))
-            self.n_layers = len(list(self.model.last_layer.parameters()))
-            self.prior_precision = prior_precision
-            self.prior_mean = prior_mean
+            self._size_last_layer(prior_precision, prior_mean)
             self.mean = self.prior_mean
-            self._init_H()
-            self._cover_last_layer()
         self._backend_kwargs["last_layer"] = True
         self._last_layer_name = last_layer_name
 
-    def _find_last_layer(self, data: Any) -> None:
-        super()._find_last_layer(data)
-        self._cover_last_layer()
+    def _size_last_layer(self, prior_precision: Any, prior_mean: Any) -> None:
+        """Sizes, prior and ``H`` for the known last layer, from its parameters' shapes
+        (laplace-torch flattens their values, which shards of a sharded model refuse)."""
+        layer: Any = self.model.last_layer
+        params = list(layer.parameters())
+        self.n_params, self.n_layers = sum(p.numel() for p in params), len(params)
+        self.prior_precision = prior_precision
+        self.prior_mean = prior_mean
+        self._init_H()
+        # laplace-torch's base class collected every trainable parameter of the model in
+        # `params`, and its fit flattens them into one vector before LLLaplace.fit replaces it
+        # with the last layer's: a transient copy of the network (67 MB for a 134 MB bf16
+        # model); a last-layer posterior covers its last layer only
+        self.params = [p for p in params if p.requires_grad]
 
-    def _cover_last_layer(self) -> None:
-        """``params``: the last layer's. laplace-torch's base class collects every trainable
-        parameter of the model there, and ``fit`` flattens them into one vector before
-        ``LLLaplace.fit`` replaces it with the last layer's: a transient copy of the network
-        (67 MB for a 134 MB bf16 model)."""
-        last_layer: Any = self.model.last_layer
-        self.params = [p for p in last_layer.parameters() if p.requires_grad]
+    def fit(
+        self, train_loader: DataLoader, override: bool = True, progress_bar: bool = False
+    ) -> None:
+        if self.model.last_layer is None:  # LLLaplace.fit's search, done before it
+            self.model.eval()
+            self.data = next(iter(train_loader))
+            self._find_last_layer(self.data)
+            self._size_last_layer(self._prior_precision, self._prior_mean)
+        super().fit(train_loader, override=override, progress_bar=progress_bar)
+
+    def _fit_sharded(self, train_loader: DataLoader, override: bool, progress_bar: bool) -> None:
+        """``LLLaplace.fit`` without its ``parameters_to_vector`` of the last layer (which
+        refuses shards; the mean is set by :meth:`FullPrecisionLaplace.fit`)."""
+        if not override:
+            raise ValueError("Last-layer Laplace approximations do not support `override=False`.")
+        self.model.eval()
+        super(LLLaplace, self).fit(train_loader, override=override, progress_bar=progress_bar)
 
 
 class BTDiagLaplace(FullPrecisionLaplace, DiagLaplace):
