@@ -89,7 +89,15 @@ def build(shape: str) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
         task_type="SEQ_CLS",
         r=LORA_R,
         lora_alpha=2 * LORA_R,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         init_lora_weights=False,
     )
     model = btl.PairwiseRewardModel(get_peft_model(net, lora)).eval()

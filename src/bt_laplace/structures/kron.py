@@ -32,6 +32,7 @@ Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -50,9 +51,12 @@ from bt_laplace.structures.kron_factors import (
     nearest_kronecker_factors,
 )
 from bt_laplace.structures.low_rank import (
+    KRON_FULL_WIDTH,
+    KRON_RANK,
     LowRankFactor,
     LowRankKron,
     LowRankKronDecomposed,
+    check_low_rank,
     extended_values,
 )
 
@@ -110,6 +114,30 @@ class KronStructure(EigenbasisStructure):
     saved_settings: ClassVar[tuple[str, ...]] = ("damping",)
 
     @classmethod
+    def state_numbers(cls, shapes: list[tuple[int, ...]], backend_kwargs: dict[str, Any]) -> int:
+        """Per weight its two factors (one exact block when a side is 1), per bias its dense
+        block: a factor kept whole holds itself and its eigenvectors (``2 d^2``), a low-rank
+        one ``k`` eigenvectors (``d k``); each its ``d`` eigenvalues."""
+        rank, full_width = check_low_rank(
+            backend_kwargs.get("kron_rank", KRON_RANK),
+            backend_kwargs.get("kron_full_width", KRON_FULL_WIDTH),
+        )
+
+        def factor(d: int, whole: bool = False) -> int:
+            low = not whole and rank is not None and d > max(full_width, rank)
+            return d * (rank if low and rank is not None else 2 * d) + d
+
+        total = 0
+        for s in shapes:
+            if len(s) == 1:
+                total += factor(s[0], whole=True)
+            elif min(s) == 1 or len(s) != 2:
+                total += factor(math.prod(s)) + 3  # and the 1 x 1 factor
+            else:
+                total += factor(s[0]) + factor(s[1])
+        return total
+
+    @classmethod
     def saved_state(cls, laplace: Any) -> dict[str, torch.Tensor]:
         """The factors and their eigendecomposition (``eig.i.vectors.j``,
         ``eig.i.values.j``), so that a loaded posterior predicts bit-identically without
@@ -125,7 +153,7 @@ class KronStructure(EigenbasisStructure):
     def restore_state(cls, laplace: Any, state: dict[str, torch.Tensor]) -> None:
         vectors = _indexed(state, "eig", "vectors")
         values = _indexed(state, "eig", "values")
-        kfacs = [
+        kfacs: Any = [
             [
                 state.get(f"curvature.H_facs.{i}.{j}", LowRankFactor(q, v))
                 for j, (q, v) in enumerate(zip(qs, vs, strict=True))

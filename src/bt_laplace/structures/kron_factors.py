@@ -32,9 +32,14 @@ from bt_laplace._layer_io import (
 from bt_laplace.structures.low_rank import (
     KRON_FULL_WIDTH,
     KRON_RANK,
+    Factor,
     FactorSketch,
     LowRankFactor,
     LowRankKron,
+    pair_roots,
+    psd_root,
+    right_times,
+    root_times,
 )
 
 __all__ = ["KRON_STORE_LIMIT", "PairKronFactors", "Reduce", "nearest_kronecker_factors"]
@@ -220,10 +225,6 @@ def _pair_jacobian_is_smaller(g: torch.Tensor, a: torch.Tensor) -> bool:
     return is_sequence(a) and n_out * n_in < 2 * a.shape[1] * (n_in + n_out)
 
 
-#: a Kronecker factor: dense ``(d, d)``, low rank, or None for the identity
-Factor = torch.Tensor | LowRankFactor | None
-
-
 class _AlternatingKron:
     """The alternating least squares of one weight's nearest Kronecker product, fed the
     per-pair factors batch by batch: one :meth:`begin` / :meth:`add`... / :meth:`end` round
@@ -242,18 +243,27 @@ class _AlternatingKron:
         self.n_out, self.n_in = n_out, n_in
         self.exact = n_out == 1 or n_in == 1
         self.like, self.seed = like, seed
-        self.ranks = (rank(n_out * n_in),) if self.exact else (rank(n_out), rank(n_in))
+        self.ranks: list[int | None] = (
+            [rank(n_out * n_in)] if self.exact else [rank(n_out), rank(n_in)]
+        )
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
-        self.a_fac: torch.Tensor | LowRankFactor = (
-            torch.eye(n_in, **opts) / n_in**0.5
-            if self.exact or self.ranks[1] is None
-            else LowRankFactor(torch.zeros(n_in, 0, **opts), torch.full((n_in,), n_in**-0.5, **opts))
-        )
-        self.g_fac: torch.Tensor | LowRankFactor = (
-            torch.zeros(n_out, n_out, **opts)
-            if self.exact or self.ranks[0] is None
-            else LowRankFactor(torch.zeros(n_out, 0, **opts), torch.zeros(n_out, **opts))
-        )
+        # the starting A = I / sqrt(in) and an empty G (neither used by an exact block)
+        self.a_fac: torch.Tensor | LowRankFactor = torch.zeros(0, 0, **opts)
+        self.g_fac: torch.Tensor | LowRankFactor = torch.zeros(0, 0, **opts)
+        if not self.exact:
+            a_rank, g_rank = self.ranks[1], self.ranks[0]
+            self.a_fac = (
+                torch.eye(n_in, **opts) / n_in**0.5
+                if a_rank is None
+                else LowRankFactor(
+                    torch.zeros(n_in, 0, **opts), torch.full((n_in,), n_in**-0.5, **opts)
+                )
+            )
+            self.g_fac = (
+                torch.zeros(n_out, n_out, **opts)
+                if g_rank is None
+                else LowRankFactor(torch.zeros(n_out, 0, **opts), torch.zeros(n_out, **opts))
+            )
         self.total: torch.Tensor | None = None
         self.sketch: FactorSketch | None = None
         self.f: Factor = None
@@ -270,8 +280,9 @@ class _AlternatingKron:
         self.step, self.total, self.sketch = step, None, None
         target = 0 if self.exact or step % 2 == 0 else 1
         width = self.n_out * self.n_in if self.exact else (self.n_out, self.n_in)[target]
-        if self.ranks[target] is not None:
-            self.sketch = FactorSketch(width, self.ranks[target], self.like, self.seed)
+        target_rank = self.ranks[target]
+        if target_rank is not None:
+            self.sketch = FactorSketch(width, target_rank, self.like, self.seed)
         if self.exact:
             return True
         # each half-step makes one factor optimal for the other (unit norm): the projection
@@ -288,7 +299,7 @@ class _AlternatingKron:
         else:
             self.g_fac = self.f = fac
         dense_f = isinstance(self.f, torch.Tensor) and self.sketch is not None
-        self.f_root = _psd_root(self.f) if dense_f else None  # type: ignore[arg-type]
+        self.f_root = psd_root(self.f) if dense_f else None  # type: ignore[arg-type]
         return True
 
     def add(
@@ -307,37 +318,13 @@ class _AlternatingKron:
             part = (d * w[:, None]).T @ d
         elif self.sketch is not None:  # roots of the low-rank factor's pair terms
             u0, u1, v0, v1 = (a0, a1, g0, g1) if self.step % 2 == 0 else (g0, g1, a0, a1)
-            self.sketch.add(self._roots(u0, u1, v0, v1, w))
+            self.sketch.add(pair_roots(u0, u1, v0, v1, w, self.f, self.f_root))
             return
         elif self.step % 2 == 0:
             part = _pair_step(self.f, [a0], [a1], [g0], [g1], [w])
         else:
             part = _pair_step(self.f, [g0], [g1], [a0], [a1], [w])
         self.total = part if self.total is None else self.total + part
-
-    def _roots(
-        self, u0: torch.Tensor, u1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor, w: torch.Tensor
-    ) -> torch.Tensor:
-        """Roots ``(B, t, m)`` of the pair terms ``w_n Vhat_n Uhat_n^T F Uhat_n Vhat_n^T`` of
-        the target factor (side ``v``, width ``t``), ``F`` the other factor (side ``u``):
-        ``sqrt(w_n) E_n F^{1/2}`` with ``E_n = Vhat_n Uhat_n^T`` when the other side is
-        narrower than ``Uhat``'s ``2 L`` columns, else ``Vhat_n C_n^{1/2}`` with
-        ``C_n = w_n Uhat_n^T F Uhat_n``."""
-        cat = torch.cat if is_sequence(u0) else torch.stack
-        uh, vh = cat([u1, -u0], 1), cat([v1, v0], 1)  # (B, 2L, o), (B, 2L, t)
-        if uh.shape[-1] <= uh.shape[1]:
-            return self._root_times(vh.mT @ uh) * w.sqrt()[:, None, None]
-        c = _right(uh, self.f) @ uh.mT * w[:, None, None]
-        return vh.mT @ _psd_root(c)
-
-    def _root_times(self, e: torch.Tensor) -> torch.Tensor:
-        """``E F^{1/2}`` for ``E`` ``(..., o)``: a root of ``E F E^T``."""
-        if self.f is None:
-            return e
-        if isinstance(self.f, LowRankFactor):
-            return self.f.right_sqrt(e)
-        assert self.f_root is not None
-        return e @ self.f_root
 
     def add_dense(self, d: torch.Tensor, w: torch.Tensor) -> None:
         """:meth:`add` from pair Jacobians ``D = J_1 - J_0`` ``(B, out, in)``: the half-steps
@@ -350,13 +337,13 @@ class _AlternatingKron:
             part = (flat * w[:, None]).T @ flat
         elif self.sketch is not None:
             e = d if self.step % 2 == 0 else d.mT
-            self.sketch.add(self._root_times(e) * w.sqrt()[:, None, None])
+            self.sketch.add(root_times(e, self.f, self.f_root) * w.sqrt()[:, None, None])
             return
         elif self.step % 2 == 0:
-            part = torch.einsum("b,boi,bpi->op", w, _right(d, self.f), d)
+            part = torch.einsum("b,boi,bpi->op", w, right_times(d, self.f), d)
         else:
             assert self.f is not None
-            part = torch.einsum("b,boi,boj->ij", w, d, _right(d.mT, self.f).mT)
+            part = torch.einsum("b,boi,boj->ij", w, d, right_times(d.mT, self.f).mT)
         self.total = part if self.total is None else self.total + part
 
     def end(self, reduce: Reduce) -> None:
@@ -369,8 +356,10 @@ class _AlternatingKron:
         if self.exact:
             self.block = total
         elif self.step == 0:
-            self.g_fac = total.scaled(self.n_in**-0.5) if isinstance(total, LowRankFactor) else (
-                total / self.n_in**0.5
+            self.g_fac = (
+                total.scaled(self.n_in**-0.5)
+                if isinstance(total, LowRankFactor)
+                else (total / self.n_in**0.5)
             )
         elif self.step % 2 == 0:
             self.g_fac = total
@@ -382,21 +371,6 @@ class _AlternatingKron:
             one = torch.ones(1, 1, dtype=self.like.dtype, device=self.like.device)
             return (one, self.block) if self.n_out == 1 else (self.block, one)
         return self.g_fac, self.a_fac
-
-
-def _right(x: torch.Tensor, f: Factor) -> torch.Tensor:
-    """``x F`` for rows ``x`` ``(..., d)`` (``F`` symmetric; None is the identity)."""
-    if f is None:
-        return x
-    if isinstance(f, LowRankFactor):
-        return f.right(x)
-    return x @ f
-
-
-def _psd_root(c: torch.Tensor) -> torch.Tensor:
-    """``R`` with ``R R^T = C`` for PSD ``C`` ``(..., m, m)`` (negative rounding dropped)."""
-    values, vectors = torch.linalg.eigh(c)
-    return vectors * values.clamp_min(0.0).sqrt()[..., None, :]
 
 
 Chunks = list[torch.Tensor]
@@ -422,10 +396,10 @@ def _pair_step(
     for u0_, u1_, v0_, v1_, w in zip(u0, u1, v0, v1, weight, strict=True):
         if is_sequence(u0_):  # Uhat = [u1_t, -u0_t], Vhat = [v1_t, v0_t] over the L positions
             uh, vh = torch.cat([u1_, -u0_], 1), torch.cat([v1_, v0_], 1)  # (B, 2L, .)
-            c = _right(uh, f) @ uh.transpose(1, 2) * w[:, None, None]
+            c = right_times(uh, f) @ uh.transpose(1, 2) * w[:, None, None]
             total += (vh.transpose(1, 2) @ c @ vh).sum(0)
             continue
-        u1f, u0f = _right(u1_, f), _right(u0_, f)
+        u1f, u0f = right_times(u1_, f), right_times(u0_, f)
         c11 = (w * (u1f * u1_).sum(-1))[:, None]
         c00 = (w * (u0f * u0_).sum(-1))[:, None]
         c10 = (w * (u1f * u0_).sum(-1))[:, None]

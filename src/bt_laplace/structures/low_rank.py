@@ -17,7 +17,7 @@ for log determinants and the prior.
 Every factor of the pair curvature is a sum over pairs of positive semi-definite terms
 ``R_n R_n^T`` (``R_n`` ``(d, m)``: the pair weight ``p (1 - p)`` included, as the full factors
 have it). :class:`FactorSketch` sums the sketch ``Y = F Omega`` (``Omega`` ``(d, s)``
-orthonormal, from a fixed seed) and ``tr F`` batch by batch; both are linear in ``F``, so the
+Gaussian, from a fixed seed) and ``tr F`` batch by batch; both are linear in ``F``, so the
 order of the batches and their split over processes change only rounding, and the processes
 sum ``Y`` (``d s`` numbers) instead of ``d^2``. The eigenpairs come from the stable single-pass
 Nystrom approximation ``F ~ Y (Omega^T Y)^+ Y^T`` (Tropp, Yurtsever, Udell & Cevher, 2017,
@@ -40,6 +40,8 @@ import torch
 from laplace.utils import Kron, KronDecomposed
 from laplace.utils.utils import symeig
 
+from bt_laplace._layer_io import is_sequence
+
 __all__ = [
     "KRON_FULL_WIDTH",
     "KRON_RANK",
@@ -48,9 +50,14 @@ __all__ = [
     "LowRankKron",
     "LowRankKronDecomposed",
     "check_low_rank",
+    "Factor",
     "extended_values",
     "is_thin",
     "nystrom_factor",
+    "pair_roots",
+    "psd_root",
+    "right_times",
+    "root_times",
     "rotate",
     "unrotate",
 ]
@@ -144,12 +151,12 @@ def nystrom_factor(
     and ``sigma = (tr F - sum l) / (d - k)``.
 
     Tropp et al. (2017), Algorithm 3, in float64: ``Y_nu = Y + nu Omega``,
-    ``C = chol(Omega^T Y_nu)``, ``U S _ = svd(Y_nu C^{-T})``, ``l = S^2 - nu``. Exact (to
-    rounding) when ``rank F <= s``.
+    ``C = chol(Omega^T Y_nu)``, ``U S _ = svd(Y_nu C^{-T})`` (from the ``(s, s)`` Gram matrix),
+    ``l = S^2 - nu``. Exact (to rounding) when ``rank F <= s``.
 
     Args:
         sketch: ``Y`` ``(d, s)``.
-        omega: ``Omega`` ``(d, s)`` with orthonormal columns.
+        omega: ``Omega`` ``(d, s)`` of full column rank.
         trace: ``tr F`` (scalar).
         rank: ``k <= s``.
     """
@@ -157,20 +164,25 @@ def nystrom_factor(
     y, om = sketch.double(), omega.double()
     d = y.shape[0]
     nu = max(math.sqrt(d) * torch.finfo(dtype).eps * float(y.norm()), 1e-300)
-    gram = om.T @ y
-    gram = (gram + gram.T) / 2
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    c, info = torch.linalg.cholesky_ex(gram + nu * eye)
-    if int(info) != 0:  # indefinite beyond rounding: shift past its smallest eigenvalue
-        nu += 2 * float(torch.linalg.eigvalsh(gram)[0].abs())
-        c = torch.linalg.cholesky(gram + nu * eye)
-    y = y + nu * om
-    e = torch.linalg.solve_triangular(c, y.T, upper=False).T
-    u, s, _ = torch.linalg.svd(e, full_matrices=False)
-    top = (s[:rank].square() - nu).clamp_min(0.0)
+    for _ in range(8):  # the shift that makes Omega^T Y_nu positive definite to rounding
+        y_nu = y + nu * om
+        gram = om.T @ y_nu
+        c, info = torch.linalg.cholesky_ex((gram + gram.T) / 2)
+        if int(info) == 0:
+            break
+        nu *= 100
+    else:
+        raise RuntimeError("the Kronecker factor's sketch is not positive semi-definite")
+    y = y_nu
+    e = torch.linalg.solve_triangular(c, y.T, upper=False).T  # (d, s), E E^T the Nystrom F
+    squares, vectors = torch.linalg.eigh(e.T @ e)  # E's singular values squared, ascending
+    squares, vectors = squares.flip(0)[:rank], vectors.flip(1)[:, :rank]
+    # E's left singular vectors; orthonormalized, as those of (near) zero values are noise
+    u = torch.linalg.qr(e @ (vectors / squares.clamp_min(nu).sqrt()))[0]
+    top = (squares - nu).clamp_min(0.0)
     sigma = (trace.double() - top.sum()).clamp_min(0.0) / max(d - rank, 1)
     values = torch.cat([top, sigma.reshape(1).expand(d - rank)])
-    return LowRankFactor(u[:, :rank].to(dtype), values.to(dtype))
+    return LowRankFactor(u.to(dtype), values.to(dtype))
 
 
 class FactorSketch:
@@ -186,9 +198,9 @@ class FactorSketch:
     def __init__(self, width: int, rank: int, like: torch.Tensor, seed: int) -> None:
         self.width, self.rank = width, rank
         cols = min(2 * rank, width)
-        g = torch.Generator().manual_seed(seed)
-        omega = torch.randn(width, cols, generator=g, dtype=torch.float64)
-        self.omega = torch.linalg.qr(omega)[0].to(dtype=like.dtype, device=like.device)
+        g = torch.Generator().manual_seed(seed)  # Gaussian columns (orthonormal is not needed)
+        omega = torch.randn(width, cols, generator=g, dtype=like.dtype) / width**0.5
+        self.omega = omega.to(like.device)
         self.sketch = torch.zeros_like(self.omega)
         self.trace = torch.zeros((), dtype=like.dtype, device=like.device)
 
@@ -201,6 +213,60 @@ class FactorSketch:
     def finish(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> LowRankFactor:
         """The low-rank factor of the sum over all processes (``reduce`` sums a tensor)."""
         return nystrom_factor(reduce(self.sketch), self.omega, reduce(self.trace), self.rank)
+
+
+# ---------------------------------------------------------------------- roots of pair terms
+#: a Kronecker factor: dense ``(d, d)``, low rank, or None for the identity
+Factor = torch.Tensor | LowRankFactor | None
+
+
+def right_times(x: torch.Tensor, f: Factor) -> torch.Tensor:
+    """``x F`` for rows ``x`` ``(..., d)`` (``F`` symmetric; None is the identity)."""
+    if f is None:
+        return x
+    if isinstance(f, LowRankFactor):
+        return f.right(x)
+    return x @ f
+
+
+def psd_root(c: torch.Tensor) -> torch.Tensor:
+    """``R`` with ``R R^T = C`` for PSD ``C`` ``(..., m, m)`` (negative rounding dropped)."""
+    values, vectors = torch.linalg.eigh(c)
+    return vectors * values.clamp_min(0.0).sqrt()[..., None, :]
+
+
+def root_times(e: torch.Tensor, f: Factor, f_root: torch.Tensor | None) -> torch.Tensor:
+    """``E F^{1/2}`` for rows ``E`` ``(..., o)``: a root of ``E F E^T`` (``f_root``: a root of a
+    dense ``F``)."""
+    if f is None:
+        return e
+    if isinstance(f, LowRankFactor):
+        return f.right_sqrt(e)
+    assert f_root is not None
+    return e @ f_root
+
+
+def pair_roots(
+    u0: torch.Tensor,
+    u1: torch.Tensor,
+    v0: torch.Tensor,
+    v1: torch.Tensor,
+    w: torch.Tensor,
+    f: Factor,
+    f_root: torch.Tensor | None,
+) -> torch.Tensor:
+    """Roots ``(B, t, m)`` of the pair terms ``w_n Vhat_n Uhat_n^T F Uhat_n Vhat_n^T`` of a
+    factor of side ``v`` (width ``t``), ``F`` the factor of side ``u`` (width ``o``), with
+    ``Uhat_n = [u1_n, -u0_n]``, ``Vhat_n = [v1_n, v0_n]`` (``(B, o)`` items or ``(B, L, o)``
+    sequences): ``sqrt(w_n) E_n F^{1/2}`` with ``E_n = Vhat_n Uhat_n^T`` (``m = o``) when ``o``
+    is at most ``Uhat``'s ``2 L`` columns, else ``Vhat_n C_n^{1/2}`` with
+    ``C_n = w_n Uhat_n^T F Uhat_n`` (``m = 2 L``)."""
+    cat = torch.cat if is_sequence(u0) else torch.stack
+    uh, vh = cat([u1, -u0], 1), cat([v1, v0], 1)  # (B, 2L, o), (B, 2L, t)
+    if uh.shape[-1] <= uh.shape[1]:
+        return root_times(vh.mT @ uh, f, f_root) * w.sqrt()[:, None, None]
+    c = right_times(uh, f) @ uh.mT * w[:, None, None]
+    return vh.mT @ psd_root(c)
 
 
 # ---------------------------------------------------------------------- the eigenbasis
@@ -358,7 +424,5 @@ class LowRankKronDecomposed(KronDecomposed):
         return torch.cat(diags)
 
     def to_matrix(self, exponent: float = 1) -> torch.Tensor:
-        full = [[_full_basis(q) for q in qs] for qs in self.eigenvectors]
-        return KronDecomposed(full, self.eigenvalues, self.deltas, self.damping).to_matrix(
-            exponent
-        )
+        full: Any = [[_full_basis(q) for q in qs] for qs in self.eigenvectors]
+        return KronDecomposed(full, self.eigenvalues, self.deltas, self.damping).to_matrix(exponent)
