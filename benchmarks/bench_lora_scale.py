@@ -13,14 +13,16 @@ r = 16 on q, k, v, o, gate, up and down (``init_lora_weights=False``: both adapt
 random, as after training) plus the score head, wrapped in ``PairwiseRewardModel``. Pairs:
 16 pairs of 32 random tokens, in batches of 8.
 
-Each ``kron_rank`` runs in a fresh process, which measures in turn: one LoRA training step
-(forward and backward of the summed Bradley-Terry loss over the 16 pairs, the faster of two),
-the posterior fit ``fit_reward_posterior(model, loader, subset_of_weights="all",
+Each ``kron_rank`` runs in a fresh process, which measures in turn: a LoRA training step
+(forward and backward of the summed Bradley-Terry loss over the 16 pairs, after a warm-up
+one), the posterior fit ``fit_reward_posterior(model, loader, subset_of_weights="all",
 hessian_structure="kron", backend_kwargs={"kron_rank": r})`` with the prior fixed
 (``prior_precision=1.0``, the curvature alone) and with the default prior (marglik on the
-exact evidence), the growth of the process's peak resident memory during each fit, and the
-saved posterior's files. The full-factor baseline (``kron_rank=None``) is the one of issue 18,
-not rerun here: it needs most of a 24 GiB machine.
+exact evidence), each followed by another training step (a fit's ratio is to the mean of the
+steps just before and after it: the load of a shared machine drifts), the growth of the
+process's peak resident memory during each fit, and the saved posterior's files. The
+full-factor baseline (``kron_rank=None``) is the one of issue 18, not rerun here: it needs
+most of a 24 GiB machine.
 """
 
 from __future__ import annotations
@@ -132,8 +134,9 @@ def child(shape: str, rank: int | None, threads: int, full_width: int | None) ->
     model, batches = build(shape)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    step = min(train_step(model, batches) for _ in range(2))
-    out: dict[str, Any] = {"trainable": trainable, "model_mb": model_mb, "step_s": step}
+    train_step(model, batches)  # warm-up
+    steps = [train_step(model, batches)]
+    out: dict[str, Any] = {"trainable": trainable, "model_mb": model_mb}
     backend_kwargs: dict[str, Any] = {"kron_rank": rank}
     if full_width is not None:
         backend_kwargs["kron_full_width"] = full_width
@@ -151,6 +154,11 @@ def child(shape: str, rank: int | None, threads: int, full_width: int | None) ->
         out[f"fit_{label}_s"] = time.perf_counter() - t
         out[f"growth_{label}_mb"] = (_status_kib("VmHWM") - rss0) / 1024
         out[f"load_{label}"] = os.getloadavg()[0]
+        steps.append(train_step(model, batches))
+        # against the steps just before and just after (the machine's load drifts)
+        out[f"ratio_{label}"] = out[f"fit_{label}_s"] / ((steps[-2] + steps[-1]) / 2)
+    out["steps_s"] = steps
+    out["step_s"] = min(steps)
     with tempfile.TemporaryDirectory() as tmp:
         folder = post.save(Path(tmp) / "post")
         out["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}

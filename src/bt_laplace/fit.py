@@ -57,9 +57,10 @@ def fit_reward_posterior(
             posterior's state over them fits 4 GiB
             (:data:`~bt_laplace.options.AUTO_STATE_LIMIT`; ``kron``: factors up to 2048 wide
             kept whole, wider ones as 128 eigenpairs, docs/results/lora_scale.md), else
-            ``"last_layer"`` (a fully fine-tuned transformer); or either explicitly. On real preference data the all-weights posterior improves
-            NLL and calibration over MAP and tells unfamiliar items apart, where a last layer
-            on learned features barely moves the MAP model (docs/results/real_data.md).
+            ``"last_layer"`` (a fully fine-tuned transformer); or either explicitly. On real
+            preference data the all-weights posterior improves NLL and calibration over MAP
+            and tells unfamiliar items apart, where a last layer on learned features barely
+            moves the MAP model (docs/results/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, with the exact evidence's prior of an all-weights

@@ -15,7 +15,7 @@ other keyword goes to the laplace-torch Laplace class (``backend``, ``temperatur
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -274,9 +274,10 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetO
     linear layer (``nn.Linear`` or transformers' ``Conv1D``, so a peft LoRA model's adapters
     and score head) on the fast path (one call per forward) and the chosen structure's state
     over them fits :data:`AUTO_STATE_LIMIT` (for ``full`` the same 4 GiB as
-    :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights posterior is the one that improves
-    calibration and tells unfamiliar items apart (docs/results/real_data.md); a last layer on
-    learned features barely moves the MAP model."""
+    :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
+    posterior is the one that improves calibration and tells unfamiliar items apart
+    (docs/results/real_data.md); a last layer on learned features barely moves the MAP
+    model."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not options.pair_backend or auto_state_bytes(params, options) > AUTO_STATE_LIMIT:
         return SubsetOfWeights.LAST_LAYER
@@ -286,7 +287,7 @@ def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetO
     return SubsetOfWeights.ALL if fits else SubsetOfWeights.LAST_LAYER
 
 
-def auto_state_bytes(params: list[torch.Tensor], options: FitOptions) -> int:
+def auto_state_bytes(params: Sequence[torch.Tensor], options: FitOptions) -> int:
     """Bytes of the state of an all-weights posterior of ``options``' structure over
     ``params`` (with its ``backend_kwargs``), as ``subset_of_weights="auto"`` weighs it."""
     shapes = [tuple(p.shape) for p in params]
