@@ -9,8 +9,9 @@ Saves ``docs/data/auto_subset.json`` and writes ``docs/results/auto_subset.md`` 
 5,000,000 trainable parameters in linear layers and the last layer beyond (or when any
 trainable parameter is outside a linear layer: a transformer); since issue 18 it weighs the
 posterior's state against ``AUTO_STATE_LIMIT`` instead. This measures what that line traded:
-for MLPs ``384 -> w -> w -> 1`` (tanh, float32, the width of a MiniLM sentence embedding) fitted on random pairs from a teacher, the time of one epoch of training
-(AdamW, batch 64: what the user already paid, per epoch), of ``fit_reward_posterior`` with each
+for MLPs ``384 -> w -> w -> 1`` (tanh, float32, the width of a MiniLM sentence embedding)
+fitted on random pairs from a teacher, the time of one epoch of training (AdamW, batch 64:
+what the user already paid, per epoch), of ``fit_reward_posterior`` with each
 subset (kron, its default prior, ``evidence`` as ``"auto"`` chooses), of ``post(x)`` on 4,096
 items against the forward pass, and the bytes of the fitted curvature.
 """
