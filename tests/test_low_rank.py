@@ -372,3 +372,24 @@ def test_stated_size_is_what_a_saved_posterior_holds(structure, kwargs):
     held = sum(t.numel() for k, t in tensors.items() if k.startswith(("curvature.", "eig.")))
     shapes = [tuple(p.shape) for p in model.parameters()]
     assert STRUCTURES[structure].state_numbers(shapes, kwargs) == held
+
+
+def test_kron_names_a_trainable_module_that_is_not_a_lora_linear():
+    peft = pytest.importorskip("peft")
+    from conftest import tiny_reward_net, word_tokenizer
+
+    tok = word_tokenizer("llama")
+    net = tiny_reward_net("llama", tok).double()
+    config = peft.LoraConfig(r=2, target_modules=["q_proj"], task_type="SEQ_CLS")
+    lora = peft.get_peft_model(net, config)
+    lora.base_model.model.model.norm.weight.requires_grad_(True)
+    model = btl.PairwiseRewardModel(lora.eval()).eval()
+    rows = [{"chosen": "good answer", "rejected": "bad"}, {"chosen": "yes", "rejected": "no"}]
+    loader = btl.text_preference_dataloader(rows, tok, batch_size=2)
+    with pytest.raises(
+        NotImplementedError,
+        match=r"belongs to LlamaRMSNorm 'net\.base_model\.model\.model\.norm', not a linear layer",
+    ):
+        btl.fit_reward_posterior(
+            model, loader, subset_of_weights="all", hessian_structure="kron", prior_precision=1.0
+        )
