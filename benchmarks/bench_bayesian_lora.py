@@ -3,7 +3,7 @@
 Run from the repository root (needs transformers and peft; ``bayesian-lora`` is not a
 dependency: install it apart, without its dependencies, and put it on the path)::
 
-    pip install --no-deps --target /tmp/blora bayesian-lora==0.0.6
+    pip install --no-deps --target /tmp/blora bayesian-lora==0.0.6 jaxtyping wadler_lindig
     PYTHONPATH=/tmp/blora python benchmarks/bench_bayesian_lora.py [--seeds 0,1,2]
 
 Without ``bayesian_lora`` importable it says so and exits. Saves
@@ -128,7 +128,7 @@ def run_seed(blora: Any, seed: int, n_pairs: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "bayesian_lora.md"), help=OUT_HELP)
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 
 Run from the repository root (needs transformers and peft; random weights)::
 
-    python benchmarks/bench_lora_accuracy.py [--seeds 0,1,2] [--pairs 64]
+    python benchmarks/bench_lora_accuracy.py [--seeds 0,1,2] [--pairs 256]
 
 Saves ``docs/data/lora_accuracy.json`` and writes ``docs/results/lora_accuracy.md`` from it
 (``benchmarks/report.py``). Per seed: a one-layer ``LlamaForSequenceClassification`` (hidden
@@ -86,17 +86,25 @@ def tokens(n: int, g: torch.Generator, shape: tuple[int, ...]) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def jacobians(model: Any, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards ``(N,)`` and their Jacobians ``(N, P)`` over the trainable parameters."""
+def jacobians(
+    model: Any, items: dict[str, torch.Tensor], chunk: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards ``(N,)`` and their Jacobians ``(N, P)`` over the trainable parameters, a few
+    items at a time."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    rewards, jacs = [], []
+    for start in range(0, items["input_ids"].shape[0], chunk):
+        part = {k: v[start : start + chunk] for k, v in items.items()}
 
-    def reward(ps: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.func.functional_call(model, ps, (items,)).reshape(-1)
+        def reward(ps: dict[str, torch.Tensor], part: Any = part) -> torch.Tensor:
+            return torch.func.functional_call(model, ps, (part,)).reshape(-1)
 
-    jac = torch.func.jacrev(reward)(params)
-    n = items["input_ids"].shape[0]
-    return reward(params).detach(), torch.cat([jac[k].reshape(n, -1) for k in names], 1)
+        jac = torch.func.jacrev(reward)(params)
+        n = part["input_ids"].shape[0]
+        rewards.append(reward(params).detach())
+        jacs.append(torch.cat([jac[k].reshape(n, -1) for k in names], 1))
+    return torch.cat(rewards), torch.cat(jacs)
 
 
 def exact_variances(
@@ -159,7 +167,7 @@ def run_seed(seed: int, n_pairs: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "lora_accuracy.md"), help=OUT_HELP)
     args = parser.parse_args()

@@ -46,5 +46,13 @@ def render(data: dict[str, Any], page: Path) -> str:
         "(`kron_full_width=16`), what an LLM's 4096- and 14336-wide factors get by default, to "
         "show what the truncation costs where the exact posterior can still be computed.",
         "",
+        "Reading: on every seed the low-rank factors rank the items as the whole ones do "
+        "(Spearman within 0.01 of them) and land closer to the exact scale: the remainder, the "
+        "mean of the discarded eigenvalues, is smaller than the tail it replaces in the "
+        "directions the items use. The block structure itself, not the truncation, is what "
+        "separates kron from the exact posterior here. Issue 18 quotes Spearman .68-.81 for "
+        "kron on a one-layer Llama of this width; its setup (data, adapter initialization, "
+        "prior) was not recorded, and on this one every structure ranks the items well.",
+        "",
     ]
     return "\n".join(parts)
