@@ -59,5 +59,13 @@ def render(data: dict[str, Any], page: Path) -> str:
         "its whole factors are averaged over the batches while its low-rank ones are summed. "
         "The median ratio shows how far its curvature's scale is from the pairs' GGN.",
         "",
+        "Reading: the three rank the items alike; they differ in scale. bt_laplace's kron "
+        "gives too little variance (its Kronecker products spread the pairs' curvature over "
+        "directions the pairs do not constrain), less so with low-rank factors; "
+        "`bayesian-lora` gives too much (its curvature is averaged over each batch and read "
+        "at the last position only, so it sees less of the pairs than they carry). bt_laplace's "
+        "default prior (the exact evidence's, calibrated on held-out items) corrects the "
+        "scale; this page fixes the prior at 1 for all three to compare the curvatures.",
+        "",
     ]
     return "\n".join(parts)
