@@ -64,8 +64,9 @@ def render(data: dict[str, Any], page: Path) -> str:
         "directions the pairs do not constrain), less so with low-rank factors; "
         "`bayesian-lora` gives too much (its curvature is averaged over each batch and read "
         "at the last position only, so it sees less of the pairs than they carry). bt_laplace's "
-        "default prior (the exact evidence's, calibrated on held-out items) corrects the "
-        "scale; this page fixes the prior at 1 for all three to compare the curvatures.",
+        "default prior is scaled until the posterior gives held-out pairs the exact "
+        "posterior's variance ([prior_sweep.md](prior_sweep.md)); this page fixes the prior "
+        "at 1 for all three to compare the curvatures themselves.",
         "",
     ]
     return "\n".join(parts)
