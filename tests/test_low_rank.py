@@ -265,13 +265,14 @@ def test_saved_low_rank_posterior_loads_bit_identical(tmp_path):
     model, x, loader = _problem(n_pairs=8)
     post = btl.fit_reward_posterior(
         model, loader, hessian_structure="kron", subset_of_weights="all",
-        backend_kwargs={"kron_rank": 3, "kron_full_width": 5},
+        prior_precision=0.5, backend_kwargs={"kron_rank": 3, "kron_full_width": 5},
     )  # fmt: skip
     folder = post.save(tmp_path / "post")
     from safetensors.torch import load_file
 
-    saved = load_file(str(folder / btl.TENSORS_FILE) if hasattr(btl, "TENSORS_FILE") else
-                      str(folder / "bt_posterior.safetensors"))  # fmt: skip
+    from bt_laplace.persistence import TENSORS_FILE
+
+    saved = load_file(str(folder / TENSORS_FILE))
     thin = [
         k
         for k, v in saved.items()
