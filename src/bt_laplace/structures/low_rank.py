@@ -331,6 +331,7 @@ class LowRankKron(Kron):
     eigenpairs); :meth:`decompose` eigendecomposes only the dense ones."""
 
     def decompose(self, damping: bool = False) -> LowRankKronDecomposed:
+        """The eigendecomposition: dense factors by ``eigh``, low-rank ones as kept."""
         vectors: list[Any] = []
         values: list[Any] = []
         for fs in self.kfacs:
@@ -347,6 +348,7 @@ class LowRankKron(Kron):
         return LowRankKronDecomposed(vectors, values, damping=damping)
 
     def to_matrix(self) -> torch.Tensor:
+        """The dense block-diagonal ``(P, P)`` curvature (tests only)."""
         blocks = []
         for fs in self.kfacs:
             dense = [f.to_dense() if isinstance(f, LowRankFactor) else f for f in fs]
@@ -362,12 +364,14 @@ class LowRankKronDecomposed(KronDecomposed):
     eigenvalues); products, diagonals and dense matrices go through :func:`rotate`."""
 
     def __add__(self, deltas: torch.Tensor) -> LowRankKronDecomposed:
+        """The same factors plus a prior precision ``deltas`` (scalar or one per group)."""
         self._check_deltas(deltas)
         return LowRankKronDecomposed(
             self.eigenvectors, self.eigenvalues, self.deltas + deltas, self.damping
         )
 
     def __mul__(self, scalar: torch.Tensor | float) -> LowRankKronDecomposed:
+        """The factors times a scalar (a temperature or loss factor)."""
         scaled = super().__mul__(scalar)
         return LowRankKronDecomposed(
             self.eigenvectors, scaled.eigenvalues, self.deltas, self.damping
@@ -388,6 +392,7 @@ class LowRankKronDecomposed(KronDecomposed):
         return torch.pow(torch.outer(l1, l2) + delta, exponent)
 
     def _bmm(self, W: torch.Tensor, exponent: float = -1) -> torch.Tensor:  # noqa: N803
+        """``P^exponent W`` for ``W`` ``(B, K, P)``, through :func:`rotate` per group."""
         b, k, p = W.shape
         w = W.reshape(b * k, p)
         start, out = 0, []
@@ -407,6 +412,7 @@ class LowRankKronDecomposed(KronDecomposed):
         return torch.cat(out, dim=1).reshape(b, k, p)
 
     def diag(self, exponent: float = 1) -> torch.Tensor:
+        """The diagonal ``(P,)`` of the precision to the power ``exponent``."""
         diags = []
         for qs, ls, delta in zip(self.eigenvectors, self.eigenvalues, self.deltas, strict=True):
             squared = [_squared_basis(q, v) for q, v in zip(qs, ls, strict=True)]
@@ -424,5 +430,6 @@ class LowRankKronDecomposed(KronDecomposed):
         return torch.cat(diags)
 
     def to_matrix(self, exponent: float = 1) -> torch.Tensor:
+        """The dense ``(P, P)`` precision to the power ``exponent`` (tests only)."""
         full: Any = [[_full_basis(q) for q in qs] for qs in self.eigenvectors]
         return KronDecomposed(full, self.eigenvalues, self.deltas, self.damping).to_matrix(exponent)
