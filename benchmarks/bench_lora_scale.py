@@ -43,6 +43,7 @@ from _common import OUT_HELP, RESULTS, environment, page_name, save
 
 SHAPES = {  # hidden, intermediate, heads, kv heads
     "llama3-8b": (4096, 14336, 32, 8),
+    "qwen2.5-7b": (3584, 18944, 28, 4),
     "qwen2.5-0.5b": (896, 4864, 14, 2),
     "small": (512, 1792, 8, 2),
 }
