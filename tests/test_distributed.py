@@ -26,6 +26,13 @@ CONFIGS = [
     {"subset_of_weights": "all", "hessian_structure": "kron", "prior_precision": 0.7},
     # kron factors recomputed pass by pass, each half-step summed over ranks
     {"subset_of_weights": "all", "prior_precision": 0.7, "backend_kwargs": {"kron_store_limit": 0}},
+    # low-rank factors (rank 3 of width 7): each rank's sketch summed over ranks
+    {
+        "subset_of_weights": "all",
+        "hessian_structure": "kron",
+        "evidence": "posterior",
+        "backend_kwargs": {"kron_rank": 3, "kron_full_width": 4},
+    },
     {},  # the automatic default
 ]
 

@@ -253,16 +253,22 @@ def test_every_prior_structure_works_or_is_refused_up_front(
             btl.fit_reward_posterior(reward_model, pair_loader, **kwargs)
 
 
-def test_auto_subset_takes_the_last_layer_above_the_parameter_limit(
+def test_auto_subset_takes_the_last_layer_above_the_state_limit(
     reward_model, pair_loader, monkeypatch
 ):
+    """The line is the posterior's state, as a fit of all weights then holds it."""
     from bt_laplace import options
 
-    n = sum(p.numel() for p in reward_model.parameters())
-    monkeypatch.setattr(options, "AUTO_ALL_WEIGHTS_LIMIT", n)
+    post = btl.fit_reward_posterior(
+        reward_model, pair_loader, subset_of_weights="all", prior_precision=1.0
+    )
+    config, tensors = post.state()
+    kept = sum(t.numel() for k, t in tensors.items() if k.startswith(("curvature.", "eig.")))
+    n = kept * 8  # float64
+    monkeypatch.setattr(options, "AUTO_STATE_LIMIT", n)
     at = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
     assert isinstance(at.laplace, PairKronLaplace)
-    monkeypatch.setattr(options, "AUTO_ALL_WEIGHTS_LIMIT", n - 1)
+    monkeypatch.setattr(options, "AUTO_STATE_LIMIT", n - 1)
     above = btl.fit_reward_posterior(reward_model, pair_loader, prior_precision=1.0)
     assert isinstance(above.laplace, PairKronLLLaplace)
 

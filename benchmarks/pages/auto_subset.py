@@ -58,10 +58,13 @@ def render(data: dict[str, Any], page: Path) -> str:
         "maximizes the evidence, exact where `evidence='auto'` takes it). *post(x) / forward*: "
         f"the reward mean and variance of {data['items']:,} items over the model's forward "
         "pass on them. *Curvature*: the bytes a saved posterior holds besides the weights "
-        "(Kronecker factors and their eigendecompositions). `subset_of_weights='auto'` (the "
-        f"default) takes all weights up to {data['limit']:,} trainable parameters in linear "
-        "layers, and the last layer beyond that or when any trainable parameter sits outside a "
-        "linear layer (a transformer: embeddings, layer norms).",
+        "(Kronecker factors and their eigendecompositions). When this ran, "
+        f"`subset_of_weights='auto'` (the default) took all weights up to {data['limit']:,} "
+        "trainable parameters in linear layers, and the last layer beyond that or when any "
+        "trainable parameter sits outside a linear layer (a transformer: embeddings, layer "
+        "norms); since issue 18 it takes all weights when the posterior's state fits 4 GiB "
+        "(`bt_laplace.options.AUTO_STATE_LIMIT`), with Kronecker factors wider than 2048 kept "
+        "low rank ([lora_scale.md](lora_scale.md)).",
         "",
         md_table(header, rows),
         "",

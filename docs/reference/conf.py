@@ -46,6 +46,7 @@ MODULES = [
     "bt_laplace.structures",
     "bt_laplace.structures.kron",
     "bt_laplace.structures.kron_factors",
+    "bt_laplace.structures.low_rank",
     "bt_laplace.prior",
     "bt_laplace.prior.settings",
     "bt_laplace.prior.marglik",

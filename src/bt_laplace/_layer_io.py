@@ -159,7 +159,12 @@ class LayerIORecorder:
             module, kind = owner.get(id(p), (None, ""))
             if not is_linear_layer(module):
                 name = type(module).__name__ if module is not None else "an unknown module"
-                self.reason = f"a posterior parameter of shape {tuple(p.shape)} belongs to {name}"
+                path = next((n for n, m in model.named_modules() if m is module), None)
+                where = f" {path!r}" if path else ""
+                self.reason = (
+                    f"a posterior parameter of shape {tuple(p.shape)} belongs to {name}{where}, "
+                    "not a linear layer (nn.Linear, Conv1D, or a LoRA adapter's lora_A/lora_B)"
+                )
                 break
             assert module is not None
             if module not in self.layers:

@@ -39,6 +39,7 @@ from bt_laplace.bradley_terry import bradley_terry_weight, margin_shift
 from bt_laplace.structures import DiagStructure, FullStructure, PosteriorStructure
 from bt_laplace.structures.kron import PairKronLaplace, PairKronLLLaplace
 from bt_laplace.structures.kron_factors import PairKronFactors, nearest_kronecker_factors
+from bt_laplace.structures.low_rank import KRON_FULL_WIDTH, KRON_RANK, check_low_rank
 
 __all__ = [
     "BradleyTerryGGN",
@@ -72,6 +73,14 @@ class BradleyTerryGGN(CurvatureInterface):
             so memory does not grow with the pairs. A layer that is a Kronecker product
             already (one output, as a reward model's head, so a whole last-layer fit) keeps
             nothing. Set it through ``backend_kwargs``.
+        kron_rank: Eigenpairs kept of each Kronecker factor wider than ``kron_full_width``
+            (default :data:`~bt_laplace.structures.low_rank.KRON_RANK`, 128), the rest of its
+            spectrum one number (:mod:`bt_laplace.structures.low_rank`): a LoRA matrix's
+            ``d x d`` factor at an LLM's width is never formed. None keeps every factor
+            whole. Set it through ``backend_kwargs``.
+        kron_full_width: Kronecker factors up to this width are kept whole (default
+            :data:`~bt_laplace.structures.low_rank.KRON_FULL_WIDTH`, 2048). Set it through
+            ``backend_kwargs``.
 
     Attributes:
         kron_kept_bytes: The most bytes of per-pair factors the last ``kron`` fit kept at once
@@ -104,6 +113,8 @@ class BradleyTerryGGN(CurvatureInterface):
         dict_key_y: str = "labels",
         kron_iterations: int = 2,
         kron_store_limit: int | None = None,
+        kron_rank: int | None = KRON_RANK,
+        kron_full_width: int = KRON_FULL_WIDTH,
     ) -> None:
         if subnetwork_indices is not None:
             raise NotImplementedError(
@@ -114,6 +125,7 @@ class BradleyTerryGGN(CurvatureInterface):
         super().__init__(model, likelihood, last_layer, None, dict_key_x, dict_key_y)
         self.kron_iterations = kron_iterations
         self.kron_store_limit = kron_store_limit
+        self.kron_rank, self.kron_full_width = check_low_rank(kron_rank, kron_full_width)
         self._layer_io: LayerIORecorder | None = None
         self._kron_store: PairKronFactors | None = None
         self.kron_kept_bytes = 0
@@ -209,14 +221,18 @@ class BradleyTerryGGN(CurvatureInterface):
             self.reset_kron()
         assert self._kron_store is not None
         self._kron_store.add(result, w)
-        if self._zero_kron is None:  # no factors: its addition never reads them
+        if self._zero_kron is None:  # no factors: adding it returns the other operand
             self._zero_kron = _ZeroKron([])
         return loss, self._zero_kron
 
     def reset_kron(self) -> None:
         """Forget the pair factors summed or kept so far (called at the start of a fit)."""
         self._kron_store = PairKronFactors(
-            self.layer_io, self.kron_iterations, store_limit=self.kron_store_limit
+            self.layer_io,
+            self.kron_iterations,
+            store_limit=self.kron_store_limit,
+            rank=self.kron_rank,
+            full_width=self.kron_full_width,
         )
 
     def finish_kron(self, reduce: Any = None, batches: Any = None) -> Kron:

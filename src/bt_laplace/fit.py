@@ -55,12 +55,15 @@ def fit_reward_posterior(
             :func:`~bt_laplace.preference_dataloader`; ``len(train_loader.dataset)`` must be
             the number of pairs.
         subset_of_weights: ``"auto"`` (default): ``"all"`` when every trainable parameter
-            is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path and there are at
-            most 5,000,000 of them (a reward MLP, or a head on a frozen encoder;
-            docs/results/auto_subset.md), else ``"last_layer"`` (a fine-tuned transformer);
-            or either explicitly. On real preference data the all-weights posterior improves
-            NLL and calibration over MAP and tells unfamiliar items apart, where a last layer
-            on learned features barely moves the MAP model (docs/results/real_data.md).
+            is in an ``nn.Linear`` or ``Conv1D`` (GPT-2) on the fast path (a reward MLP, a
+            head on a frozen encoder, a peft LoRA model's adapters and score head) and the
+            posterior's state over them fits 4 GiB
+            (:data:`~bt_laplace.options.AUTO_STATE_LIMIT`; ``kron``: factors up to 2048 wide
+            kept whole, wider ones as 128 eigenpairs, docs/results/lora_scale.md), else
+            ``"last_layer"`` (a fully fine-tuned transformer); or either explicitly. On real
+            preference data the all-weights posterior improves NLL and calibration over MAP
+            and tells unfamiliar items apart, where a last layer on learned features barely
+            moves the MAP model (docs/results/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, with the exact evidence's prior of an all-weights

@@ -15,7 +15,7 @@ other keyword goes to the laplace-torch Laplace class (``backend``, ``temperatur
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,7 +48,8 @@ __all__ = [
     "PRIOR_SETTINGS",
     "PRIOR_STRUCTURES",
     "FULL_MEMORY_LIMIT",
-    "AUTO_ALL_WEIGHTS_LIMIT",
+    "AUTO_STATE_LIMIT",
+    "auto_state_bytes",
     "AUTO_EXACT_EVIDENCE_FLOPS",
     "PRIOR_KWARGS",
 ]
@@ -57,10 +58,11 @@ SUBSETS = SubsetOfWeights.values()
 HESSIAN_STRUCTURES = tuple(STRUCTURES)
 PRIOR_METHODS = METHODS
 EVIDENCES = Evidence.values()
-#: ``subset_of_weights="auto"`` takes all weights up to this many trainable parameters: the
-#: largest MLP measured (docs/results/auto_subset.md: 4,986,881 parameters, an all-weights kron
-#: fit 3.9x one training epoch, ``post(x)`` 9.2x the forward pass, 193 MiB of curvature)
-AUTO_ALL_WEIGHTS_LIMIT = 5_000_000
+#: ``subset_of_weights="auto"`` takes all weights when the posterior's state over them (the
+#: structure's :meth:`~bt_laplace.structures.PosteriorStructure.state_numbers`, in the model's
+#: dtype) fits in this many bytes: 4 GiB, a LoRA posterior (r = 16 on every projection) of a
+#: 32-layer Llama-3-8B at the default ``kron_rank`` (62 MB a layer, docs/results/lora_scale.md)
+AUTO_STATE_LIMIT = 4 * 2**30
 LINK_APPROXIMATIONS = LinkApprox.values()
 #: largest dense posterior ``full`` builds, in bytes (P x P matrix)
 FULL_MEMORY_LIMIT = 4 * 2**30
@@ -272,23 +274,29 @@ class FitOptions:
 
 def _auto_subset(model: nn.Module, first_x: Any, options: FitOptions) -> SubsetOfWeights:
     """``subset_of_weights="auto"``: all weights when every trainable parameter sits in a
-    linear layer (``nn.Linear`` or transformers' ``Conv1D``) on the fast path (one call per
-    forward) and there are at most
-    :data:`AUTO_ALL_WEIGHTS_LIMIT` of them (and, for ``full``, their dense matrix fits
+    linear layer (``nn.Linear`` or transformers' ``Conv1D``, so a peft LoRA model's adapters
+    and score head) on the fast path (one call per forward) and the chosen structure's state
+    over them fits :data:`AUTO_STATE_LIMIT` (for ``full`` the same 4 GiB as
     :data:`FULL_MEMORY_LIMIT`); else the last layer. On real preference data the all-weights
     posterior is the one that improves calibration and tells unfamiliar items apart
-    (docs/results/real_data.md); a last layer on learned features barely moves the MAP model."""
+    (docs/results/real_data.md); a last layer on learned features barely moves the MAP
+    model."""
     params = [p for p in model.parameters() if p.requires_grad]
-    n = sum(p.numel() for p in params)
-    too_big = n > AUTO_ALL_WEIGHTS_LIMIT or (
-        options.structure.dense_covariance and n * n * params[0].element_size() > FULL_MEMORY_LIMIT
-    )
-    if too_big or not options.pair_backend:
+    if not options.pair_backend or auto_state_bytes(params, options) > AUTO_STATE_LIMIT:
         return SubsetOfWeights.LAST_LAYER
     recorder = LayerIORecorder(model, params)
     x = first_x[:1] if isinstance(first_x, torch.Tensor) else first_x
     fits = recorder.try_run(lambda: model(x)) is not None
     return SubsetOfWeights.ALL if fits else SubsetOfWeights.LAST_LAYER
+
+
+def auto_state_bytes(params: Sequence[torch.Tensor], options: FitOptions) -> int:
+    """Bytes of the state of an all-weights posterior of ``options``' structure over
+    ``params`` (with its ``backend_kwargs``), as ``subset_of_weights="auto"`` weighs it."""
+    shapes = [tuple(p.shape) for p in params]
+    kwargs = options.laplace_kwargs.get("backend_kwargs") or {}
+    n = options.structure.state_numbers(shapes, kwargs)
+    return n * params[0].element_size()
 
 
 def _first_inputs(loader: Iterable[Any]) -> Any:

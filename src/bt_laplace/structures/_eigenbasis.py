@@ -31,6 +31,7 @@ from bt_laplace._layer_io import (
 )
 from bt_laplace.structures._groups import GroupLayout, group_means
 from bt_laplace.structures.base import PosteriorStructure
+from bt_laplace.structures.low_rank import rotate
 
 __all__ = ["EigenbasisStructure", "SlotCovariance"]
 
@@ -38,6 +39,10 @@ __all__ = ["EigenbasisStructure", "SlotCovariance"]
 @dataclass(frozen=True)
 class SlotCovariance:
     """The covariance of one parameter tensor, diagonal in its own basis.
+
+    A basis may be thin, ``(d, k)`` with ``k < d``, for a low-rank factor: its sides are then
+    rotated into ``k + d`` coordinates (:func:`~bt_laplace.structures.low_rank.rotate`) and
+    ``m`` is laid out in those.
 
     Attributes:
         q_rows: Basis of the rows ``(rows, rows)`` of a weight, of a bias ``(out, out)``; None
@@ -65,16 +70,13 @@ class EigenbasisStructure(PosteriorStructure):
         for slot, piece in zip(self.recorder.slots, pieces, strict=True):
             if slot.kind == "bias":
                 g = [r.grads[slot.layer] for r in results]
-                if piece.q_rows is not None:
-                    g = [gi @ piece.q_rows for gi in g]
+                g = [rotate(gi, piece.q_rows) for gi in g]
                 out.append((piece, [bias_jacobian(gi) for gi in g], None))
                 continue
             sides = [weight_factors(slot, r.grads[slot.layer], r.acts[slot.layer]) for r in results]
             u, v = [s[0] for s in sides], [s[1] for s in sides]
-            if piece.q_rows is not None:
-                u = [ui @ piece.q_rows for ui in u]
-            if piece.q_cols is not None:
-                v = [vi @ piece.q_cols for vi in v]
+            u = [rotate(ui, piece.q_rows) for ui in u]
+            v = [rotate(vi, piece.q_cols) for vi in v]
             out.append((piece, u, v))
         return out
 
@@ -123,10 +125,10 @@ class EigenbasisStructure(PosteriorStructure):
         cross = torch.zeros_like(result.output)
         quad = torch.zeros((), dtype=cross.dtype, device=cross.device)
         for (piece, u, v), d in zip(self._rotate([result]), dense, strict=True):
-            if piece.q_rows is not None:  # Jbar into the basis too
-                d = piece.q_rows.T @ d
-            if piece.q_cols is not None:
-                d = d @ piece.q_cols
+            if v is None:  # Jbar into the basis too
+                d = rotate(d, piece.q_rows)
+            else:
+                d = rotate(rotate(d, piece.q_cols).mT, piece.q_rows).mT
             weighted = piece.m * d
             quad = quad + (weighted * d).sum()
             if v is None:

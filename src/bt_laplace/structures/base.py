@@ -138,6 +138,12 @@ class PosteriorStructure(ABC):
         """Set the fitted curvature of an unfitted ``laplace`` from :meth:`saved_state`."""
         laplace.H = state["curvature.H"]
 
+    @classmethod
+    def state_numbers(cls, shapes: list[tuple[int, ...]], backend_kwargs: dict[str, Any]) -> int:
+        """How many numbers a fitted posterior of this structure over parameter tensors of
+        ``shapes`` holds (what ``subset_of_weights="auto"`` weighs against its budget)."""
+        raise NotImplementedError(f"{cls.name} does not state its size")
+
     @staticmethod
     def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:
         """The eigenvalues of the exact tempered Bradley-Terry GGN (float64, CPU, clamped at

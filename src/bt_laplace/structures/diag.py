@@ -12,6 +12,7 @@ is three matrix products of ``a`` and ``g`` per batch (``a g^T`` for a ``Conv1D`
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -91,6 +92,11 @@ class DiagStructure(EigenbasisStructure):
     @staticmethod
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
         return {"H": laplace.H}
+
+    @classmethod
+    def state_numbers(cls, shapes: list[tuple[int, ...]], backend_kwargs: dict[str, Any]) -> int:
+        """One number per parameter."""
+        return sum(math.prod(s) for s in shapes)
 
     def _pieces(self) -> list[SlotCovariance]:
         params = posterior_parameters(self.laplace)

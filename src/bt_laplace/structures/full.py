@@ -10,6 +10,7 @@ layers and small models: ``P x P`` numbers.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +54,11 @@ class FullStructure(PosteriorStructure):
     @staticmethod
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
         return {"H": laplace.H}
+
+    @classmethod
+    def state_numbers(cls, shapes: list[tuple[int, ...]], backend_kwargs: dict[str, Any]) -> int:
+        """``P x P``."""
+        return sum(math.prod(s) for s in shapes) ** 2
 
     @staticmethod
     def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:

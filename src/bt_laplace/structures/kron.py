@@ -32,6 +32,7 @@ Covariance: in the eigenbases ``Q_G``, ``Q_A`` of the two factors with eigenvalu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -54,6 +55,15 @@ from bt_laplace.structures.kron_factors import (
     PairKronFactors,
     Reduce,
     nearest_kronecker_factors,
+)
+from bt_laplace.structures.low_rank import (
+    KRON_FULL_WIDTH,
+    KRON_RANK,
+    LowRankFactor,
+    LowRankKron,
+    LowRankKronDecomposed,
+    check_low_rank,
+    extended_values,
 )
 
 __all__ = [
@@ -97,10 +107,41 @@ class KronStructure(EigenbasisStructure):
 
     @staticmethod
     def curvature_state(laplace: Any) -> dict[str, torch.Tensor]:
+        """The dense factors ``H_facs.i.j``; a low-rank factor is its eigendecomposition,
+        saved by :meth:`saved_state`."""
         kfacs = laplace.H_facs.kfacs
-        return {f"H_facs.{i}.{j}": f for i, fs in enumerate(kfacs) for j, f in enumerate(fs)}
+        return {
+            f"H_facs.{i}.{j}": f
+            for i, fs in enumerate(kfacs)
+            for j, f in enumerate(fs)
+            if isinstance(f, torch.Tensor)
+        }
 
     saved_settings: ClassVar[tuple[str, ...]] = ("damping",)
+
+    @classmethod
+    def state_numbers(cls, shapes: list[tuple[int, ...]], backend_kwargs: dict[str, Any]) -> int:
+        """Per weight its two factors (one exact block when a side is 1), per bias its dense
+        block: a factor kept whole holds itself and its eigenvectors (``2 d^2``), a low-rank
+        one ``k`` eigenvectors (``d k``); each its ``d`` eigenvalues."""
+        rank, full_width = check_low_rank(
+            backend_kwargs.get("kron_rank", KRON_RANK),
+            backend_kwargs.get("kron_full_width", KRON_FULL_WIDTH),
+        )
+
+        def factor(d: int, whole: bool = False) -> int:
+            low = not whole and rank is not None and d > max(full_width, rank)
+            return d * (rank if low and rank is not None else 2 * d) + d
+
+        total = 0
+        for s in shapes:
+            if len(s) == 1:
+                total += factor(s[0], whole=True)
+            elif min(s) == 1 or len(s) != 2:
+                total += factor(math.prod(s)) + 3  # and the 1 x 1 factor
+            else:
+                total += factor(s[0]) + factor(s[1])
+        return total
 
     @classmethod
     def saved_state(cls, laplace: Any) -> dict[str, torch.Tensor]:
@@ -116,12 +157,21 @@ class KronStructure(EigenbasisStructure):
 
     @classmethod
     def restore_state(cls, laplace: Any, state: dict[str, torch.Tensor]) -> None:
-        laplace.H_facs = Kron(_indexed(state, "curvature.H_facs"))
-        laplace.H = KronDecomposed(
-            _indexed(state, "eig", "vectors"),  # type: ignore[arg-type]
-            _indexed(state, "eig", "values"),  # type: ignore[arg-type]
-            damping=laplace.damping,
-        )
+        vectors = _indexed(state, "eig", "vectors")
+        values = _indexed(state, "eig", "values")
+        kfacs: Any = [
+            [
+                state.get(f"curvature.H_facs.{i}.{j}", LowRankFactor(q, v))
+                for j, (q, v) in enumerate(zip(qs, vs, strict=True))
+            ]
+            for i, (qs, vs) in enumerate(zip(vectors, values, strict=True))
+        ]
+        if any(isinstance(f, LowRankFactor) for fs in kfacs for f in fs):
+            laplace.H_facs = LowRankKron(kfacs)
+            laplace.H = LowRankKronDecomposed(vectors, values, damping=laplace.damping)
+            return
+        laplace.H_facs = Kron(kfacs)
+        laplace.H = KronDecomposed(vectors, values, damping=laplace.damping)
 
     @staticmethod
     def exact_ggn_eigenvalues(laplace: Any) -> torch.Tensor | None:
@@ -130,7 +180,11 @@ class KronStructure(EigenbasisStructure):
         weight-bias block, which the Kronecker form drops, is zero (it is bounded by the bias
         block: ``|H_wb|^2 <= H_ww H_bb``). A reward head's bias always cancels in
         ``r(x_1) - r(x_0)``, so this is the default last-layer posterior."""
-        if not isinstance(laplace, PairKronLLLaplace) or laplace.damping:
+        if (
+            not isinstance(laplace, PairKronLLLaplace)
+            or laplace.damping
+            or isinstance(laplace.H_facs, LowRankKron)  # truncated: not the exact GGN
+        ):
             return None
         kfacs = laplace.H_facs.kfacs
         weights = [fs for fs in kfacs if len(fs) == 2]
@@ -147,6 +201,8 @@ class KronStructure(EigenbasisStructure):
         prec: Any = self.laplace.posterior_precision
         pieces = []
         for qs, ls, delta in zip(prec.eigenvectors, prec.eigenvalues, prec.deltas, strict=True):
+            # a low-rank factor's thin basis: its eigenvalues laid out as rotate()'s coordinates
+            ls = [extended_values(v, q) for v, q in zip(ls, qs, strict=True)]
             if len(ls) == 1:
                 pieces.append(SlotCovariance(qs[0], None, 1.0 / (ls[0] + delta)))
             elif prec.damping:
@@ -173,6 +229,9 @@ class _PairKronFit:
     H_facs: Any
     damping: bool
 
+    def _init_H(self) -> None:  # noqa: N802 (laplace-torch's name)
+        self.H = _UnfittedKron([])
+
     def fit(
         self, train_loader: DataLoader, override: bool = True, progress_bar: bool = False
     ) -> None:
@@ -194,6 +253,18 @@ class _PairKronFit:
 
         self.H_facs = backend.finish_kron(reduce=self.reduce_across_processes, batches=batches)
         self.H = self.H_facs.decompose(damping=self.damping)
+
+
+class _UnfittedKron(Kron):
+    """Stands in for laplace-torch's all-zero ``Kron`` until ``finish_kron``: that one holds
+    every ``(d, d)`` factor (822 MB for one 14336 wide) and its ``fit`` eigendecomposes them
+    (minutes), only to be replaced by the pair factors."""
+
+    def __add__(self, other: Kron) -> Kron:
+        return self
+
+    def decompose(self, damping: bool = False) -> Any:
+        return self
 
 
 class PairKronLaplace(_PairKronFit, FullPrecisionLaplace, KronLaplace):

@@ -29,6 +29,18 @@ from bt_laplace._layer_io import (
     pair_split,
     weight_jacobian,
 )
+from bt_laplace.structures.low_rank import (
+    KRON_FULL_WIDTH,
+    KRON_RANK,
+    Factor,
+    FactorSketch,
+    LowRankFactor,
+    LowRankKron,
+    pair_roots,
+    psd_root,
+    right_times,
+    root_times,
+)
 
 __all__ = ["KRON_STORE_LIMIT", "PairKronFactors", "Reduce", "nearest_kronecker_factors"]
 
@@ -54,10 +66,16 @@ class PairKronFactors:
     recomputes them with one more forward and backward pass over the pairs per further
     half-step, so memory stays independent of the number of pairs.
 
+    A factor wider than ``full_width`` is low rank (:mod:`bt_laplace.structures.low_rank`):
+    its half-step sums a sketch of it from per-pair roots instead of the ``(d, d)`` matrix.
+
     Args:
         recorder: The layer I/O recorder over the posterior's parameters.
         iterations: Alternating half-steps of :func:`nearest_kronecker_factors`.
         store_limit: Bytes of factors to keep before recomputing instead.
+        rank: Eigenpairs kept of a factor wider than ``full_width``; None keeps every
+            factor whole.
+        full_width: Factors up to this width are kept whole.
 
     Attributes:
         stored_bytes: Bytes of per-pair factors kept now.
@@ -66,10 +84,16 @@ class PairKronFactors:
     """
 
     def __init__(
-        self, recorder: LayerIORecorder, iterations: int, store_limit: int | None = None
+        self,
+        recorder: LayerIORecorder,
+        iterations: int,
+        store_limit: int | None = None,
+        rank: int | None = KRON_RANK,
+        full_width: int = KRON_FULL_WIDTH,
     ) -> None:
         self.recorder = recorder
         self.iterations = iterations
+        self.rank, self.full_width = rank, full_width
         self.store_limit = KRON_STORE_LIMIT if store_limit is None else store_limit
         self.batches: list[_Kept] = []
         self.stored_bytes = 0
@@ -87,7 +111,9 @@ class PairKronFactors:
         if not self._fits:  # the first batch: half-step 0 of every weight begins
             for i in self._weights:
                 g, a = result.grads[i], result.acts[i]
-                self._fits[i] = _AlternatingKron(g.shape[-1], a.shape[-1], a)
+                self._fits[i] = _AlternatingKron(
+                    g.shape[-1], a.shape[-1], a, rank=self._rank_of, seed=i
+                )
                 self._fits[i].begin(0, self.iterations)
         for i, fit in self._fits.items():
             g0, g1 = pair_split(result.grads[i])
@@ -108,6 +134,12 @@ class PairKronFactors:
             return
         self.batches.append(kept)
         self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
+
+    def _rank_of(self, width: int) -> int | None:
+        """Eigenpairs to keep of a factor ``width`` wide, or None to keep it whole."""
+        if self.rank is None or width <= max(self.full_width, self.rank):
+            return None
+        return self.rank
 
     def _kept(self, result: LayerIO, weight: torch.Tensor) -> _Kept:
         """The factors of a batch that the half-steps after the first need: a layer's
@@ -181,6 +213,8 @@ class PairKronFactors:
             else:  # G x A is the block of W (out, in); A x G that of a Conv1D's W (in, out)
                 g_fac, a_fac = fits[slot.layer].factors()
                 kfacs.append([a_fac, g_fac] if slot.transposed else [g_fac, a_fac])
+        if any(isinstance(f, LowRankFactor) for fs in kfacs for f in fs):
+            return LowRankKron(kfacs)
         return Kron(kfacs)
 
 
@@ -194,16 +228,46 @@ def _pair_jacobian_is_smaller(g: torch.Tensor, a: torch.Tensor) -> bool:
 class _AlternatingKron:
     """The alternating least squares of one weight's nearest Kronecker product, fed the
     per-pair factors batch by batch: one :meth:`begin` / :meth:`add`... / :meth:`end` round
-    per half-step (a single round, exact, when ``out == 1`` or ``in == 1``)."""
+    per half-step (a single round, exact, when ``out == 1`` or ``in == 1``). A factor that
+    ``rank`` makes low rank sums a :class:`FactorSketch` from per-pair roots (``R_n`` with
+    ``R_n R_n^T`` the pair's term) instead of the ``(d, d)`` matrix."""
 
-    def __init__(self, n_out: int, n_in: int, like: torch.Tensor) -> None:
+    def __init__(
+        self,
+        n_out: int,
+        n_in: int,
+        like: torch.Tensor,
+        rank: Callable[[int], int | None] = lambda _: None,
+        seed: int = 0,
+    ) -> None:
         self.n_out, self.n_in = n_out, n_in
         self.exact = n_out == 1 or n_in == 1
+        self.like, self.seed = like, seed
+        self.ranks: list[int | None] = (
+            [rank(n_out * n_in)] if self.exact else [rank(n_out), rank(n_in)]
+        )
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
-        self.a_fac = torch.eye(n_in, **opts) / n_in**0.5
-        self.g_fac = torch.zeros(n_out, n_out, **opts)
+        # the starting A = I / sqrt(in) and an empty G (neither used by an exact block)
+        self.a_fac: torch.Tensor | LowRankFactor = torch.zeros(0, 0, **opts)
+        self.g_fac: torch.Tensor | LowRankFactor = torch.zeros(0, 0, **opts)
+        if not self.exact:
+            a_rank, g_rank = self.ranks[1], self.ranks[0]
+            self.a_fac = (
+                torch.eye(n_in, **opts) / n_in**0.5
+                if a_rank is None
+                else LowRankFactor(
+                    torch.zeros(n_in, 0, **opts), torch.full((n_in,), n_in**-0.5, **opts)
+                )
+            )
+            self.g_fac = (
+                torch.zeros(n_out, n_out, **opts)
+                if g_rank is None
+                else LowRankFactor(torch.zeros(n_out, 0, **opts), torch.zeros(n_out, **opts))
+            )
         self.total: torch.Tensor | None = None
-        self.f: torch.Tensor | None = None
+        self.sketch: FactorSketch | None = None
+        self.f: Factor = None
+        self.f_root: torch.Tensor | None = None
         self.stopped = False
 
     def passes(self, iterations: int) -> int:
@@ -213,21 +277,29 @@ class _AlternatingKron:
         """Prepare half-step ``step``; False when this weight has no such step."""
         if self.stopped or step >= self.passes(iterations):
             return False
-        self.step, self.total = step, None
+        self.step, self.total, self.sketch = step, None, None
+        target = 0 if self.exact or step % 2 == 0 else 1
+        width = self.n_out * self.n_in if self.exact else (self.n_out, self.n_in)[target]
+        target_rank = self.ranks[target]
+        if target_rank is not None:
+            self.sketch = FactorSketch(width, target_rank, self.like, self.seed)
         if self.exact:
             return True
         # each half-step makes one factor optimal for the other (unit norm): the projection
         # of H onto the Kronecker products with that factor
         fac = self.a_fac if step % 2 == 0 else self.g_fac
-        if fac.norm() == 0:
+        norm = fac.norm()
+        if norm == 0:
             self.stopped = True
             return False
-        fac = fac / fac.norm()
+        fac = fac.scaled(1 / norm) if isinstance(fac, LowRankFactor) else fac / norm
         if step % 2 == 0:
             self.a_fac = fac
             self.f = None if step == 0 else fac  # step 0: A = I / sqrt(in), no products
         else:
             self.g_fac = self.f = fac
+        dense_f = isinstance(self.f, torch.Tensor) and self.sketch is not None
+        self.f_root = psd_root(self.f) if dense_f else None  # type: ignore[arg-type]
         return True
 
     def add(
@@ -240,7 +312,14 @@ class _AlternatingKron:
     ) -> None:
         if self.exact:  # the block is a Kronecker product: sum it
             d = (weight_jacobian(g1, a1) - weight_jacobian(g0, a0)).flatten(1)
+            if self.sketch is not None:
+                self.sketch.add((d * w.sqrt()[:, None]).T)
+                return
             part = (d * w[:, None]).T @ d
+        elif self.sketch is not None:  # roots of the low-rank factor's pair terms
+            u0, u1, v0, v1 = (a0, a1, g0, g1) if self.step % 2 == 0 else (g0, g1, a0, a1)
+            self.sketch.add(pair_roots(u0, u1, v0, v1, w, self.f, self.f_root))
+            return
         elif self.step % 2 == 0:
             part = _pair_step(self.f, [a0], [a1], [g0], [g1], [w])
         else:
@@ -252,29 +331,44 @@ class _AlternatingKron:
         ``G <- sum_n w_n D_n A D_n^T`` and ``A <- sum_n w_n D_n^T G D_n``."""
         if self.exact:
             flat = d.flatten(1)
+            if self.sketch is not None:
+                self.sketch.add((flat * w.sqrt()[:, None]).T)
+                return
             part = (flat * w[:, None]).T @ flat
+        elif self.sketch is not None:
+            e = d if self.step % 2 == 0 else d.mT
+            self.sketch.add(root_times(e, self.f, self.f_root) * w.sqrt()[:, None, None])
+            return
         elif self.step % 2 == 0:
-            part = torch.einsum("b,boi,bpi->op", w, d if self.f is None else d @ self.f, d)
+            part = torch.einsum("b,boi,bpi->op", w, right_times(d, self.f), d)
         else:
             assert self.f is not None
-            part = torch.einsum("b,boi,boj->ij", w, d, self.f @ d)
+            part = torch.einsum("b,boi,boj->ij", w, d, right_times(d.mT, self.f).mT)
         self.total = part if self.total is None else self.total + part
 
     def end(self, reduce: Reduce) -> None:
-        assert self.total is not None
-        total = reduce(self.total)
+        if self.sketch is not None:
+            total: torch.Tensor | LowRankFactor = self.sketch.finish(reduce)
+            self.sketch = None
+        else:
+            assert self.total is not None
+            total = reduce(self.total)
         if self.exact:
             self.block = total
         elif self.step == 0:
-            self.g_fac = total / self.n_in**0.5
+            self.g_fac = (
+                total.scaled(self.n_in**-0.5)
+                if isinstance(total, LowRankFactor)
+                else (total / self.n_in**0.5)
+            )
         elif self.step % 2 == 0:
             self.g_fac = total
         else:
             self.a_fac = total
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def factors(self) -> tuple[torch.Tensor | LowRankFactor, torch.Tensor | LowRankFactor]:
         if self.exact:
-            one = torch.ones(1, 1, dtype=self.block.dtype, device=self.block.device)
+            one = torch.ones(1, 1, dtype=self.like.dtype, device=self.like.device)
             return (one, self.block) if self.n_out == 1 else (self.block, one)
         return self.g_fac, self.a_fac
 
@@ -289,7 +383,7 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_step(
-    f: torch.Tensor | None, u0: Chunks, u1: Chunks, v0: Chunks, v1: Chunks, weight: Chunks
+    f: Factor, u0: Chunks, u1: Chunks, v0: Chunks, v1: Chunks, weight: Chunks
 ) -> torch.Tensor:
     """One side of the power iteration: ``sum_n Vhat_n C_n Vhat_n^T`` ``(e, e)``.
 
@@ -302,10 +396,10 @@ def _pair_step(
     for u0_, u1_, v0_, v1_, w in zip(u0, u1, v0, v1, weight, strict=True):
         if is_sequence(u0_):  # Uhat = [u1_t, -u0_t], Vhat = [v1_t, v0_t] over the L positions
             uh, vh = torch.cat([u1_, -u0_], 1), torch.cat([v1_, v0_], 1)  # (B, 2L, .)
-            c = (uh if f is None else uh @ f) @ uh.transpose(1, 2) * w[:, None, None]
+            c = right_times(uh, f) @ uh.transpose(1, 2) * w[:, None, None]
             total += (vh.transpose(1, 2) @ c @ vh).sum(0)
             continue
-        u1f, u0f = (u1_, u0_) if f is None else (u1_ @ f, u0_ @ f)
+        u1f, u0f = right_times(u1_, f), right_times(u0_, f)
         c11 = (w * (u1f * u1_).sum(-1))[:, None]
         c00 = (w * (u0f * u0_).sum(-1))[:, None]
         c10 = (w * (u1f * u0_).sum(-1))[:, None]
@@ -380,4 +474,6 @@ def nearest_kronecker_factors(
         for chunk in zip(g0, g1, a0, a1, weight, strict=True):
             fit.add(*chunk)
         fit.end(reduce)
-    return fit.factors()
+    g_fac, a_fac = fit.factors()
+    assert isinstance(g_fac, torch.Tensor) and isinstance(a_fac, torch.Tensor)  # all whole
+    return g_fac, a_fac
