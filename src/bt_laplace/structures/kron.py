@@ -254,6 +254,15 @@ class _PairKronFit:
         self.H_facs = backend.finish_kron(reduce=self.reduce_across_processes, batches=batches)
         self.H = self.H_facs.decompose(damping=self.damping)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """laplace-torch's, with the factors rebuilt here: its own puts them into the
+        unfitted placeholder ``_init_H`` returns, which never decomposes."""
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        kfacs = state_dict["H"]
+        low_rank = any(isinstance(f, LowRankFactor) for fs in kfacs for f in fs)
+        self.H_facs = LowRankKron(kfacs) if low_rank else Kron(kfacs)
+        self.H = self.H_facs.decompose(damping=self.damping)
+
 
 class _UnfittedKron(Kron):
     """Stands in for laplace-torch's all-zero ``Kron`` until ``finish_kron``: that one holds
