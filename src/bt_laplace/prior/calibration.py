@@ -120,7 +120,7 @@ def held_out_prior_ratio(
     part_la = refit(rest)
     part = Predictive(part_la)
     query = part.jacobians(query_x, pairs=True)
-    exact = exact_pair_variances(part_la, rest, (query[0], query[1]))
+    exact = exact_pair_variances(part_la, rest, (query[0], query[1]), theta_sq=theta_sq)
     if exact is None:
         return None
     eigenvalues, exact_variances = exact
