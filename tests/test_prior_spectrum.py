@@ -29,7 +29,9 @@ def test_settled_prior_equals_the_full_decomposition_on_a_falling_spectrum(theta
     values = 1e3 * 0.8 ** torch.arange(300, dtype=torch.float64)
     mat = kernel_with_spectrum(values)
     exact = exact_evidence_prior_precision(torch.linalg.eigvalsh(mat), theta_sq)
-    spectrum = settled_spectrum(mat, prior_of(theta_sq), rank=8, vectors=True)
+    spectrum = settled_spectrum(mat, prior_of(theta_sq), rank=64, vectors=True)
+    unsettled = settled_spectrum(mat, prior_of(theta_sq), rank=8)  # too few: the full one
+    assert len(unsettled.values) == 300
     assert len(spectrum.values) < 100  # settled on the top, not the full decomposition
     assert float(spectrum.values[0]) <= 1e-3 * exact * 1.01
     k = len(spectrum.values)
