@@ -194,6 +194,7 @@ def load_warriner(seed: int) -> dict[str, Any]:
     return {
         "x": x,
         "ood": pos == "a",
+        "words": words,
         "mean": mean,
         "sd": sd,
         "describe": {
@@ -224,18 +225,39 @@ DATASETS = {
 }
 
 
-def make_split(name: str, seed: int) -> dict[str, Any]:
-    load, sample = DATASETS[name]
+def make_split(
+    name: str,
+    seed: int,
+    *,
+    datasets: dict[str, Any] | None = None,
+    sizes: tuple[int, int, int, int] = (N_TRAIN, N_VAL, N_TEST, N_OOD_PAIRS),
+    n_score: int = N_SCORE_ITEMS,
+) -> dict[str, Any]:
+    """Items split 60/20/20 (train/val/test, in distribution) before pairing, then pairs of
+    each split; ``datasets`` maps names to ``(load, sample)`` (default :data:`DATASETS`),
+    ``sizes`` are the train, validation, test and OOD pair counts. A loader that returns a
+    ``group`` per item (e.g. a choice set) has its groups split instead of its items."""
+    load, sample = (datasets or DATASETS)[name]
     data = load(seed)
     rng = np.random.default_rng(1000 + seed)
-    idx_in = rng.permutation(np.flatnonzero(~data["ood"]))
-    n_tr, n_va = int(0.6 * len(idx_in)), int(0.2 * len(idx_in))
-    items = {
-        "train": idx_in[:n_tr],
-        "val": idx_in[n_tr : n_tr + n_va],
-        "test": idx_in[n_tr + n_va :],
-        "ood": rng.permutation(np.flatnonzero(data["ood"])),
-    }
+    in_dist = np.flatnonzero(~data["ood"])
+    if "group" in data:  # split whole groups: a pair never crosses two splits
+        groups = rng.permutation(np.unique(data["group"][in_dist]))
+        g_tr, g_va = int(0.6 * len(groups)), int(0.2 * len(groups))
+        part = np.zeros(int(data["group"].max()) + 1, int)
+        part[groups[g_tr : g_tr + g_va]], part[groups[g_tr + g_va :]] = 1, 2
+        which = part[data["group"][in_dist]]
+        idx = {k: rng.permutation(in_dist[which == v]) for k, v in (("train", 0), ("val", 1))}
+        idx["test"] = rng.permutation(in_dist[which == 2])
+    else:
+        idx_in = rng.permutation(in_dist)
+        n_tr, n_va = int(0.6 * len(idx_in)), int(0.2 * len(idx_in))
+        idx = {
+            "train": idx_in[:n_tr],
+            "val": idx_in[n_tr : n_tr + n_va],
+            "test": idx_in[n_tr + n_va :],
+        }
+    items = {**idx, "ood": rng.permutation(np.flatnonzero(data["ood"]))}
     x = data["x"]
     mu = x[items["train"]].mean(0)
     sd = x[items["train"]].std(0)
@@ -248,14 +270,15 @@ def make_split(name: str, seed: int) -> dict[str, Any]:
         xp = torch.stack([feats[i], feats[j]], 1)
         return xp, torch.as_tensor(y), None if p is None else torch.as_tensor(p)
 
+    n_train, n_val, n_test, n_ood = sizes
     return {
-        "train": pairs("train", N_TRAIN),
-        "val": pairs("val", N_VAL),
-        "test": pairs("test", N_TEST),
-        "ood_pairs": pairs("ood", N_OOD_PAIRS),
+        "train": pairs("train", n_train),
+        "val": pairs("val", n_val),
+        "test": pairs("test", n_test),
+        "ood_pairs": pairs("ood", n_ood),
         "reference": feats[rng.choice(items["train"], N_REFERENCE, replace=False)],
-        "score_in": feats[rng.permutation(items["test"])[:N_SCORE_ITEMS]],
-        "score_out": feats[items["ood"][:N_SCORE_ITEMS]],
+        "score_in": feats[rng.permutation(items["test"])[:n_score]],
+        "score_out": feats[items["ood"][:n_score]],
         "describe": {**data["describe"], **{f"{k} items": len(v) for k, v in items.items()}},
     }
 

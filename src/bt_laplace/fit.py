@@ -67,10 +67,12 @@ def fit_reward_posterior(
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, with the exact evidence's prior of an all-weights
-            ``kron`` or ``diag`` posterior calibrated on held-out items (no labels used; the
-            factor is ``post.prior_calibration``; docs/results/prior_sweep.md: on Warriner
-            ratings ECE .066 -> .029); ``"marglik"``, ``"gridsearch"`` (needs ``val_loader``), or a
-            positive number. Every way, and what each costs: :mod:`bt_laplace.prior`.
+            ``kron`` or ``diag`` posterior lowered where held-out items show the structure
+            too confident about new items (no labels used; the factor, at most 1, is
+            ``post.prior_calibration``; docs/results/prior_sweep.md: on Warriner ratings ECE
+            .066 -> .029; never raised: docs/results/heldout.md); ``"marglik"``,
+            ``"gridsearch"`` (needs ``val_loader``), or a positive number. Every way, and
+            what each costs: :mod:`bt_laplace.prior`.
         evidence: Which Laplace evidence ``"marglik"`` maximizes: ``"auto"`` (default;
             ``"exact"`` up to about 5 s of work, else ``"posterior"``), ``"posterior"`` (the
             fitted structure's own, laplace-torch's; too high a prior with ``kron``,

