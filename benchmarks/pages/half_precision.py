@@ -74,8 +74,14 @@ def render(data: dict[str, Any], page: Path) -> str:
             f"## Memory of a fit against the model's size (MiB, peak {where} above the start)",
             "",
             md_table(
-                ["dtype", "model", "last layer kron", "last layer diag", "last layer full",
-                 "LoRA kron"],
+                [
+                    "dtype",
+                    "model",
+                    "last layer kron",
+                    "last layer diag",
+                    "last layer full",
+                    "LoRA kron",
+                ],
                 memory,
             ),  # fmt: skip
             "",
