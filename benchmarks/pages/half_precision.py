@@ -93,7 +93,7 @@ def render(data: dict[str, Any], page: Path) -> str:
             "",
             "On a GPU: `python benchmarks/bench_half_precision.py --device cuda` (preset "
             "`qwen0.5b`: Qwen2.5-0.5B's widths and depth, 256 pairs of 256 tokens; a few "
-            "minutes) writes `docs/results/half_precision_gpu.md`.",
+            "minutes) writes the page `half_precision_gpu.md` beside this one.",
             "",
         ]
     )

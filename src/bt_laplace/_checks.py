@@ -140,6 +140,8 @@ def group_index(groups: Any, n: int) -> tuple[torch.Tensor, list[Hashable]]:
 def all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
     """Whether every value of ``t`` is finite, checked ``chunk`` values at a time: ``isfinite``
     of a whole weight makes four temporaries of its size (64 MB for a 16M-parameter bf16
-    weight), which a fit that must not copy the network cannot afford."""
-    flat = t.detach().reshape(-1)
+    weight), which a fit that must not copy the network cannot afford. A sharded (FSDP2)
+    parameter is checked on this rank's shard: no collective, and every rank checks its own."""
+    local = t.to_local() if hasattr(t, "to_local") else t
+    flat = local.detach().reshape(-1)
     return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
