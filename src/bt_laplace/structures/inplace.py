@@ -103,36 +103,46 @@ class InPlaceFeatureExtractor(FeatureExtractor):
         object.__setattr__(self, "last_layer", layer)
 
     def find_last_layer(self, x: torch.Tensor | MutableMapping[str, Any]) -> torch.Tensor:
-        """laplace-torch's search (the last leaf module called), without leaving its hooks on
-        the modules that the forward did not call."""
+        """laplace-torch's search (the leaf module whose first call comes last), without
+        leaving its hooks on the modules that the forward did not call, and holding the input
+        of the current candidate only (laplace-torch keeps every module's: a batch of every
+        activation of the network, 76 MB for a 224 MB bf16 Llama and 8 pairs)."""
         if self.last_layer is not None:
             raise ValueError("Last layer is already known.")
-        called: dict[str, torch.Tensor | None] = {}
-
-        def record(name: str) -> Any:
-            def hook(_m: nn.Module, inp: tuple[Any, ...], _out: Any) -> None:
-                first = inp[0] if inp else None
-                called.setdefault(name, first.detach() if isinstance(first, torch.Tensor) else None)
-
-            return hook
-
         modules = dict(self.model.named_modules())
         if len(modules) <= 2:
             raise ValueError("The model only has one module.")
-        handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+        seen: set[str] = set()
+        candidate: list[tuple[str, torch.Tensor | None]] = []
+
+        def record(name: str, leaf: bool) -> Any:
+            def hook(_m: nn.Module, inp: tuple[Any, ...], _out: Any) -> None:
+                if name in seen:
+                    return
+                seen.add(name)
+                if leaf:
+                    first = inp[0] if inp else None
+                    candidate[:] = [
+                        (name, first.detach() if isinstance(first, torch.Tensor) else None)
+                    ]
+
+            return hook
+
+        handles = [
+            m.register_forward_hook(record(n, not list(m.children()))) for n, m in modules.items()
+        ]
         try:
             out = self.model(x)
         finally:
             for handle in handles:
                 handle.remove()
-        for name in reversed(list(called)):
-            if not list(modules[name].children()):
-                self.set_last_layer(name)
-                features = called[name]
-                if features is not None:
-                    self._features[name] = features
-                return out
-        raise ValueError("Something went wrong (all modules have children).")
+        if not candidate:
+            raise ValueError("Something went wrong (all modules have children).")
+        name, features = candidate[0]
+        self.set_last_layer(name)
+        if features is not None:
+            self._features[name] = features
+        return out
 
     def forward_with_features(
         self, x: torch.Tensor | MutableMapping[str, Any]
