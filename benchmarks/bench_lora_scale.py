@@ -66,8 +66,8 @@ def _peak_reset() -> int:
     return _status_kib("VmRSS")
 
 
-def build(shape: str) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
-    """The LoRA pair model and the 16 pairs (a list of batches)."""
+def build(shape: str, layers: int = 1) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
+    """The LoRA pair model (``layers`` decoder layers) and the 16 pairs (a list of batches)."""
     import torch
     import transformers as tf
     from peft import LoraConfig, get_peft_model
@@ -79,7 +79,7 @@ def build(shape: str) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
         vocab_size=VOCAB,
         hidden_size=hidden,
         intermediate_size=inter,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv,
         max_position_embeddings=LENGTH,
