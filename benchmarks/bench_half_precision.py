@@ -204,7 +204,7 @@ def memory_only() -> None:
     torch.manual_seed(0)
     net = tf.LlamaForSequenceClassification(config).to(torch.bfloat16)
     model = PairwiseRewardModel(net).eval()
-    loader = DataLoader(TokenPairs(32, 32, config.vocab_size), batch_size=8)
+    loader = DataLoader(TokenPairs(16, 32, config.vocab_size), batch_size=8)
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     # the model in use, as after training: the first backward pass in a process allocates
     # the autograd engine's and the kernels' buffers once (about 90 MB here), which a fit

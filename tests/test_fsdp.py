@@ -100,10 +100,12 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
             _save_load_and_weights(rank, x, y, mine, folder)
         # a rank with more batches than another would wait in a forward forever
         n = 16 if rank == 0 else 8
+        uneven = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=8)
         with pytest.raises(ValueError, match=r"`train_loader` has between 1 and 2 batches"):
-            btl.fit_reward_posterior(
-                _sharded_model(), DataLoader(TensorDataset(x[:n], y[:n]), batch_size=8)
-            )
+            btl.fit_reward_posterior(_sharded_model(), uneven)
+        # and so would setting the prior again on validation pairs after the fit
+        with pytest.raises(ValueError, match=r"`val_loader` has between 1 and 2 batches"):
+            sharded.optimize_prior_precision(val_loader=uneven)
     finally:
         dist.destroy_process_group()
 

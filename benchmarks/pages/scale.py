@@ -61,7 +61,9 @@ def _whole(data: dict[str, Any]) -> list[list[str]]:
         params = base + (n_layers - 1) * base_layer + whole["vocab"] * hidden
         lora_params = one["trainable"] + (n_layers - 1) * (two["trainable"] - one["trainable"])
 
-        def per_layer(get: Any, unit: str, *, one: Any = one, two: Any = two) -> Any:
+        def per_layer(
+            get: Any, unit: str, *, one: Any = one, two: Any = two, n_layers: int = n_layers
+        ) -> Any:
             return _grow(get(one), get(two) - get(one), n_layers, unit)
 
         step_txt, step = per_layer(lambda r: (r["step_s"] + r["step_after_s"]) / 2, "s")
@@ -131,7 +133,7 @@ def render(data: dict[str, Any], page: Path) -> str:
             "frozen, peft LoRA r = 16 on q, k, v, o, gate, up and down (both adapter matrices "
             f"random, as after training) plus the score head; {setup['pairs']} pairs of "
             f"{setup['length']} tokens in batches of 8, each model in a fresh process. LoRA "
-            "posterior: `fit_reward_posterior(model, loader, subset_of_weights=\"all\", "
+            'posterior: `fit_reward_posterior(model, loader, subset_of_weights="all", '
             'hessian_structure="kron")`; last layer: `subset_of_weights="last_layer"` (the '
             "score head); both with the default prior (marglik on the exact evidence, "
             "calibrated). Growth is the peak resident memory during the fit above that at its "
