@@ -73,6 +73,37 @@ def _change_dtype(model: nn.Module) -> None:
     model.float()
 
 
+def test_the_last_layer_search_keeps_one_input_and_finds_laplace_torchs_layer():
+    """The search holds the input of its current candidate only (laplace-torch's keeps every
+    module's: a batch of every activation of the network) and picks the layer laplace-torch
+    picks: the leaf module whose first call comes last, here the head, though a leaf called
+    before it runs again after it."""
+    from laplace.utils.feature_extractor import FeatureExtractor
+
+    from bt_laplace.structures.inplace import InPlaceFeatureExtractor
+
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.act, self.head = nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # act is called again after the head: the head's first call is still the last one
+            return self.act(self.head(self.act(self.body(x))))
+
+    net = Reused().double()
+    x = items()
+    ours = InPlaceFeatureExtractor(net)
+    out = ours.find_last_layer(x)
+    theirs = FeatureExtractor(Reused().double())
+    theirs.find_last_layer(x)
+    assert ours._last_layer_name == theirs._last_layer_name == "head"
+    assert list(ours._features) == ["head"]  # one input held, not every module's
+    torch.testing.assert_close(ours._features["head"], net.act(net.body(x)))
+    torch.testing.assert_close(out, net(x))
+    assert not any(m._forward_hooks for m in net.modules())
+
+
 @pytest.mark.parametrize("change", [_train_further, _load_other_weights, _change_dtype])
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("subset", SUBSETS)

@@ -14,12 +14,11 @@ def _mb(x: float) -> str:
     return f"{x:,.1f} MB" if x < 100 else f"{x:,.0f} MB"
 
 
-def _grow(one: float, step: float, layers: int, unit: str) -> tuple[str, float]:
-    """``one + (layers - 1) * step = total`` as text, and the total."""
-    total = one + (layers - 1) * step
-    if unit == "s":
-        return f"{one:.1f} + {layers - 1} x {step:.1f} = **{fmt_s(total)}**", total
-    return f"{one:,.1f} + {layers - 1} x {step:,.1f} = **{_mb(total)}**", total
+def _times(layers: int, one: float, unit: str) -> tuple[str, float]:
+    """``layers x one = total`` as text, and the total."""
+    total = layers * one
+    shown = fmt_s(total) if unit == "s" else _mb(total)
+    return f"{layers} x {one:,.1f} = **{shown}**", total
 
 
 def _measured(data: dict[str, Any]) -> list[list[str]]:
@@ -47,42 +46,90 @@ def _measured(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _step(r: dict[str, Any]) -> float:
+    """The training step: the mean of the one before the fits and the one after them."""
+    return (r["step_s"] + r["step_after_s"]) / 2
+
+
+#: what each whole-model cell multiplies, per layer
+QUANTITIES = {
+    "lora_saved": (lambda r: r["lora"]["saved_mb"], "MB"),
+    "lora_growth": (lambda r: r["lora"]["growth_mb"], "MB"),
+    "lora_fit": (lambda r: r["lora"]["fit_s"], "s"),
+    "step": (_step, "s"),
+    "ll_fit": (lambda r: r["last_layer"]["fit_s"], "s"),
+    "forward": (lambda r: r["forward_s"], "s"),
+}
+
+
 def _whole(data: dict[str, Any]) -> list[list[str]]:
     rows = []
-    shapes = list(dict.fromkeys(k.split(":")[0] for k in data["rows"]))
-    for shape in shapes:
-        one, two = data["rows"].get(f"{shape}:1"), data["rows"].get(f"{shape}:2")
-        if one is None or two is None:
+    for shape, whole in data["setup"]["whole"].items():
+        one = data["rows"].get(f"{shape}:1")
+        if one is None:
             continue
-        whole = data["setup"]["whole"][shape]
-        n_layers, hidden = whole["layers"], data["setup"]["shapes"][shape][0]
-        base_layer = (two["params"] - two["trainable"]) - (one["params"] - one["trainable"])
-        base = one["params"] - one["trainable"] - VOCAB * hidden
-        params = base + (n_layers - 1) * base_layer + whole["vocab"] * hidden
-        lora_params = one["trainable"] + (n_layers - 1) * (two["trainable"] - one["trainable"])
-
-        def per_layer(
-            get: Any, unit: str, *, one: Any = one, two: Any = two, n_layers: int = n_layers
-        ) -> Any:
-            return _grow(get(one), get(two) - get(one), n_layers, unit)
-
-        step_txt, step = per_layer(lambda r: (r["step_s"] + r["step_after_s"]) / 2, "s")
-        fit_txt, fit = per_layer(lambda r: r["lora"]["fit_s"], "s")
-        fwd_txt, fwd = per_layer(lambda r: r["forward_s"], "s")
-        ll_txt, ll = per_layer(lambda r: r["last_layer"]["fit_s"], "s")
+        n, hidden = whole["layers"], data["setup"]["shapes"][shape][0]
+        base = one["params"] - one["trainable"] - VOCAB * hidden  # one layer, norm, head
+        params = n * base + whole["vocab"] * hidden
+        cell = {k: _times(n, get(one), unit) for k, (get, unit) in QUANTITIES.items()}
+        fit, step = cell["lora_fit"], cell["step"]
+        ll, fwd = cell["ll_fit"], cell["forward"]
         rows.append(
             [
-                f"{whole['name']} ({n_layers} layers)",
+                f"{whole['name']} ({n} layers)",
                 f"{params / 1e9:.2f}B ({params * 2 / 2**30:,.1f} GiB in bf16)",
-                f"{lora_params / 1e6:.1f}M",
-                per_layer(lambda r: r["lora"]["saved_mb"], "MB")[0],
-                per_layer(lambda r: r["lora"]["growth_mb"], "MB")[0],
-                f"{fit_txt} / {step_txt} = **{fmt_x(fit / step)}**",
+                f"{n * one['trainable'] / 1e6:.1f}M",
+                cell["lora_saved"][0],
+                _growth(n, one),
+                f"{fit[0]} / {step[0]} = **{fmt_x(fit[1] / step[1])}**",
                 _mb(one["last_layer"]["saved_mb"]),
-                f"{ll_txt} / {fwd_txt} = **{fmt_x(ll / fwd)}**",
+                f"{ll[0]} / {fwd[0]} = **{fmt_x(ll[1] / fwd[1])}**",
             ]
         )
     return rows
+
+
+def _growth(n: int, one: dict[str, Any]) -> str:
+    """The fit's growth for ``n`` layers, between every layer's state plus one layer's
+    transients, and ``n`` times the one-layer growth."""
+    state, growth = one["lora"]["saved_mb"], one["lora"]["growth_mb"]
+    low = n * state + max(growth - state, 0.0)
+    return (
+        f"{n} x {state:,.1f} + {max(growth - state, 0.0):,.1f} = **{_mb(low)}** to "
+        f"{n} x {growth:,.1f} = **{_mb(n * growth)}**"
+    )
+
+
+def _additivity(data: dict[str, Any]) -> list[list[str]]:
+    """Two layers against one, per quantity (2.0 where the cost per layer adds up)."""
+    rows = []
+    for shape in data["setup"]["whole"]:
+        one, two = data["rows"].get(f"{shape}:1"), data["rows"].get(f"{shape}:2")
+        if one is None or two is None:
+            continue
+        state, growth = one["lora"]["saved_mb"], one["lora"]["growth_mb"]
+        predicted = 2 * state + max(growth - state, 0.0)
+        rows.append(
+            [f"`{shape}`"]
+            + [f"{get(two) / get(one):.2f}" for get, _ in QUANTITIES.values()]
+            + [f"{two['trainable'] / one['trainable']:.2f}"]
+            + [f"{_mb(predicted)} to {_mb(2 * growth)} / {_mb(two['lora']['growth_mb'])}"]
+        )
+    return rows
+
+
+def _earlier(data: dict[str, Any]) -> list[str]:
+    """The runs whose rows a later ``--merge`` run kept (the rows it ran replace theirs)."""
+    lines = []
+    for env in data.get("earlier", []):
+        lines += [
+            f"Rows kept from an earlier run ({', '.join(env['rows'])} as it measured them, "
+            "unless run again above):",
+            "",
+            *environment_lines(env),
+            "",
+        ]
+    return lines
 
 
 def render(data: dict[str, Any], page: Path) -> str:
@@ -108,6 +155,20 @@ def render(data: dict[str, Any], page: Path) -> str:
         ],
         _measured(data),
     )
+    additivity = md_table(
+        [
+            "shape",
+            "LoRA saved",
+            "LoRA growth",
+            "LoRA fit",
+            "training step",
+            "last-layer fit",
+            "forward",
+            "LoRA parameters",
+            "LoRA growth, two layers: predicted range / measured",
+        ],
+        _additivity(data),
+    )
     whole = md_table(
         [
             "model",
@@ -127,6 +188,7 @@ def render(data: dict[str, Any], page: Path) -> str:
             "",
             *environment_lines(data["environment"]),
             "",
+            *_earlier(data),
             f"Shapes: {dims}. Each model is a `LlamaForSequenceClassification` with that "
             "shape's widths and one or two decoder layers, a 256-token vocabulary, random "
             "weights, float32 on the CPU (Qwen's q, k, v biases are not modelled), base "
@@ -146,18 +208,26 @@ def render(data: dict[str, Any], page: Path) -> str:
             "",
             "## Whole models, extrapolated",
             "",
-            "One more layer costs the two-layer value minus the one-layer value; a model of "
-            "`L` layers is the one-layer value plus `L - 1` more layers (shown as "
-            "`one + (L - 1) x more = total`). Parameters count the real vocabulary's "
-            "embedding (a lookup: no posterior covers it, and it adds nothing measurable to "
-            "the times). The LoRA fit's ratio is to a LoRA training step (forward and backward "
+            "A model of `L` layers costs `L` times one layer (shown as `L x one = total`): "
+            "the rest of the measured model (a 256-token embedding, a norm, the score head) "
+            "is negligible beside a layer, and a real vocabulary's embedding is a lookup that "
+            "no posterior covers (counted in the parameters, not in the times). The two-layer "
+            "runs check that the cost per layer adds up: two layers against one, per "
+            "quantity (2.00 where it adds up exactly; the times move by tens of percent on "
+            "this shared machine):",
+            "",
+            additivity,
+            "",
+            "The LoRA fit's ratio is to a LoRA training step (forward and backward "
             "over the same 16 pairs) of the same model; the last-layer fit's to the forward "
-            "pass. Growth adds each layer's Kronecker factors and sketches; the transient "
-            "buffers of one layer's eigendecomposition do not add up across layers, so the "
-            "extrapolated growth is an upper estimate. On a GPU in bf16 the forward and "
-            "backward passes are far faster than on this CPU, and the fit's dense linear "
-            "algebra (sketches, eigendecompositions of at most 2048-wide factors) runs "
-            "there too.",
+            "pass. A last-layer posterior's state does not grow with depth (the head's "
+            "factors only). The LoRA fit's growth lies between every layer's state (its saved "
+            "size) plus the transient buffers of one layer (the one-layer growth minus its "
+            "state) and `L` times the one-layer growth (every transient held at once); the "
+            "two-layer runs above show where it falls. On a GPU in bf16 the "
+            "forward and backward passes are far faster than on this CPU, and the fit's "
+            "dense linear algebra (sketches, eigendecompositions of at most 2048-wide "
+            "factors) runs there too.",
             "",
             whole,
             "",
