@@ -165,7 +165,7 @@ def render(data: dict[str, Any], page: Path) -> str:
             "last-layer fit",
             "forward",
             "LoRA parameters",
-            "LoRA growth, two layers: predicted range / measured",
+            "LoRA growth, two layers: estimate to most / measured",
         ],
         _additivity(data),
     )
@@ -221,13 +221,15 @@ def render(data: dict[str, Any], page: Path) -> str:
             "The LoRA fit's ratio is to a LoRA training step (forward and backward "
             "over the same 16 pairs) of the same model; the last-layer fit's to the forward "
             "pass. A last-layer posterior's state does not grow with depth (the head's "
-            "factors only). The LoRA fit's growth lies between every layer's state (its saved "
-            "size) plus the transient buffers of one layer (the one-layer growth minus its "
-            "state) and `L` times the one-layer growth (every transient held at once); the "
-            "two-layer runs above show where it falls. On a GPU in bf16 the "
-            "forward and backward passes are far faster than on this CPU, and the fit's "
-            "dense linear algebra (sketches, eigendecompositions of at most 2048-wide "
-            "factors) runs there too.",
+            "factors only). The LoRA fit's growth is estimated as every layer's state (its "
+            "saved size) plus the transient buffers of one layer (the one-layer growth minus "
+            "its state), with `L` times the one-layer growth (every transient held at once) "
+            "as the most it could be; the two-layer runs above compare both with a "
+            "measurement (the one-layer growth also holds the one-off allocations of a "
+            "process's first fit, so a measurement can fall below the estimate). On a GPU "
+            "in bf16 the forward and backward passes are far faster than on this CPU, and "
+            "the fit's dense linear algebra (sketches, eigendecompositions of at most "
+            "2048-wide factors) runs there too.",
             "",
             whole,
             "",
