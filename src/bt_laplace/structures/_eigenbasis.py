@@ -96,20 +96,22 @@ class EigenbasisStructure(PosteriorStructure):
 
         The products run in the model's precision, as ``J_n Sigma J_n^T`` does in
         :meth:`cross` (each of the three terms is a sum of like terms and keeps its digits),
-        and the sums that cancel, the three terms over every parameter tensor, in float64;
-        a bias is centred in float64. Items given in the layout's order
-        (:func:`~bt_laplace.structures._groups.group_order`) need no gathers."""
+        and the sums that cancel, the three terms over every parameter tensor, in float64.
+        A bias is centred in the model's precision: ``u_n - mean_g u`` is as exact as the
+        rounded sides themselves, and its weighted squares sum without cancelling. Items given
+        in the layout's order (:func:`~bt_laplace.structures._groups.group_order`) need no
+        gathers."""
         layout = GroupLayout(index, n_groups)
         total = torch.zeros_like(result.output, dtype=torch.float64)  # by item
         laid_out = torch.zeros_like(total)  # in the layout's order
         for piece, (u,), v_ in self._rotate([result]):  # rotated in the model's precision
             m = piece.m
-            if v_ is None:  # bias: (u_n - mean_g u) weighted by m, in float64
-                u64, m64 = layout.ordered(u.double())[:, None], m.double()
-                for chunk in layout.chunks(u64.shape[-1], u64.shape[-1]):
-                    up = chunk.pad(u64)  # (g, width, out), zeros past a group's members
+            if v_ is None:  # bias: (u_n - mean_g u) weighted by m, a sum without cancelling
+                ub = layout.ordered(u)[:, None]
+                for chunk in layout.chunks(ub.shape[-1], ub.shape[-1]):
+                    up = chunk.pad(ub)  # (g, width, out), zeros past a group's members
                     mean = up.sum(1, keepdim=True) / chunk.counts.to(up.dtype)[:, None, None]
-                    laid_out[chunk.rows] += chunk.take((up - mean).square_() @ m64)
+                    laid_out[chunk.rows] += chunk.take((up - mean).square_() @ m).double()
                 continue
             v = v_[0]
             total += _slot_cross(m, u, v, u, v).double()
