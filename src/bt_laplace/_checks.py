@@ -112,6 +112,8 @@ def group_index(groups: Any, n: int) -> tuple[torch.Tensor, list[Hashable]]:
                 f"`groups` must be integer ids of shape (B,), got dtype {groups.dtype} and "
                 f"shape {tuple(groups.shape)}; pass a LongTensor with one id per item."
             )
+        if groups.shape[0] == n and n > 0:  # vectorized: no Python loop over the items
+            return _tensor_group_index(groups)
         values: Sequence[Hashable] = groups.tolist()
     elif isinstance(groups, Sequence) and not isinstance(groups, str):
         values = groups
@@ -135,6 +137,18 @@ def group_index(groups: Any, n: int) -> tuple[torch.Tensor, list[Hashable]]:
             "prompts pass e.g. json.dumps(prompt) or an integer id per prompt."
         ) from None
     return torch.tensor(index, dtype=torch.long), list(keys)
+
+
+def _tensor_group_index(groups: torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+    """:func:`group_index` of integer ids ``(n,)``, ``n > 0``: the same index and keys."""
+    keys, inverse = torch.unique(groups, return_inverse=True)  # keys sorted
+    positions = torch.arange(groups.shape[0], device=groups.device)
+    first = torch.full(keys.shape, groups.shape[0], device=groups.device)
+    first = first.scatter_reduce(0, inverse, positions, "amin")
+    by_first = torch.argsort(first)  # keys in order of first appearance
+    rank = torch.empty_like(by_first)
+    rank[by_first] = torch.arange(keys.shape[0], device=groups.device)
+    return rank[inverse].cpu(), keys[by_first].tolist()
 
 
 def all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:

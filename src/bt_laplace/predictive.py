@@ -28,6 +28,7 @@ from bt_laplace.structures import (
     Jacobians,
     PosteriorStructure,
     group_means,
+    group_order,
     structure_for,
 )
 
@@ -164,17 +165,25 @@ class Predictive:
         (``index`` ``(N,)`` into ``n_groups``, every group non-empty), from one pass over ``x``
         (one batch) and batched products per parameter tensor
         (:meth:`~bt_laplace.structures.PosteriorStructure.group_variance`, whose cancelling
-        sums run in float64); None off the fast path."""
-        (jac,) = self.jacobians(x)
+        sums run in float64); None off the fast path. The items go through the model in the
+        order the padded groups lay them out (:func:`~bt_laplace.structures.group_order`), so
+        that no layer's sides are gathered."""
+        index = index.to(self.laplace._device)
+        order = group_order(index, n_groups)
+        (jac,) = self.jacobians(take_rows(x, order))
         if not isinstance(jac, LayerIO):
             return None
-        index = index.to(jac.output.device)
+        index = index[order].to(jac.output.device)
         counts = torch.bincount(index, minlength=n_groups)
         output = jac.output.double()
-        mean = output - group_means(output, index, counts)[index]
-        variance = self.structure.group_variance(jac, index, n_groups).clamp_min(0.0)
         dtype = self.laplace._dtype
-        return mean.to(dtype), variance.to(dtype)
+        mean = torch.empty_like(output, dtype=dtype)
+        variance = torch.empty_like(mean)
+        mean[order] = (output - group_means(output, index, counts)[index]).to(dtype)
+        variance[order] = (
+            self.structure.group_variance(jac, index, n_groups).clamp_min(0.0).to(dtype)
+        )
+        return mean, variance
 
     def relative_moments_by_group(
         self, x: Any, index: torch.Tensor, n_groups: int, batch_size: int

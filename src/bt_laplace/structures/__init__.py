@@ -11,7 +11,7 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
 from bt_laplace.choices import SubsetOfWeights
-from bt_laplace.structures._groups import group_means
+from bt_laplace.structures._groups import group_means, group_order
 from bt_laplace.structures.base import DenseJacobians, Jacobians, PosteriorStructure
 from bt_laplace.structures.diag import DiagStructure
 from bt_laplace.structures.full import FullStructure
@@ -26,6 +26,7 @@ __all__ = [
     "Jacobians",
     "STRUCTURES",
     "group_means",
+    "group_order",
     "structure_class",
     "structure_for",
     "subset_of_weights",

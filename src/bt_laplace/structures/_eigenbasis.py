@@ -29,7 +29,7 @@ from bt_laplace._layer_io import (
     weight_factors,
     weight_jacobian,
 )
-from bt_laplace.structures._groups import GroupLayout, group_means
+from bt_laplace.structures._groups import GroupLayout
 from bt_laplace.structures.base import PosteriorStructure
 from bt_laplace.structures.low_rank import rotate
 
@@ -94,30 +94,41 @@ class EigenbasisStructure(PosteriorStructure):
         sides (one rotation for the three), each group's ``Jbar_g`` in the basis from batched
         products over the padded groups of :class:`GroupLayout`; per bias the centred sides.
 
-        The sides are rotated in the model's precision (the same rounded sides enter all three
-        terms, as the rounded layer I/O does) and every sum that cancels runs in float64."""
+        The products run in the model's precision, as ``J_n Sigma J_n^T`` does in
+        :meth:`cross` (each of the three terms is a sum of like terms and keeps its digits),
+        and the sums that cancel, the three terms over every parameter tensor, in float64.
+        A bias is centred in the model's precision: ``u_n - mean_g u`` is as exact as the
+        rounded sides themselves, and its weighted squares sum without cancelling. Items given
+        in the layout's order (:func:`~bt_laplace.structures._groups.group_order`) need no
+        gathers."""
         layout = GroupLayout(index, n_groups)
-        total = torch.zeros_like(result.output, dtype=torch.float64)
-        for piece, (u32,), v32 in self._rotate([result]):  # rotated in the model's precision
-            u, m = u32.double(), piece.m.double()
-            if v32 is None:  # bias: (u_n - mean_g u) weighted by m, nothing cancels
-                d = u - group_means(u, index, layout.counts)[index]
-                total = total + d.square() @ m
+        total = torch.zeros_like(result.output, dtype=torch.float64)  # by item
+        laid_out = torch.zeros_like(total)  # in the layout's order
+        for piece, (u,), v_ in self._rotate([result]):  # rotated in the model's precision
+            m = piece.m
+            if v_ is None:  # bias: (u_n - mean_g u) weighted by m, a sum without cancelling
+                ub = layout.ordered(u)[:, None]
+                for chunk in layout.chunks(ub.shape[-1], ub.shape[-1]):
+                    up = chunk.pad(ub)  # (g, width, out), zeros past a group's members
+                    mean = up.sum(1, keepdim=True) / chunk.counts.to(up.dtype)[:, None, None]
+                    laid_out[chunk.rows] += chunk.take((up - mean).square_() @ m).double()
                 continue
-            v = v32[0].double()
-            total = total + _slot_cross(m, u, v, u, v)
+            v = v_[0]
+            total += _slot_cross(m, u, v, u, v).double()
             u3, v3 = (u, v) if is_sequence(u) else (u[:, None], v[:, None])
+            u3, v3 = layout.ordered(u3), layout.ordered(v3)
             per_member = u3.shape[1] * (u3.shape[2] + v3.shape[2])
-            for chunk in layout.chunks(per_member, 2 * m.numel()):
+            for chunk in layout.chunks(per_member, m.numel()):
                 up, vp = chunk.pad(u3), chunk.pad(v3)  # (g, width * L, rows), (g, width * L, cols)
-                jsum = up.transpose(1, 2) @ vp  # n_g Jbar_g in the basis
-                weighted = m * jsum
-                counts = chunk.counts.to(up.dtype)
-                quad = torch.linalg.vecdot(weighted.flatten(1), jsum.flatten(1)) / counts.square()
-                cross = chunk.take(torch.linalg.vecdot(up @ weighted, vp))
-                group = chunk.slot[0]
-                total[chunk.items] += quad[group] - 2 * cross / counts[group]
-        return total
+                weighted = (up.mT @ vp).mul_(m)  # Sigma-weighted n_g Jbar_g in the basis
+                # n_g J_n Sigma Jbar_g^T; summed over the group: n_g^2 Jbar_g Sigma Jbar_g^T
+                cross = chunk.take(torch.linalg.vecdot(up @ weighted, vp)).double()
+                group, counts = chunk.slot[0], chunk.counts.to(torch.float64)
+                quad = torch.zeros_like(counts).index_add_(0, group, cross) / counts.square()
+                laid_out[chunk.rows] += quad[group] - 2 * cross / counts[group]
+        if layout.in_order:
+            return total + laid_out
+        return total.index_add_(0, layout.order, laid_out)
 
     def _dense_cross(
         self, result: LayerIO, dense: list[torch.Tensor]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GroupLayout", "GroupChunk", "group_means", "CHUNK_BUDGET"]
+__all__ = ["GroupLayout", "GroupChunk", "group_means", "group_order", "CHUNK_BUDGET"]
 
 #: numbers one chunk of padded group blocks may hold
 CHUNK_BUDGET = 2**23
@@ -38,34 +38,56 @@ def group_means(values: torch.Tensor, index: torch.Tensor, counts: torch.Tensor)
     return sums / counts.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
 
 
+def group_order(index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """The items ``(N,)`` ordered as :class:`GroupLayout` lays them out: by group, the groups
+    by size (smallest first, then by id), each group's items in their given order. Items
+    given in this order make a layout that needs no gathers (:attr:`GroupLayout.in_order`).
+
+    Example:
+        >>> group_order(torch.tensor([1, 0, 1, 2, 1]), 3)
+        tensor([1, 3, 0, 2, 4])
+    """
+    counts = torch.bincount(index, minlength=n_groups)
+    by_size = torch.argsort(counts, stable=True)
+    rank = torch.empty_like(by_size)
+    rank[by_size] = torch.arange(n_groups, device=index.device)
+    return torch.argsort(rank[index], stable=True)
+
+
 @dataclass(frozen=True)
 class GroupChunk:
     """A few groups of alike size, padded to ``width`` members.
 
     Attributes:
         counts: Sizes ``(g,)`` of the chunk's groups.
-        items: Items ``(k,)`` of the chunk, by group.
+        rows: The chunk's items as a slice of the layout's order (:attr:`GroupLayout.order`).
         slot: Where each item sits in the padded blocks, group ``(k,)`` and member ``(k,)``.
         width: Members per padded group.
+        uniform: Every group holds ``width`` items: the blocks are a view, nothing is padded.
     """
 
     counts: torch.Tensor
-    items: torch.Tensor
+    rows: slice
     slot: tuple[torch.Tensor, torch.Tensor]
     width: int
+    uniform: bool
 
-    def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """Item rows ``(N, L, d)`` -> padded blocks ``(g, width * L, d)``, zeros where a group
-        has fewer members."""
-        blocks = t.new_zeros(self.counts.shape[0], self.width, *t.shape[1:])
-        blocks[self.slot] = t[self.items]
+    def pad(self, ordered: torch.Tensor) -> torch.Tensor:
+        """Item rows ``(N, L, d)`` in the layout's order -> padded blocks
+        ``(g, width * L, d)``, zeros where a group has fewer members."""
+        part = ordered[self.rows]
+        g = self.counts.shape[0]
+        if self.uniform:
+            return part.reshape(g, self.width * part.shape[1], part.shape[2])
+        blocks = part.new_zeros(g, self.width, *part.shape[1:])
+        blocks[self.slot] = part
         return blocks.flatten(1, 2)
 
     def take(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Per-member values ``(g, width * L)`` -> per item of the chunk ``(k,)``, summed over
-        the positions."""
+        """Per-member values ``(g, width * L)`` -> per item of the chunk ``(k,)`` in the
+        layout's order, summed over the positions."""
         per_member = blocks.reshape(self.counts.shape[0], self.width, -1).sum(-1)
-        return per_member[self.slot]
+        return per_member.flatten() if self.uniform else per_member[self.slot]
 
 
 class GroupLayout:
@@ -74,6 +96,10 @@ class GroupLayout:
     Args:
         index: Group id of each item ``(N,)`` in ``[0, G)``; every group holds an item.
         n_groups: ``G``.
+
+    Attributes:
+        order: The items ``(N,)`` in the layout's order (:func:`group_order`).
+        in_order: Whether ``order`` is ``0..N-1``: items already so ordered need no gathers.
     """
 
     def __init__(self, index: torch.Tensor, n_groups: int) -> None:
@@ -84,12 +110,18 @@ class GroupLayout:
         rank[by_size] = torch.arange(n_groups, device=index.device)
         # items ordered by their group's rank, then by position
         self.order = torch.argsort(rank[index], stable=True)
+        positions = torch.arange(index.shape[0], device=index.device)
+        self.in_order = bool(torch.equal(self.order, positions))
         self.sizes = self.counts[by_size]  # ascending
         starts = torch.cumsum(self.sizes, 0) - self.sizes
         ranked = rank[index[self.order]]
         self.ranked = ranked  # group rank of each ordered item
-        self.member = torch.arange(index.shape[0], device=index.device) - starts[ranked]
+        self.member = positions - starts[ranked]
         self.item_start = starts
+
+    def ordered(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows ``(N, ...)`` of the items in the layout's order."""
+        return t if self.in_order else t[self.order]
 
     def chunks(self, per_member: int, per_group: int) -> Iterator[GroupChunk]:
         """Chunks of groups whose padded blocks hold about :data:`CHUNK_BUDGET` numbers, for
@@ -107,8 +139,9 @@ class GroupLayout:
             lo, hi = int(self.item_start[start]), int(self.item_start[end - 1]) + sizes[end - 1]
             yield GroupChunk(
                 counts=self.sizes[start:end],
-                items=self.order[lo:hi],
+                rows=slice(lo, hi),
                 slot=(self.ranked[lo:hi] - start, self.member[lo:hi]),
                 width=sizes[end - 1],
+                uniform=sizes[start] == sizes[end - 1],
             )
             start = end
