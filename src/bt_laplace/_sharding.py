@@ -28,6 +28,7 @@ from torch import nn
 
 __all__ = [
     "check_same_batch_counts",
+    "check_sharded_batch_counts",
     "check_shardable",
     "full_value",
     "has_sharded_parameters",
@@ -160,3 +161,10 @@ def check_same_batch_counts(loaders: dict[str, Any]) -> None:
                 "(e.g. pairs[rank::world] with a batch size that gives each rank as many "
                 "batches, or torch.utils.data.DistributedSampler with drop_last=True)."
             )
+
+
+def check_sharded_batch_counts(model: nn.Module, **loaders: Any) -> None:
+    """:func:`check_same_batch_counts` of the ``loaders`` (by argument name) where ``model`` has
+    sharded parameters (its forwards gather weights: all ranks must run them in step)."""
+    if has_sharded_parameters(model):
+        check_same_batch_counts(loaders)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bt_laplace._distributed import Processes
 from bt_laplace._loader import CheckedPairLoader
-from bt_laplace._sharding import check_same_batch_counts, check_shardable, has_sharded_parameters
+from bt_laplace._sharding import check_shardable, check_sharded_batch_counts
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.options import FitOptions
 from bt_laplace.persistence import keep_fingerprint
@@ -127,8 +127,7 @@ def fit_reward_posterior(
     )
     if isinstance(model, nn.Module):
         check_shardable(model)
-        if has_sharded_parameters(model):  # its forwards gather weights: all ranks in step
-            check_same_batch_counts({"train_loader": train_loader, "val_loader": val_loader})
+        check_sharded_batch_counts(model, train_loader=train_loader, val_loader=val_loader)
     options = options.check_model(model, train_loader)
     return _fitted(model, train_loader, val_loader, options, distributed, batch_size, progress_bar)
 

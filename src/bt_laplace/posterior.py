@@ -30,7 +30,7 @@ from bt_laplace._checks import (
 from bt_laplace._distributed import Processes
 from bt_laplace._dtypes import model_dtype
 from bt_laplace._querying import WeightsGuard, autograd_query, finite_variance, per_batch
-from bt_laplace._sharding import check_same_batch_counts, has_sharded_parameters
+from bt_laplace._sharding import check_sharded_batch_counts
 from bt_laplace.bradley_terry import preference_probability
 from bt_laplace.choices import LinkApprox
 from bt_laplace.inputs import QueryReader, split_rows
@@ -455,8 +455,7 @@ class RewardPosterior:
         )
         with self.lock:
             self.weights.check()
-            if has_sharded_parameters(self.model):  # its forwards gather weights: ranks in step
-                check_same_batch_counts({"train_loader": train_loader, "val_loader": val_loader})
+            check_sharded_batch_counts(self.model, train_loader=train_loader, val_loader=val_loader)
             reset_prior_precision(
                 self.predictive,
                 setting,
