@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from bt_laplace._sharding import local_value
 from bt_laplace.choices import Choice
 
 __all__ = [
@@ -156,6 +157,5 @@ def all_finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
     of a whole weight makes four temporaries of its size (64 MB for a 16M-parameter bf16
     weight), which a fit that must not copy the network cannot afford. A sharded (FSDP2)
     parameter is checked on this rank's shard: no collective, and every rank checks its own."""
-    local = t.to_local() if hasattr(t, "to_local") else t
-    flat = local.detach().reshape(-1)
+    flat = local_value(t).detach().reshape(-1)
     return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))

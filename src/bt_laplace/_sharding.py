@@ -12,7 +12,8 @@ is any code that reads the parameters themselves:
   communication), so parameter lists, their owners and the weights check always see the
   same, stable shard objects.
 - Their *values*: the posterior's mean, the weights fingerprint. :func:`full_value` gathers
-  one parameter from every rank (a collective: every rank must call it, in the same order).
+  one parameter from every rank (a collective: every rank must call it, in the same order);
+  :func:`local_value` is this rank's shard alone, for checks each rank runs on its own.
 
 The posterior's own state (mean, curvature, prior) is built from full values and is the same,
 replicated, on every rank.
@@ -33,6 +34,7 @@ __all__ = [
     "full_value",
     "has_sharded_parameters",
     "is_sharded",
+    "local_value",
     "parameter_vector",
     "reshard",
 ]
@@ -87,6 +89,12 @@ def full_value(t: torch.Tensor) -> torch.Tensor:
     if is_sharded(t):
         return t.full_tensor().detach()  # type: ignore[attr-defined]
     return t.detach()
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded parameter (a ``DTensor``: local, no communication),
+    ``t`` itself otherwise."""
+    return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
 
 
 def parameter_vector(params: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> Any:

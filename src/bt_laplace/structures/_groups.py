@@ -47,11 +47,18 @@ def group_order(index: torch.Tensor, n_groups: int) -> torch.Tensor:
         >>> group_order(torch.tensor([1, 0, 1, 2, 1]), 3)
         tensor([1, 3, 0, 2, 4])
     """
-    counts = torch.bincount(index, minlength=n_groups)
+    return _size_order(index, torch.bincount(index, minlength=n_groups))[2]
+
+
+def _size_order(
+    index: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The groups by size (smallest first, then by id) ``(G,)``, each group's rank in that
+    order ``(G,)``, and the items by their group's rank, then by position ``(N,)``."""
     by_size = torch.argsort(counts, stable=True)
     rank = torch.empty_like(by_size)
-    rank[by_size] = torch.arange(n_groups, device=index.device)
-    return torch.argsort(rank[index], stable=True)
+    rank[by_size] = torch.arange(counts.shape[0], device=index.device)
+    return by_size, rank, torch.argsort(rank[index], stable=True)
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,7 @@ class GroupLayout:
     def __init__(self, index: torch.Tensor, n_groups: int) -> None:
         self.index = index
         self.counts = torch.bincount(index, minlength=n_groups)
-        by_size = torch.argsort(self.counts, stable=True)  # groups, smallest first
-        rank = torch.empty_like(by_size)
-        rank[by_size] = torch.arange(n_groups, device=index.device)
-        # items ordered by their group's rank, then by position
-        self.order = torch.argsort(rank[index], stable=True)
+        by_size, rank, self.order = _size_order(index, self.counts)
         positions = torch.arange(index.shape[0], device=index.device)
         self.in_order = bool(torch.equal(self.order, positions))
         self.sizes = self.counts[by_size]  # ascending
