@@ -92,6 +92,23 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
     return env
 
 
+def status_kib(key: str) -> int:
+    """A ``kB`` line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak() -> int:
+    """Set the peak resident memory ``VmHWM`` to the resident memory now, and return that
+    (KiB): the peak read afterwards is the peak since this call."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    return status_kib("VmRSS")
+
+
 def page_name(out: str | os.PathLike[str]) -> str:
     """The results name of a page: ``docs/results/accuracy.md`` -> ``accuracy``."""
     return Path(out).stem

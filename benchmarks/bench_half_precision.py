@@ -38,7 +38,7 @@ from typing import Any
 
 import report
 import torch
-from _common import OUT_HELP, RESULTS, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, reset_peak, save, status_kib
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -55,14 +55,6 @@ PRESETS: dict[str, dict[str, int]] = {
 LAST_LAYER = ("kron", "diag", "full")
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
 class Peak:
     """Peak memory above the start, MiB: CUDA allocations, or the resident set on CPU."""
 
@@ -76,9 +68,7 @@ class Peak:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS
-            self.start = _status_kib("VmRSS") * 1024
+            self.start = reset_peak() * 1024
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -86,7 +76,7 @@ class Peak:
             torch.cuda.synchronize()
             self.mib = (torch.cuda.max_memory_allocated() - self.start) / 2**20
         else:
-            self.mib = (_status_kib("VmHWM") * 1024 - self.start) / 2**20
+            self.mib = (status_kib("VmHWM") * 1024 - self.start) / 2**20
 
 
 def timed(fn: Callable[[], Any], device: str, repeats: int = 1) -> tuple[float, Any]:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import report
-from _common import OUT_HELP, RESULTS, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, reset_peak, save, status_kib
 
 SHAPES = {  # hidden, intermediate, heads, kv heads
     "llama3-8b": (4096, 14336, 32, 8),
@@ -50,20 +50,6 @@ SHAPES = {  # hidden, intermediate, heads, kv heads
 N_PAIRS, LENGTH, BATCH, LORA_R, VOCAB = 16, 32, 8, 16, 256
 #: issue 18: the same layer with full Kronecker factors (kron_rank=None), measured once
 BASELINE = {"saved_mb": 6005.0, "growth_gb": 18.7, "fit_s": 752.0, "ratio": 120.0}
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _peak_reset() -> int:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    return _status_kib("VmRSS")
 
 
 def build(shape: str, layers: int = 1) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
@@ -142,7 +128,7 @@ def child(shape: str, rank: int | None, threads: int, full_width: int | None) ->
     if full_width is not None:
         backend_kwargs["kron_full_width"] = full_width
     for label, prior in (("default", "auto"), ("fixed", 1.0)):
-        rss0 = _peak_reset()
+        rss0 = reset_peak()
         t = time.perf_counter()
         post = btl.fit_reward_posterior(
             model,
@@ -153,7 +139,7 @@ def child(shape: str, rank: int | None, threads: int, full_width: int | None) ->
             backend_kwargs=backend_kwargs,
         )
         out[f"fit_{label}_s"] = time.perf_counter() - t
-        out[f"growth_{label}_mb"] = (_status_kib("VmHWM") - rss0) / 1024
+        out[f"growth_{label}_mb"] = (status_kib("VmHWM") - rss0) / 1024
         out[f"load_{label}"] = os.getloadavg()[0]
         steps.append(train_step(model, batches))
         # against the steps just before and just after (the machine's load drifts)

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import report
-from _common import OUT_HELP, RESULTS, environment, page_name, save
+from _common import OUT_HELP, RESULTS, environment, page_name, reset_peak, save, status_kib
 
 #: (subset_of_weights, hessian_structure, kron_store_limit or None for the default 1 GiB)
 FITS: list[tuple[str, str, int | None]] = [
@@ -60,15 +60,6 @@ def _posterior_bytes(la: Any) -> int:
     return total
 
 
-def _status_kib(key: str) -> int:
-    """A ``kB`` line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
 class PeakMemory:
     """Peak memory of a block above that at its start, in MiB.
 
@@ -80,9 +71,7 @@ class PeakMemory:
     """
 
     def __enter__(self) -> PeakMemory:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-        self.rss0, self.anon0 = _status_kib("VmRSS"), _status_kib("RssAnon")
+        self.rss0, self.anon0 = reset_peak(), status_kib("RssAnon")
         self.anon_peak, self._stop = self.anon0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -90,13 +79,13 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
-            self.anon_peak = max(self.anon_peak, _status_kib("RssAnon"))
+            self.anon_peak = max(self.anon_peak, status_kib("RssAnon"))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.anon_peak = max(self.anon_peak, _status_kib("RssAnon"))
-        self.rss = (_status_kib("VmHWM") - self.rss0) / 1024
+        self.anon_peak = max(self.anon_peak, status_kib("RssAnon"))
+        self.rss = (status_kib("VmHWM") - self.rss0) / 1024
         self.anon = (self.anon_peak - self.anon0) / 1024
 
 

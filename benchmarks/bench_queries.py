@@ -81,12 +81,44 @@ def best_of(fn: Callable[[], Any], fwd: Callable[[], Any], repeats: int) -> tupl
     return min(times), min(fwd_times)
 
 
+def timed_queries(
+    post: Any,
+    items: Any,
+    groups: Any,
+    pairs: Any,
+    fwd: Callable[[], Any],
+    repeats: int,
+    label: str,
+) -> dict[str, float]:
+    """Each query's best time on ``post`` and the forward's beside it (``"<query> forward"``):
+    ``post(items)``, the grouped ``relative_reward`` and ``best_of_n``, and
+    ``preference_probability(pairs)`` for each ``link_approx`` the checkout knows."""
+    from bt_laplace import best_of_n
+    from bt_laplace.choices import LinkApprox
+
+    queries: dict[str, Callable[[], Any]] = {
+        "post(x)": lambda: post(items),
+        "relative_reward(groups)": lambda: post.relative_reward(items, groups=groups),
+        "best_of_n(groups)": lambda: best_of_n(post, items, groups=groups),
+    }
+    for link in ("quadrature", "probit"):
+        if link in LinkApprox.values():
+            queries[f"preference_probability ({link})"] = lambda link=link: (
+                post.preference_probability(pairs, link_approx=link)
+            )
+    row: dict[str, float] = {}
+    for name, fn in queries.items():
+        t, t_fwd = best_of(fn, fwd, repeats)
+        row[name], row[f"{name} forward"] = t, t_fwd
+        print(f"{label} {name}: {t * 1e3:.1f} ms, {t / t_fwd:.2f}x", flush=True)
+    return row
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration's times and ratios to the forward."""
     import torch
 
-    from bt_laplace import best_of_n, fit_reward_posterior
-    from bt_laplace.choices import LinkApprox
+    from bt_laplace import fit_reward_posterior
     from bt_laplace.model import PairwiseRewardModel
     from bt_laplace.testing import mlp, teacher_pairs, train_map
 
@@ -104,7 +136,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(n, D, generator=g)
     prompts = torch.arange(n) % PROMPTS  # interleaved
     pairs = x.reshape(-1, 2, D)
-    links = [link for link in ("quadrature", "probit") if link in LinkApprox.values()]
 
     def fwd() -> None:
         with torch.no_grad():
@@ -116,21 +147,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             model, loader, subset_of_weights=subset, hessian_structure=structure,
             prior_precision=1.0,
         )  # fmt: skip
-        queries: dict[str, Callable[[], Any]] = {
-            "post(x)": lambda post=post: post(x),
-            "relative_reward(groups)": lambda post=post: post.relative_reward(x, groups=prompts),
-            "best_of_n(groups)": lambda post=post: best_of_n(post, x, groups=prompts),
-        }
-        for link in links:
-            queries[f"preference_probability ({link})"] = lambda post=post, link=link: (
-                post.preference_probability(pairs, link_approx=link)
-            )
-        row: dict[str, float] = {}
-        for name, fn in queries.items():
-            t, t_fwd = best_of(fn, fwd, args.repeats)
-            row[name], row[f"{name} forward"] = t, t_fwd
-            print(f"{subset}/{structure} {name}: {t * 1e3:.1f} ms, {t / t_fwd:.2f}x", flush=True)
-        rows[f"{subset}/{structure}"] = row
+        label = f"{subset}/{structure}"
+        rows[label] = timed_queries(post, x, prompts, pairs, fwd, args.repeats, label)
     return {"times": rows, "items": n, "prompts": PROMPTS, "pairs": n // 2}
 
 
@@ -157,8 +175,7 @@ def measure_minilm(args: argparse.Namespace) -> dict[str, Any]:
     """The MiniLM head and LoRA posteriors' query times and ratios to the forward."""
     import torch
 
-    from bt_laplace import best_of_n, fit_reward_posterior, text_preference_dataloader
-    from bt_laplace.choices import LinkApprox
+    from bt_laplace import fit_reward_posterior, text_preference_dataloader
     from bt_laplace.testing import bradley_terry_epoch
 
     sys.path.insert(0, str(ROOT / "examples"))
@@ -180,7 +197,6 @@ def measure_minilm(args: argparse.Namespace) -> dict[str, Any]:
         for a, b in zip(rows[0::2], rows[1::2], strict=True)
     ]
     collator = loader.collate_fn
-    links = [link for link in ("quadrature", "probit") if link in LinkApprox.values()]
 
     def fwd() -> None:
         with torch.no_grad():
@@ -194,21 +210,8 @@ def measure_minilm(args: argparse.Namespace) -> dict[str, Any]:
             model, loader, subset_of_weights=subset, hessian_structure=structure,
             batch_size=len(rows),
         )  # fmt: skip
-        queries: dict[str, Callable[[], Any]] = {
-            "post(x)": lambda post=post: post(rows),
-            "relative_reward(groups)": lambda post=post: post.relative_reward(rows, groups=groups),
-            "best_of_n(groups)": lambda post=post: best_of_n(post, rows, groups=groups),
-        }
-        for link in links:
-            queries[f"preference_probability ({link})"] = lambda post=post, link=link: (
-                post.preference_probability(pairs, link_approx=link)
-            )
         config = f"{MINILM_NAMES[subset]} ({subset}/{structure}, {post.laplace.n_params:,})"
-        times[config] = {}
-        for name, fn in queries.items():
-            t, t_fwd = best_of(fn, fwd, args.repeats)
-            times[config][name], times[config][f"{name} forward"] = t, t_fwd
-            print(f"{config} {name}: {t * 1e3:.1f} ms, {t / t_fwd:.2f}x", flush=True)
+        times[config] = timed_queries(post, rows, groups, pairs, fwd, args.repeats, config)
         del post
     return {"times": times, "items": len(rows), "prompts": N_QUESTIONS, "pairs": len(pairs),
             "model": "minilm", "fit_pairs": args.pairs}  # fmt: skip

@@ -44,8 +44,18 @@ from pathlib import Path
 from typing import Any
 
 import report
-from _common import DATA, OUT_HELP, RESULTS, environment, load, page_name, save
-from bench_lora_scale import SHAPES, _peak_reset, _status_kib, build, train_step
+from _common import (
+    DATA,
+    OUT_HELP,
+    RESULTS,
+    environment,
+    load,
+    page_name,
+    reset_peak,
+    save,
+    status_kib,
+)
+from bench_lora_scale import SHAPES, build, train_step
 
 #: decoder layers and vocabulary of the whole models the per-layer costs are extrapolated to
 WHOLE = {
@@ -64,12 +74,12 @@ def _saved_bytes(post: Any) -> int:
 def _measured_fit(model: Any, batches: list[Any], **kw: Any) -> dict[str, Any]:
     import bt_laplace as btl
 
-    rss0 = _peak_reset()
+    rss0 = reset_peak()
     t = time.perf_counter()
     post = btl.fit_reward_posterior(model, batches, **kw)
     out = {
         "fit_s": time.perf_counter() - t,
-        "growth_mb": (_status_kib("VmHWM") - rss0) / 1024,
+        "growth_mb": (status_kib("VmHWM") - rss0) / 1024,
         "load": os.getloadavg()[0],
     }
     out["saved_mb"] = _saved_bytes(post) / 2**20

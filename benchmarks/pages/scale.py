@@ -21,12 +21,17 @@ def _times(layers: int, one: float, unit: str) -> tuple[str, float]:
     return f"{layers} x {one:,.1f} = **{shown}**", total
 
 
+def _step(r: dict[str, Any]) -> float:
+    """The training step: the mean of the one before the fits and the one after them."""
+    return (r["step_s"] + r["step_after_s"]) / 2
+
+
 def _measured(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, r in data["rows"].items():
         shape, layers = key.split(":")
         lora, ll = r["lora"], r["last_layer"]
-        step = (r["step_s"] + r["step_after_s"]) / 2
+        step = _step(r)
         rows.append(
             [
                 f"`{shape}`",
@@ -44,11 +49,6 @@ def _measured(data: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
-
-
-def _step(r: dict[str, Any]) -> float:
-    """The training step: the mean of the one before the fits and the one after them."""
-    return (r["step_s"] + r["step_after_s"]) / 2
 
 
 #: what each whole-model cell multiplies, per layer
@@ -89,14 +89,21 @@ def _whole(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _growth(n: int, one: dict[str, Any]) -> str:
-    """The fit's growth for ``n`` layers, between every layer's state plus one layer's
-    transients, and ``n`` times the one-layer growth."""
+def _growth_estimate(n: int, one: dict[str, Any]) -> tuple[float, float, float, float]:
+    """A LoRA fit's growth for ``n`` layers from the one-layer run: its state per layer, the
+    transients of one layer, the estimate (every layer's state and one layer's transients)
+    and the most (``n`` times the one-layer growth), MB."""
     state, growth = one["lora"]["saved_mb"], one["lora"]["growth_mb"]
-    low = n * state + max(growth - state, 0.0)
+    transient = max(growth - state, 0.0)
+    return state, transient, n * state + transient, n * growth
+
+
+def _growth(n: int, one: dict[str, Any]) -> str:
+    state, transient, low, most = _growth_estimate(n, one)
+    growth = one["lora"]["growth_mb"]
     return (
-        f"{n} x {state:,.1f} + {max(growth - state, 0.0):,.1f} = **{_mb(low)}** to "
-        f"{n} x {growth:,.1f} = **{_mb(n * growth)}**"
+        f"{n} x {state:,.1f} + {transient:,.1f} = **{_mb(low)}** to "
+        f"{n} x {growth:,.1f} = **{_mb(most)}**"
     )
 
 
@@ -107,13 +114,12 @@ def _additivity(data: dict[str, Any]) -> list[list[str]]:
         one, two = data["rows"].get(f"{shape}:1"), data["rows"].get(f"{shape}:2")
         if one is None or two is None:
             continue
-        state, growth = one["lora"]["saved_mb"], one["lora"]["growth_mb"]
-        predicted = 2 * state + max(growth - state, 0.0)
+        *_, low, most = _growth_estimate(2, one)
         rows.append(
             [f"`{shape}`"]
             + [f"{get(two) / get(one):.2f}" for get, _ in QUANTITIES.values()]
             + [f"{two['trainable'] / one['trainable']:.2f}"]
-            + [f"{_mb(predicted)} to {_mb(2 * growth)} / {_mb(two['lora']['growth_mb'])}"]
+            + [f"{_mb(low)} to {_mb(most)} / {_mb(two['lora']['growth_mb'])}"]
         )
     return rows
 
