@@ -34,12 +34,19 @@ CONFIGS = [
         "backend_kwargs": {"kron_rank": 3, "kron_full_width": 4},
     },
     {},  # the automatic default
+    # pairs among 40 items: the kernel through the distinct items, gathered by input
+    {"subset_of_weights": "all", "hessian_structure": "kron", "evidence": "exact", "pooled": True},
+    {"pooled": True},
 ]
 
 
-def _data():
+def _data(pooled: bool = False):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(60, 2, D_IN, generator=g, dtype=torch.float64)
+    if pooled:  # 60 pairs of 40 items (fewer items than pairs)
+        x = torch.randn(40, D_IN, generator=g, dtype=torch.float64)[
+            torch.randint(0, 40, (60, 2), generator=g)
+        ]
     y = torch.randint(0, 2, (60,), generator=g)
     xv = torch.randn(30, 2, D_IN, generator=g, dtype=torch.float64)
     yv = torch.randint(0, 2, (30,), generator=g)
@@ -62,10 +69,11 @@ def _rank(rank: int, world: int, port: int) -> None:
     )
     try:
         torch.set_num_threads(1)
-        x, y, xv, yv = _data()
         q = torch.randn(9, D_IN, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         pairs = torch.randn(5, 2, D_IN, generator=torch.Generator().manual_seed(3)).double()
         for config in CONFIGS:
+            config = dict(config)
+            x, y, xv, yv = _data(config.pop("pooled", False))
             # this rank's shard (pairs rank, rank + world, ...), against all pairs in one process
             shard = _fit(x[rank::world], y[rank::world], xv[rank::world], yv[rank::world],
                          config, distributed=True)  # fmt: skip

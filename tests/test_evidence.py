@@ -275,3 +275,126 @@ def test_exact_pair_variances_equal_the_full_posterior_in_float64():
             post.laplace.prior_precision = delta
             _, ref = post.predictive.difference_moments(xq)
             torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+
+
+# ---------------------------------------------------------------- pairs among fewer items
+def pooled_pairs(
+    n_pairs: int, n_items: int, *, sets: int = 1, d: int = 5, seed: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_pairs`` pairs among ``n_items`` items in ``sets`` groups never compared across,
+    with a repeated pair and a pair of an item with itself."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randn(n_items, d, generator=g, dtype=torch.float64)
+    group = torch.randint(0, sets, (n_pairs,), generator=g)
+    size = n_items // sets
+    index = group[:, None] * size + torch.randint(0, size, (n_pairs, 2), generator=g)
+    index[1] = index[0]
+    index[2, 1] = index[2, 0]
+    return items[index], torch.randint(0, 2, (n_pairs,), generator=g)
+
+
+@pytest.fixture
+def item_route(monkeypatch):
+    """Counts the kernels built through the distinct items."""
+    import bt_laplace.prior.kernel as kernel
+
+    calls = []
+    real = kernel._item_form
+    monkeypatch.setattr(kernel, "_item_form", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "subset, n_pairs, n_items, sets",
+    [
+        ("all", 60, 20, 1),  # N = 60 < P = 106, M = 20: the 19 x 19 item form
+        ("all", 60, 24, 3),  # three sets of items never compared across: r = 21
+        ("all", 90, 80, 1),  # M = 80 < N = 90 < P = 106: still the item form
+        ("last_layer", 6, 4, 1),  # N = 6 < P = 8, M = 4
+    ],
+)
+def test_spectrum_through_distinct_items_equals_brute_force_ggn(
+    reward_model, item_route, subset, n_pairs, n_items, sets
+):
+    x, y = pooled_pairs(n_pairs, n_items, sets=sets)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    la = fit_bt(reward_model, loader, subset, "diag")
+    ggn = exact_ggn(reward_model, x)
+    if subset == "last_layer":
+        ggn = ggn[-8:, -8:]
+    eigs = exact_ggn_eigenvalues(la, loader)
+    assert item_route, "the kernel was not built through the distinct items"
+    assert eigs.shape == (min(n_pairs, ggn.shape[0]),)
+    want = brute_force_spectrum(ggn, eigs.numel()).clamp_min(0.0)
+    assert float((eigs - want).abs().max() / want.max()) < 1e-10
+    assert int((eigs > 1e-10 * eigs.max()).sum()) <= n_items - sets  # rank of the Laplacian
+
+
+def test_exact_pair_variances_through_distinct_items_equal_the_full_posterior(item_route):
+    from bt_laplace.evidence import exact_pair_variances
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    x, y = pooled_pairs(40, 12, sets=2)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    xq = torch.randn(7, 2, 5, dtype=torch.float64)
+    for temperature in (1.0, 2.5):
+        post = btl.fit_reward_posterior(
+            model, loader, subset_of_weights="all", hessian_structure="full",
+            prior_precision=1.0, temperature=temperature,
+        )  # fmt: skip
+        query = post.predictive.jacobians(xq, pairs=True)
+        eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
+        assert eigs.shape == (40,) and item_route
+        for delta in (0.01, 0.7, 40.0):
+            post.laplace.prior_precision = delta
+            _, ref = post.predictive.difference_moments(xq)
+            torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("cholesky_fails", [False, True])
+def test_laplacian_factor_squares_to_the_laplacian(monkeypatch, cholesky_fails):
+    """``F F^T = D^T W D`` with three sets of items, a zero weight (an edge that joins
+    nothing) and a self pair; by grounded Cholesky, or the eigendecomposition where that
+    fails."""
+    from bt_laplace.prior.kernel import laplacian_factor
+
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 10, (30, 2), generator=g) + 10 * torch.randint(
+        0, 3, (30, 1), generator=g
+    )
+    index[0] = torch.tensor([0, 29])  # across sets, with weight 0 below
+    index[1, 1] = index[1, 0]
+    weight = torch.rand(30, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
+        -6, 3, (30,), generator=g
+    )
+    weight[0] = 0.0
+    incidence = torch.zeros(30, 30, dtype=torch.float64)
+    incidence[torch.arange(30), index[:, 1]] += 1
+    incidence[torch.arange(30), index[:, 0]] -= 1
+    lap = incidence.T @ (weight[:, None] * incidence)
+    if cholesky_fails:
+        real = torch.linalg.cholesky_ex
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda a: (real(a)[0], torch.tensor(1)))
+    factor = laplacian_factor(index, weight, 30)
+    torch.testing.assert_close(factor @ factor.T, lap, rtol=0, atol=1e-12 * float(lap.abs().max()))
+    assert factor.shape[1] <= 30 - 3
+
+
+def test_distinct_items_by_layer_io_when_inputs_are_not_tensors():
+    """Without tensor inputs, items are the same where their layer I/O agree bit for bit."""
+    from bt_laplace.prior.kernel import LayerRows, pair_items
+
+    acts = torch.tensor([[1.0], [2.0], [1.0], [3.0], [2.0], [3.0]], dtype=torch.float64)
+    grads = torch.tensor([[0.5], [0.5], [0.5], [0.5], [0.5], [0.5]], dtype=torch.float64)
+    root = torch.ones(3, dtype=torch.float64)
+    pairs = pair_items(LayerRows([acts], [grads]), root)
+    assert pairs.distinct is None  # three items, three pairs: the pair form
+    more = torch.cat([acts, acts[:2]]), torch.cat([grads, grads[:2]])
+    pairs = pair_items(LayerRows([more[0]], [more[1]]), torch.ones(4, dtype=torch.float64))
+    assert pairs.size == 3 and pairs.index.tolist() == [[0, 1], [0, 2], [1, 2], [0, 1]]
+    other = more[1].clone()
+    other[2, 0] = 0.5 + 1e-16 * 4  # one rounding apart: another item
+    pairs = pair_items(LayerRows([more[0]], [other]), torch.ones(4, dtype=torch.float64))
+    assert pairs.distinct is None  # four items, four pairs

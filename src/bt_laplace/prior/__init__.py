@@ -7,7 +7,9 @@ Below the posterior and the fit, taking plain objects (a laplace-torch posterior
   evidence and optimizer settings, and the table of what each method takes;
 - :mod:`~bt_laplace.prior.marglik`: laplace-torch's marginal-likelihood optimizer on the
   eigenvalues of the fitted structure's curvature;
-- :mod:`~bt_laplace.prior.evidence`: the exact Bradley-Terry evidence and its maximizer;
+- :mod:`~bt_laplace.prior.evidence`: the exact Bradley-Terry evidence and its maximizer, on
+  the pair kernel of :mod:`~bt_laplace.prior.kernel` (built through the distinct items where
+  the pairs compare fewer items than there are pairs);
 - :mod:`~bt_laplace.prior.gridsearch`: the validation NLL of pair probabilities and its grid;
 - :mod:`~bt_laplace.prior.calibration`: the default's held-out calibration;
 - :func:`set_prior_precision`: the one entry point, called alike by

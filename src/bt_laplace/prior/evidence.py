@@ -18,7 +18,9 @@ parameters: its evidence optimum sits 15-29% above the exact one on the benchmar
 computes the ``kappa_j`` from whichever of ``H`` (``P <= N``) or ``K`` (``N < P``) is smaller;
 ``K`` comes from per-item activations and output gradients of the linear layers
 (``dJ_n . dJ_m`` is a sum of four products of Gram matrices per layer), so a model with 82,689
-parameters and 3,000 pairs needs no ``P x P`` matrix. :func:`exact_evidence_prior_precision`
+parameters and 3,000 pairs needs no ``P x P`` matrix; where the pairs compare ``M < N``
+distinct items, its non-zero spectrum comes from an ``M x M`` item kernel and the pairs' graph
+Laplacian instead (:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023 movies). :func:`exact_evidence_prior_precision`
 then finds the prior precision by solving the stationarity condition
 ``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2`` (MacKay's effective number
 of parameters), whose left side falls and right side grows with ``delta``.
@@ -27,7 +29,7 @@ of parameters), whose left side falls and right side grows with ``delta``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -39,6 +41,14 @@ from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
+from bt_laplace.prior.kernel import (
+    Kinds,
+    LayerRows,
+    PairItems,
+    kernel_form,
+    pair_gram_diagonal,
+    pair_items,
+)
 from bt_laplace.prior.spectrum import settled_spectrum
 from bt_laplace.structures import structure_class
 
@@ -52,8 +62,6 @@ __all__ = [
 
 #: largest dense matrix (``P x P`` GGN or ``N x N`` pair kernel) the exact evidence builds, bytes
 EVIDENCE_MEMORY_LIMIT = 4 * 2**30
-#: entries of the ``rows x N`` blocks the pair kernel is built in
-_KERNEL_BLOCK = 2**22
 
 
 def _pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
@@ -135,15 +143,22 @@ def exact_ggn_eigenvalues(
             seen += len(y)
         _check_count(int(processes.sum_number(seen)), n_pairs)
         mat = processes.sum(ggn)
-    else:  # the N x N pair kernel
-        _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
-        mat = _pair_kernel(
+    else:  # the N x N pair kernel, or its form on the distinct items
+        form = _pair_kernel(
             backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
         )
-    temper = float(laplace._H_factor)
+        if not isinstance(form, torch.Tensor):  # through the distinct items, or not
+            return form.padded(
+                _kernel_spectrum(form.matrix.cpu() * float(laplace._H_factor), theta_sq)
+            )
+        mat = form
+    return _kernel_spectrum(mat.cpu() * float(laplace._H_factor), theta_sq)
+
+
+def _kernel_spectrum(mat: torch.Tensor, theta_sq: float | None) -> torch.Tensor:
+    """Eigenvalues of the tempered ``mat``, all of them or as far as the prior needs."""
     if theta_sq is None:
-        return (torch.linalg.eigvalsh(mat.cpu()) * temper).clamp_min(0.0)
-    mat = mat.cpu() * temper
+        return torch.linalg.eigvalsh(mat).clamp_min(0.0)
     return settled_spectrum(
         mat, lambda e: exact_evidence_prior_precision(e, theta_sq)
     ).eigenvalues()
@@ -176,130 +191,104 @@ def _pair_kernel(
     memory_limit: int,
     fix: str,
     processes: Processes,
-) -> torch.Tensor:
-    """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64, from layer I/O or per-pair
-    Jacobians (of the pairs of every process, gathered in rank order)."""
-    device = laplace._device
-    acts: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
-    grads: list[list[torch.Tensor]] = [[] for _ in backend.layer_io.layers]
-    rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
-    seen = 0
-    for count, batch_acts, batch_grads, batch_rows in _weighted_pair_io(backend, batches, laplace):
-        seen += count
-        if batch_rows is not None:
-            if not rows:
-                what = (
-                    "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
-                    "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
-                )
-                _check_size(n_pairs, n_params, what, fix, memory_limit)
-            rows.append(batch_rows)
-            continue
-        for i in range(len(backend.layer_io.layers)):
-            acts[i].append(batch_acts[i])
-            grads[i].append(batch_grads[i])
+) -> torch.Tensor | Any:
+    """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64 from per-pair Jacobians, or its
+    :class:`~bt_laplace.prior.kernel.KernelForm` from layer I/O (of the pairs of every process,
+    gathered in rank order)."""
+    collected = _collect_pair_io(backend, batches, laplace, n_pairs, n_params, memory_limit, fix)
+    seen, items, root, inputs, rows = collected
     _check_count(int(processes.sum_number(seen)), n_pairs)
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
+        _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
-    sides = _pair_sides(backend, acts, grads, processes)
-    return _pair_gram(backend, sides, sides, n_pairs, device)
+    pairs = _gathered(items, root, inputs, processes)
+    _check_size(pairs.size, pairs.size, "the dense pair kernel", fix, memory_limit)
+    return kernel_form(_layer_kinds(backend), pairs)
 
 
-def _weighted_pair_io(
-    backend: BradleyTerryGGN, batches: Iterable[Any], laplace: ParametricLaplace
-) -> Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]]:
-    """Per batch of pairs: its number of pairs ``B`` and, in float64, the per-item
-    activations and output gradients of each layer, the gradients times ``sqrt(w)`` of their
-    pair (``W^1/2 dJ`` factors), or, where the Gram-matrix shortcut does not apply (a
-    parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)`` of the pair
-    Jacobian instead (then the lists are empty)."""
+def _collect_pair_io(
+    backend: BradleyTerryGGN,
+    batches: Iterable[Any],
+    laplace: ParametricLaplace,
+    n_pairs: int,
+    n_params: int,
+    memory_limit: int,
+    fix: str | None,
+) -> tuple[int, LayerRows, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """One pass over this process's pairs: their number, the items' layer I/O (float64,
+    gradients unweighted), ``sqrt(w)`` per pair and the items' inputs ``(2N, d)`` (None
+    unless every batch's are one tensor), or, where the Gram-matrix shortcut does
+    not apply (a parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)``
+    of the pair Jacobian instead (then the layer I/O is empty; with ``fix`` None the pass
+    stops at the first such batch, else ``fix`` completes the error when they would exceed
+    ``memory_limit``)."""
+    n_layers = len(backend.layer_io.layers)
+    acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    roots: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] | None = []
+    rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
+    seen = 0
     for data in batches:
         x, y = batch_on(data, laplace.dict_key_y, laplace._device)
         _, w, result, d_jac = backend.pair_pass(x, y)
         root = w.to(torch.float64).sqrt()
+        seen += len(root)
         if result is not None and any(is_sequence(a) for a in result.acts):
             j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
             d_jac = j1 - j0
             result = None
         if result is None:
             assert d_jac is not None
-            yield len(root), [], [], d_jac.to(torch.float64) * root[:, None]
+            if fix is None:
+                return seen, LayerRows([], []), root, None, [d_jac]
+            if not rows:
+                what = (
+                    "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
+                    "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
+                )
+                _check_size(n_pairs, n_params, what, fix, memory_limit)
+            rows.append(d_jac.to(torch.float64) * root[:, None])
             continue
-        per_item = root.repeat_interleave(2)[:, None]
-        acts = [a.to(torch.float64) for a in result.acts]
-        yield len(root), acts, [g.to(torch.float64) * per_item for g in result.grads], None
+        roots.append(root)
+        if inputs is not None and isinstance(x, torch.Tensor):
+            inputs.append(x.reshape(2 * len(root), -1))
+        else:
+            inputs = None
+        for i in range(n_layers):
+            acts[i].append(result.acts[i].to(torch.float64))
+            grads[i].append(result.grads[i].to(torch.float64))
+    empty = torch.zeros(0, dtype=torch.float64, device=laplace._device)
+    items = LayerRows(
+        [torch.cat(a) if a else empty for a in acts], [torch.cat(g) if g else empty for g in grads]
+    )
+    keys = torch.cat(inputs) if inputs else None
+    return seen, items, torch.cat(roots) if roots else empty, keys, rows
 
 
-def _layer_kinds(backend: BradleyTerryGGN) -> dict[int, set[str]]:
+def _gathered(
+    items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None, processes: Processes
+) -> PairItems:
+    """The pairs of every process in rank order, with their distinct items (by input where
+    every process has tensor inputs)."""
+    gathered = LayerRows(
+        [processes.gather_rows(a) for a in items.acts],
+        [processes.gather_rows(g) for g in items.grads],
+    )
+    if processes.sum_number(0 if inputs is not None else 1) > 0:
+        inputs = None  # some process has none: all compare layer I/O
+    else:
+        inputs = processes.gather_rows(inputs)
+    return pair_items(gathered, processes.gather_rows(root), inputs)
+
+
+def _layer_kinds(backend: BradleyTerryGGN) -> Kinds:
     """The kinds (``"weight"``, ``"bias"``) of posterior parameters of each tapped layer."""
-    kinds: dict[int, set[str]] = {}
+    kinds: Kinds = {}
     for slot in backend.layer_io.slots:
         kinds.setdefault(slot.layer, set()).add(slot.kind)
     return kinds
-
-
-#: one side of a pair Gram product: per layer ``(a0, a1, g0, g1)`` of the pairs' two items
-_Sides = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def _pair_sides(
-    backend: BradleyTerryGGN,
-    acts: list[list[torch.Tensor]],
-    grads: list[list[torch.Tensor]],
-    processes: Processes,
-) -> _Sides:
-    """Per layer, the activations and output gradients of items 0 and 1 of every pair
-    (gathered from every process in rank order)."""
-    sides = []
-    for layer in range(len(backend.layer_io.layers)):
-        a0, a1 = pair_split(processes.gather_rows(torch.cat(acts[layer])))
-        g0, g1 = pair_split(processes.gather_rows(torch.cat(grads[layer])))
-        sides.append((a0, a1, g0, g1))
-    return sides
-
-
-def _pair_gram(
-    backend: BradleyTerryGGN, left: _Sides, right: _Sides, rows: int, device: Any
-) -> torch.Tensor:
-    """``dJ_left dJ_right^T`` ``(rows, cols)`` of the reward differences of two sets of pairs
-    from their layer I/O: for a weight, ``(g . g')(a . a')`` summed with signs over the items
-    ``i, j in {0, 1}``; for a bias, ``(g1 - g0) . (g1' - g0')``."""
-    cols = right[0][0].shape[0] if right else 0
-    gram = torch.zeros(rows, cols, dtype=torch.float64, device=device)
-    step = max(1, _KERNEL_BLOCK // max(cols, 1))
-    for layer, kinds in _layer_kinds(backend).items():
-        a0, a1, g0, g1 = left[layer]
-        b0, b1, h0, h1 = right[layer]
-        for start in range(0, rows, step):
-            r = slice(start, start + step)
-            if "weight" in kinds:
-                gram[r] += (
-                    (g1[r] @ h1.T) * (a1[r] @ b1.T)
-                    + (g0[r] @ h0.T) * (a0[r] @ b0.T)
-                    - (g1[r] @ h0.T) * (a1[r] @ b0.T)
-                    - (g0[r] @ h1.T) * (a0[r] @ b1.T)
-                )
-            if "bias" in kinds:
-                gram[r] += (g1[r] - g0[r]) @ (h1 - h0).T
-    return gram
-
-
-def _pair_gram_diagonal(backend: BradleyTerryGGN, sides: _Sides) -> torch.Tensor:
-    """``|dJ_n|^2`` ``(N,)`` for each pair: the diagonal of :func:`_pair_gram` of ``sides``
-    with itself, without the ``N x N`` matrix."""
-    out = torch.zeros(sides[0][0].shape[0], dtype=torch.float64, device=sides[0][0].device)
-    for layer, kinds in _layer_kinds(backend).items():
-        a0, a1, g0, g1 = sides[layer]
-        if "weight" in kinds:
-            out += (
-                g1.square().sum(1) * a1.square().sum(1)
-                + g0.square().sum(1) * a0.square().sum(1)
-                - 2 * (g1 * g0).sum(1) * (a1 * a0).sum(1)
-            )
-        if "bias" in kinds:
-            out += (g1 - g0).square().sum(1)
-    return out
 
 
 def exact_pair_variances(
@@ -337,39 +326,28 @@ def exact_pair_variances(
         model, a layer called more than once).
     """
     n_pairs = int(laplace.n_data)
-    if n_pairs * n_pairs * 8 > memory_limit or not all(
-        isinstance(q, LayerIO) and not any(is_sequence(a) for a in q.acts) for q in query
-    ):
+    if not all(isinstance(q, LayerIO) and not any(is_sequence(a) for a in q.acts) for q in query):
         return None
     backend = _pair_backend(laplace)
-    device = laplace._device
-    n_layers = len(backend.layer_io.layers)
-    acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-    grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-    seen = 0
-    for count, batch_acts, batch_grads, batch_rows in _weighted_pair_io(
-        backend, train_loader, laplace
-    ):
-        if batch_rows is not None:
-            return None
-        seen += count
-        for i in range(n_layers):
-            acts[i].append(batch_acts[i])
-            grads[i].append(batch_grads[i])
+    n_params = int(laplace.n_params)
+    seen, items, root, inputs, rows = _collect_pair_io(
+        backend, train_loader, laplace, n_pairs, n_params, memory_limit, None
+    )
+    if rows:
+        return None
     _check_count(seen, n_pairs)
-    train = _pair_sides(backend, acts, grads, Processes(enabled=False))
-    q0, q1 = query
-    queried = [
-        (q0.acts[i].double(), q1.acts[i].double(), q0.grads[i].double(), q1.grads[i].double())
-        for i in range(n_layers)
-    ]
+    pairs = pair_items(items, root, inputs)
+    if pairs.size * pairs.size * 8 > memory_limit:
+        return None
+    form = kernel_form(_layer_kinds(backend), pairs)
+    q0, q1 = (LayerRows([a.double() for a in q.acts], [g.double() for g in q.grads]) for q in query)
     temper = float(laplace._H_factor)
-    kernel = _pair_gram(backend, train, train, n_pairs, device).cpu() * temper
-    cross = _pair_gram(backend, train, queried, n_pairs, device).cpu()  # A j / sqrt(temper)
-    sq = _pair_gram_diagonal(backend, queried).cpu()
+    kernel = form.matrix.cpu() * temper
+    cross = form.cross(q0, q1).cpu()  # A j / sqrt(temper), in the form's coordinates
+    sq = pair_gram_diagonal(_layer_kinds(backend), q0, q1).cpu()
     if theta_sq is None:
-        prior_of = lambda e: 1.0  # noqa: E731  (N <= 3 * rank: every eigenvalue)
-        spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=n_pairs)
+        prior_of = lambda e: 1.0  # noqa: E731  (n <= 3 * rank: every eigenvalue)
+        spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=kernel.shape[0])
     else:
         prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
         spectrum = settled_spectrum(kernel, prior_of, vectors=True)
@@ -377,7 +355,7 @@ def exact_pair_variances(
     def variances(delta: float) -> torch.Tensor:
         return (sq - spectrum.project(cross, delta) * temper) / delta
 
-    return spectrum.eigenvalues(), variances
+    return form.padded(spectrum.eigenvalues()), variances
 
 
 def _check_count(seen: int, n_pairs: int) -> None:

@@ -1,0 +1,279 @@
+"""The exact evidence's pair kernel from layer I/O, in the smaller of its two forms.
+
+Shape legend: ``N`` training pairs, ``M`` their distinct items, ``r`` the rank of the pairs'
+graph Laplacian (at most ``M - 1``), ``Q`` query pairs, ``in``/``out`` the sizes of a linear
+layer.
+
+The exact evidence and the exact pair variances (:mod:`bt_laplace.prior.evidence`) need the
+spectrum of the pair kernel ``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)``, ``dJ`` the Jacobian of the
+reward differences. Its entries come from the items' layer inputs ``a`` and output gradients
+``g``: the Jacobian of one item's reward has the inner products
+``J_i . J_j = sum_layers (g_i . g_j)(a_i . a_j) [+ g_i . g_j for a bias]`` (the *item
+kernel* ``G``), and a pair's is the difference of its two items'.
+
+Preference data compare the same items many times (a movie, a word, a response rated against
+several others): with ``D`` ``(N, M)`` the signed incidence of the pairs on their distinct items,
+``dJ = D J`` and ``K = B G B^T`` with ``B = W^1/2 D``. Its non-zero spectrum is that of the
+``r x r`` matrix ``S = F^T G F``, where ``L = B^T B = D^T W D = F F^T`` is the weighted graph
+Laplacian of the pairs (``F`` its scaled eigenvectors of non-zero eigenvalue): ``B = V F^T``
+with ``V`` ``(N, r)`` orthonormal, so ``K = V S V^T``. The same ``V`` gives the posterior
+variance of a query pair in the reduced form,
+``(B j)^T (T K + delta)^-1 (B j) = (F^T J j)^T (T S + delta)^-1 (F^T J j)``. Where
+``M < N`` (MovieLens at 4,000 pairs: 1,023 movies) the kernel is built from an ``M x M``
+item kernel and decomposed at size ``r < M`` instead of ``N``; the result is the same to
+rounding, not an approximation. Otherwise the pair kernel itself is built, its symmetric
+cross terms once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bt_laplace._layer_io import pair_split
+
+__all__ = [
+    "LayerRows",
+    "PairItems",
+    "KernelForm",
+    "pair_items",
+    "kernel_form",
+    "pair_gram_diagonal",
+]
+
+#: entries of the ``rows x cols`` blocks a kernel is built in
+_KERNEL_BLOCK = 2**22
+#: per tapped layer, the kinds (``"weight"``, ``"bias"``) of its posterior parameters
+Kinds = dict[int, set[str]]
+
+
+@dataclass(frozen=True)
+class LayerRows:
+    """Per tapped layer, the input activations ``(n, in)`` and output gradients ``(n, out)`` of
+    ``n`` items (float64), items of pairs in pair order (item 0, item 1 of each pair)."""
+
+    acts: list[torch.Tensor]
+    grads: list[torch.Tensor]
+
+    def take(self, index: torch.Tensor | slice) -> LayerRows:
+        return LayerRows([a[index] for a in self.acts], [g[index] for g in self.grads])
+
+    def scaled(self, factor: torch.Tensor) -> LayerRows:
+        """The gradients times ``factor`` ``(n,)`` (the activations as they are)."""
+        return LayerRows(self.acts, [g * factor[:, None] for g in self.grads])
+
+    def pair_sides(self) -> tuple[LayerRows, LayerRows]:
+        """Items 0 and items 1 of the pairs."""
+        sides = [pair_split(a) for a in self.acts], [pair_split(g) for g in self.grads]
+        return (
+            LayerRows([a[0] for a in sides[0]], [g[0] for g in sides[1]]),
+            LayerRows([a[1] for a in sides[0]], [g[1] for g in sides[1]]),
+        )
+
+
+def item_gram(kinds: Kinds, left: LayerRows, right: LayerRows) -> torch.Tensor:
+    """``J_left J_right^T`` ``(n_left, n_right)``: the inner products of the items' reward
+    Jacobians over the posterior parameters, from their layer I/O, in row blocks."""
+    rows, cols = left.acts[0].shape[0], right.acts[0].shape[0]
+    gram = torch.zeros(rows, cols, dtype=torch.float64, device=left.acts[0].device)
+    step = max(1, _KERNEL_BLOCK // max(cols, 1))
+    for start in range(0, rows, step):
+        r = slice(start, start + step)
+        for layer, kind in kinds.items():
+            g, h = left.grads[layer][r], right.grads[layer]
+            grads = g @ h.T
+            if "bias" in kind:
+                gram[r] += grads
+            if "weight" in kind:
+                gram[r] += grads.mul_(left.acts[layer][r] @ right.acts[layer].T)
+    return gram
+
+
+def pair_gram_diagonal(kinds: Kinds, items0: LayerRows, items1: LayerRows) -> torch.Tensor:
+    """``|dJ_n|^2`` ``(n,)`` of the pairs ``(items0[n], items1[n])``, without a kernel."""
+    out = torch.zeros(items0.acts[0].shape[0], dtype=torch.float64, device=items0.acts[0].device)
+    for layer, kind in kinds.items():
+        a0, a1, g0, g1 = (
+            items0.acts[layer],
+            items1.acts[layer],
+            items0.grads[layer],
+            items1.grads[layer],
+        )
+        if "weight" in kind:
+            out += (
+                g1.square().sum(1) * a1.square().sum(1)
+                + g0.square().sum(1) * a0.square().sum(1)
+                - 2 * (g1 * g0).sum(1) * (a1 * a0).sum(1)
+            )
+        if "bias" in kind:
+            out += (g1 - g0).square().sum(1)
+    return out
+
+
+@dataclass(frozen=True)
+class KernelForm:
+    """The pair kernel in the form it is decomposed in: ``matrix`` ``(n, n)``, the pair kernel
+    itself (``n = N``) or ``S = F^T G F`` (``n = r``), with the same non-zero spectrum.
+
+    Attributes:
+        matrix: The symmetric positive semi-definite matrix, float64, untempered.
+        n_pairs: ``N``, the size of the pair kernel (its other ``N - n`` eigenvalues are 0).
+        cross: Given items 0 and items 1 of ``Q`` query pairs, the ``(n, Q)`` matrix ``c`` with
+            ``c^T (T matrix + delta)^-1 c = (B j)^T (T K + delta)^-1 (B j)`` for each query's
+            reward-difference Jacobian ``j``.
+    """
+
+    matrix: torch.Tensor
+    n_pairs: int
+    cross: Callable[[LayerRows, LayerRows], torch.Tensor]
+
+    def padded(self, eigenvalues: torch.Tensor) -> torch.Tensor:
+        """Eigenvalues of ``matrix`` (ascending) with the pair kernel's other ones, zeros,
+        in front: ``N`` in all."""
+        zeros = eigenvalues.new_zeros(max(self.n_pairs - len(eigenvalues), 0))
+        return torch.cat([zeros, eigenvalues])
+
+
+@dataclass(frozen=True)
+class PairItems:
+    """``N`` pairs' items and weights, with their distinct items where those are fewer.
+
+    Attributes:
+        items: The ``2N`` items' layer I/O in pair order, gradients unweighted.
+        root: ``sqrt(w)`` ``(N,)`` of each pair's weight ``p (1 - p)``.
+        distinct: The ``M`` distinct items' layer I/O when ``M < N``, else None.
+        index: ``(N, 2)`` the distinct item of each pair's two items (with ``distinct``).
+    """
+
+    items: LayerRows
+    root: torch.Tensor
+    distinct: LayerRows | None
+    index: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        """The side of the matrix :func:`kernel_form` builds: ``min(M, N)``."""
+        return self.root.shape[0] if self.distinct is None else self.distinct.acts[0].shape[0]
+
+
+def pair_items(
+    items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None = None
+) -> PairItems:
+    """Find the distinct items of ``N`` pairs.
+
+    Args:
+        items: The ``2N`` items' layer I/O in pair order, gradients unweighted.
+        root: ``sqrt(w)`` ``(N,)`` of each pair's weight ``p (1 - p)``.
+        inputs: The ``2N`` items' inputs ``(2N, d)``: items are the same where these are
+            (their layer I/O then agree to rounding, which depends on the batch an item came
+            in; the first one's is taken); None to compare the layer I/O bit for bit.
+    """
+    n_pairs = root.shape[0]
+    keys = torch.cat([*items.acts, *items.grads], 1) if inputs is None else inputs
+    distinct, index = torch.unique(keys, dim=0, return_inverse=True)
+    n_items = distinct.shape[0]
+    if n_items >= n_pairs:
+        return PairItems(items, root, None, None)
+    order = torch.arange(len(index), device=index.device)
+    first = torch.full((n_items,), len(index), device=index.device)
+    first = first.scatter_reduce_(0, index, order, "amin")
+    return PairItems(items, root, items.take(first), index.reshape(n_pairs, 2))
+
+
+def kernel_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
+    """The pair kernel of ``pairs``, through their distinct items where there are fewer of
+    them than pairs (module doc).
+
+    Args:
+        kinds: Per tapped layer, the kinds of its posterior parameters.
+        pairs: The pairs (:func:`pair_items`).
+    """
+    if pairs.distinct is None or pairs.index is None:
+        return _pair_form(kinds, pairs.items.scaled(pairs.root.repeat_interleave(2)))
+    return _item_form(kinds, pairs.distinct, pairs.index, pairs.root.square())
+
+
+def _pair_form(kinds: Kinds, weighted: LayerRows) -> KernelForm:
+    """The pair kernel itself from the items scaled by their pair's ``sqrt(w)``."""
+    t0, t1 = weighted.pair_sides()
+    n_pairs = t0.acts[0].shape[0]
+    mixed = item_gram(kinds, t1, t0)
+    kernel = item_gram(kinds, t1, t1).add_(item_gram(kinds, t0, t0)).sub_(mixed).sub_(mixed.T)
+
+    def cross(q0: LayerRows, q1: LayerRows) -> torch.Tensor:
+        return (
+            item_gram(kinds, t1, q1)
+            .add_(item_gram(kinds, t0, q0))
+            .sub_(item_gram(kinds, t1, q0))
+            .sub_(item_gram(kinds, t0, q1))
+        )
+
+    return KernelForm(kernel, n_pairs, cross)
+
+
+def _item_form(
+    kinds: Kinds, unique: LayerRows, index: torch.Tensor, weight: torch.Tensor
+) -> KernelForm:
+    """``S = F^T G F`` from the distinct items, ``index`` ``(N, 2)`` of each pair's two."""
+    factor = laplacian_factor(index, weight, unique.acts[0].shape[0])  # (M, r)
+    gram = item_gram(kinds, unique, unique)
+    matrix = factor.T @ gram @ factor
+    matrix = (matrix + matrix.T) / 2
+
+    def cross(q0: LayerRows, q1: LayerRows) -> torch.Tensor:
+        return factor.T @ (item_gram(kinds, unique, q1) - item_gram(kinds, unique, q0))
+
+    return KernelForm(matrix, index.shape[0], cross)
+
+
+def laplacian(index: torch.Tensor, weight: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The weighted graph Laplacian ``D^T W D`` ``(M, M)`` of pairs ``index`` ``(N, 2)``."""
+    lap = torch.zeros(n_items, n_items, dtype=torch.float64, device=weight.device)
+    first, second = index[:, 0], index[:, 1]
+    for i, j, w in ((first, first, weight), (second, second, weight), (first, second, -weight)):
+        lap.index_put_((i, j), w, accumulate=True)
+        if w is not weight:
+            lap.index_put_((j, i), w, accumulate=True)
+    return lap
+
+
+def laplacian_factor(index: torch.Tensor, weight: torch.Tensor, n_items: int) -> torch.Tensor:
+    """``F`` ``(M, r)`` with ``F F^T = D^T W D``, the Laplacian of pairs ``index`` ``(N, 2)``
+    with weights ``weight`` ``(N,)``.
+
+    Grounded Cholesky: in each connected set of items one item is held at zero (``x^T L x``
+    is a sum of ``w (x_i - x_j)^2``, so ``L = P^T L_r P`` with ``P x = x - x_root`` on the other
+    items and ``L_r`` the Laplacian without the roots' rows and columns, positive definite),
+    and ``F = P^T chol(L_r)``: ``O(M^3 / 3)``. Where the weights are so uneven that
+    ``L_r`` is not numerically positive definite, the eigendecomposition of ``L`` instead
+    (its eigenvectors of eigenvalue above rounding, scaled by their roots).
+    """
+    lap = laplacian(index, weight, n_items)
+    label = _components(index[weight > 0], n_items)
+    root = label == torch.arange(n_items, device=label.device)
+    rest = (~root).nonzero().flatten()
+    chol, info = torch.linalg.cholesky_ex(lap[rest][:, rest])
+    if int(info) == 0:
+        factor = torch.zeros(n_items, len(rest), dtype=lap.dtype, device=lap.device)
+        factor[rest] = chol
+        return factor.index_add_(0, label[rest], chol, alpha=-1)
+    values, vectors = torch.linalg.eigh(lap)
+    floor = max(float(values[-1]), 0.0) * n_items * torch.finfo(lap.dtype).eps
+    keep = values > floor
+    return vectors[:, keep] * values[keep].sqrt()
+
+
+def _components(edges: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The smallest item of each item's connected set under ``edges`` ``(E, 2)`` ``(M,)``:
+    labels lowered along the edges, then by pointer jumping, until nothing changes."""
+    label = torch.arange(n_items, device=edges.device)
+    i, j = edges[:, 0], edges[:, 1]
+    while True:
+        low = torch.minimum(label[i], label[j])
+        new = label.scatter_reduce(0, i, low, "amin").scatter_reduce_(0, j, low, "amin")
+        new = new[new]  # pointer jumping: an item takes its label's label
+        if torch.equal(new, label):
+            return label
+        label = new
