@@ -72,3 +72,22 @@ def test_exact_evidence_prior_of_an_mlp_is_settled_from_the_top_of_its_pair_kern
     assert settled.shape == (800,)
     assert exact_evidence_prior_precision(settled, theta_sq) == pytest.approx(full, rel=1e-5)
     assert float(post.prior_precision) == pytest.approx(full, rel=1e-5)
+
+
+@pytest.mark.parametrize("cholesky_fails", [False, True])
+def test_projection_of_the_whole_spectrum_solves_exactly(monkeypatch, cholesky_fails):
+    """Where every eigenvalue is needed, the projection solves with a Cholesky factor, or
+    where the shifted matrix is not numerically positive definite with the
+    eigendecomposition; both equal the explicit solve."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    mat = a @ a.T
+    cross = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    spectrum = settled_spectrum(mat, lambda e: 1.0, vectors=True, rank=40)
+    assert spectrum.vectors is None and spectrum.matrix is mat
+    if cholesky_fails:
+        real = torch.linalg.cholesky_ex
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: (real(m)[0], torch.tensor(1)))
+    shifted = mat + 0.3 * torch.eye(40, dtype=mat.dtype)
+    want = (cross * torch.linalg.solve(shifted, cross)).sum(0)
+    torch.testing.assert_close(spectrum.project(cross, 0.3), want, rtol=1e-10, atol=0)

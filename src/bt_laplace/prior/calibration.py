@@ -40,6 +40,7 @@ from bt_laplace._loader import split_batch
 from bt_laplace.bradley_terry import margin_shift
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior.evidence import exact_evidence_prior_precision, exact_pair_variances
+from bt_laplace.prior.spectrum import SETTLE_TOL, START_RANK
 
 __all__ = [
     "CALIBRATION_HELD_OUT",
@@ -94,12 +95,19 @@ def _tensor_pairs(
     return x, processes.gather_rows(torch.cat(ys).to(device))
 
 
+def _settles(eigenvalues: torch.Tensor, prior: float) -> bool:
+    """Whether at most :data:`START_RANK` eigenvalues exceed :data:`SETTLE_TOL` times the
+    prior (the settled spectrum's own test)."""
+    return int((eigenvalues > SETTLE_TOL * prior).sum()) <= START_RANK
+
+
 def held_out_prior_ratio(
     laplace: Any,
     refit: Refit,
     train_loader: Iterable[Any],
     processes: Processes,
     theta_sq: float,
+    eigenvalues: torch.Tensor | None = None,
 ) -> float | None:
     """How much to scale the exact evidence's prior of ``laplace`` (a fitted all-weights
     ``kron`` or ``diag`` posterior) so that it gives new items the exact posterior's variance
@@ -112,6 +120,10 @@ def held_out_prior_ratio(
         processes: The process group they are split over; every rank gathers all pairs and
             computes the same ratio.
         theta_sq: ``||theta* - mu_0||^2`` over the posterior parameters.
+        eigenvalues: The exact evidence's eigenvalues on all the pairs, if at hand: where
+            more than :data:`~bt_laplace.prior.spectrum.START_RANK` of them mattered to its
+            prior, the held-out fit's spectrum is computed whole at once (the attempt at its
+            top would not settle either; only time depends on this).
 
     Returns:
         The matched prior over the held-out fit's exact-evidence prior, at most 1 (1: the
@@ -131,7 +143,10 @@ def held_out_prior_ratio(
     part_la = refit(rest)
     part = Predictive(part_la)
     query = part.jacobians(query_x, pairs=True)
-    exact = exact_pair_variances(part_la, rest, (query[0], query[1]), theta_sq=theta_sq)
+    settle = eigenvalues is None or _settles(eigenvalues, float(laplace.prior_precision))
+    exact = exact_pair_variances(
+        part_la, rest, (query[0], query[1]), theta_sq=theta_sq, settle=settle
+    )
     if exact is None:
         return None
     eigenvalues, exact_variances = exact

@@ -20,10 +20,11 @@ computes the ``kappa_j`` from whichever of ``H`` (``P <= N``) or ``K`` (``N < P`
 (``dJ_n . dJ_m`` is a sum of four products of Gram matrices per layer), so a model with 82,689
 parameters and 3,000 pairs needs no ``P x P`` matrix; where the pairs compare ``M < N``
 distinct items, its non-zero spectrum comes from an ``M x M`` item kernel and the pairs' graph
-Laplacian instead (:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023 movies). :func:`exact_evidence_prior_precision`
-then finds the prior precision by solving the stationarity condition
-``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2`` (MacKay's effective number
-of parameters), whose left side falls and right side grows with ``delta``.
+Laplacian instead (:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023
+movies). :func:`exact_evidence_prior_precision` then finds the prior precision by solving
+the stationarity condition ``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2``
+(MacKay's effective number of parameters), whose left side falls and right side grows with
+``delta``.
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def exact_pair_variances(
     *,
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
     theta_sq: float | None = None,
+    settle: bool = True,
 ) -> tuple[torch.Tensor, Any] | None:
     """The exact Laplace posterior of ``laplace``'s pairs, through its pair kernel: the
     eigenvalues of the tempered GGN and the margin variances of ``query`` pairs as a function
@@ -318,6 +320,8 @@ def exact_pair_variances(
             computed, as far as the exact evidence's prior needs it
             (:func:`~bt_laplace.prior.spectrum.settled_spectrum`; the variances are then
             settled at priors near that one, not at every prior).
+        settle: Attempt the top of the spectrum first (with ``theta_sq``); False goes to every
+            eigenvalue at once, where the attempt is known not to settle.
 
     Returns:
         ``(e, variances)``: the ``N`` kernel eigenvalues (float64, the exact evidence's), and
@@ -345,7 +349,7 @@ def exact_pair_variances(
     kernel = form.matrix.cpu() * temper
     cross = form.cross(q0, q1).cpu()  # A j / sqrt(temper), in the form's coordinates
     sq = pair_gram_diagonal(_layer_kinds(backend), q0, q1).cpu()
-    if theta_sq is None:
+    if theta_sq is None or not settle:
         prior_of = lambda e: 1.0  # noqa: E731  (n <= 3 * rank: every eigenvalue)
         spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=kernel.shape[0])
     else:

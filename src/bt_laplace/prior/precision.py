@@ -146,7 +146,7 @@ def _exact_evidence(
     la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
     if not setting.calibrate or refit is None or train_loader is None:
         return None
-    ratio = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq)
+    ratio = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq, eigenvalues)
     if ratio is not None:
         la.prior_precision = float(la.prior_precision) * ratio
     return ratio

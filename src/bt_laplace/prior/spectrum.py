@@ -40,9 +40,11 @@ class Spectrum:
 
     Attributes:
         values: The ``k`` top eigenvalues ``(k,)``, ascending, float64 (all ``N`` when exact).
-        vectors: Their eigenvectors ``(N, k)``, or None when not asked for.
+        vectors: Their eigenvectors ``(N, k)``, or None when not asked for (or exact).
         tail: The trace of the rest, ``trace - values.sum()`` (0 when exact).
         size: ``N``.
+        matrix: The matrix itself when exact and asked to project: :meth:`project` then
+            solves with its Cholesky factor at each prior (cheaper than the eigenvectors).
 
     Example:
         >>> a = torch.randn(50, 5, dtype=torch.float64)
@@ -55,6 +57,7 @@ class Spectrum:
     vectors: torch.Tensor | None
     tail: float
     size: int
+    matrix: torch.Tensor | None = None
 
     def eigenvalues(self) -> torch.Tensor:
         """All ``N`` eigenvalues ``(N,)``: the top ones and the rest spread evenly (same
@@ -67,8 +70,15 @@ class Spectrum:
 
     def project(self, cross: torch.Tensor, delta: float) -> torch.Tensor:
         """``c^T (M + delta I)^-1 c`` ``(Q,)`` for the columns ``c`` of ``cross`` ``(N, Q)``
-        (needs ``vectors``): exact on the top eigenvectors, the rest of ``c`` at the spread
-        tail eigenvalue."""
+        (needs ``vectors`` or ``matrix``): exact on the top eigenvectors, the rest of ``c`` at
+        the spread tail eigenvalue; or exact by a Cholesky solve."""
+        if self.matrix is not None:
+            shifted = self.matrix + delta * torch.eye(self.size, dtype=self.matrix.dtype)
+            chol, info = torch.linalg.cholesky_ex(shifted)
+            if int(info) == 0:
+                return torch.linalg.solve_triangular(chol, cross, upper=False).square().sum(0)
+            values, vecs = torch.linalg.eigh(self.matrix)  # not numerically positive definite
+            return ((vecs.T @ cross).square() / (values.clamp_min(0.0) + delta)[:, None]).sum(0)
         assert self.vectors is not None
         top = (self.vectors.T @ cross).square()
         out = (top / (self.values + delta)[:, None]).sum(0)
@@ -104,7 +114,9 @@ def settled_spectrum(
     Args:
         mat: A symmetric positive semi-definite matrix ``(N, N)``, float64, CPU.
         prior_of: The prior precision from all ``N`` eigenvalues (ascending).
-        vectors: Also return the eigenvectors.
+        vectors: Make :meth:`Spectrum.project` work: keep the top eigenvectors, or where
+            every eigenvalue is needed the matrix itself (no eigenvectors: each projection
+            solves with a Cholesky factor, cheaper than the eigenvectors for a few priors).
         tol: Keep the top ``rank`` eigenvalues when the smallest is at most ``tol`` times
             ``prior_of(spectrum.eigenvalues())``.
         rank: Eigenvalues the attempt computes.
@@ -119,7 +131,5 @@ def settled_spectrum(
         spectrum = Spectrum(values, vecs if vectors else None, tail, n)
         if float(values[0]) <= tol * prior_of(spectrum.eigenvalues()):
             return spectrum
-    if vectors:
-        values, vecs = torch.linalg.eigh(mat)
-        return Spectrum(values.clamp_min(0.0), vecs, 0.0, n)
-    return Spectrum(torch.linalg.eigvalsh(mat).clamp_min(0.0), None, 0.0, n)
+    values = torch.linalg.eigvalsh(mat).clamp_min(0.0)
+    return Spectrum(values, None, 0.0, n, mat if vectors else None)
