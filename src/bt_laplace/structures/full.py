@@ -87,9 +87,13 @@ class FullStructure(PosteriorStructure):
         return self.recorder.jacobian(result) @ sigma_jbar, jbar @ sigma_jbar
 
     def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
-        """From the centred Jacobians ``J_n - Jbar_g`` ``(N, P)``, in float64."""
-        sigma = self.pieces(torch.float64)
-        jac = self.recorder.jacobian(result).double()
+        """From the centred Jacobians ``J_n - Jbar_g`` ``(N, P)``: centred in float64 and
+        rounded once to the model's precision (as exact as ``J_n`` itself), then weighted by
+        ``Sigma`` in that precision, as ``J Sigma J^T`` is in :meth:`cross` (to the same
+        rounding, at the same cost); returned in float64."""
+        jac = self.recorder.jacobian(result)
+        sigma = self.pieces(jac.dtype)
         counts = torch.bincount(index, minlength=n_groups)
-        d = jac - group_means(jac, index, counts)[index]
-        return ((d @ sigma) * d).sum(-1)
+        wide = jac.double()
+        d = (wide - group_means(wide, index, counts)[index]).to(jac.dtype)
+        return ((d @ sigma) * d).sum(-1).double()
