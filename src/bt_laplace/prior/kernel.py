@@ -161,7 +161,10 @@ class PairItems:
 def pair_items(
     items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None = None
 ) -> PairItems:
-    """Find the distinct items of ``N`` pairs.
+    """Find the distinct items of ``N`` pairs, kept where the kernel through them costs
+    fewer operations than the pair kernel (``M`` well below ``N``: the item form's products
+    and factorizations are about three times the pair form's eigendecomposition at equal
+    size).
 
     Args:
         items: The ``2N`` items' layer I/O in pair order, gradients unweighted.
@@ -174,12 +177,25 @@ def pair_items(
     keys = torch.cat([*items.acts, *items.grads], 1) if inputs is None else inputs
     distinct, index = torch.unique(keys, dim=0, return_inverse=True)
     n_items = distinct.shape[0]
-    if n_items >= n_pairs:
+    width = sum(t.shape[1] for t in (*items.acts, *items.grads))
+    if _item_form_cost(n_items, width) >= _pair_form_cost(n_pairs, width):
         return PairItems(items, root, None, None)
     order = torch.arange(len(index), device=index.device)
     first = torch.full((n_items,), len(index), device=index.device)
     first = first.scatter_reduce_(0, index, order, "amin")
     return PairItems(items, root, items.take(first), index.reshape(n_pairs, 2))
+
+
+def _item_form_cost(n_items: int, width: int) -> float:
+    """Multiply-adds of the item form: the item kernel (one Gram product per layer),
+    ``F^T G F`` (two ``M x M x r`` products, ``r < M``), the Laplacian's Cholesky factor and
+    the ``r x r`` eigenvalues."""
+    return n_items**2 * width + (2 + 1 / 3 + 4 / 3) * n_items**3
+
+
+def _pair_form_cost(n_pairs: int, width: int) -> float:
+    """Multiply-adds of the pair form: three Gram products per layer, ``N x N`` eigenvalues."""
+    return 3 * n_pairs**2 * width + 4 / 3 * n_pairs**3
 
 
 def kernel_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
