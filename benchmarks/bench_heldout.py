@@ -192,8 +192,9 @@ def cost(names: list[str], seeds: int, n_pairs: int = 4000) -> list[dict[str, An
             t_map = time.perf_counter() - t0
             post = btl.fit_reward_posterior(model, loader)
             t_fit = time.perf_counter() - t0 - t_map
+            items = torch.unique(xtr.reshape(2 * len(xtr), -1), dim=0).shape[0]
             row = {"task": name, "seed": seed, "t_map": t_map, "t_fit": t_fit,
-                   "ratio": t_fit / t_map, "load": [load0, os.getloadavg()[0]],
+                   "ratio": t_fit / t_map, "load": [load0, os.getloadavg()[0]], "items": items,
                    "prior": float(post.prior_precision),
                    "calibration": post.prior_calibration}  # fmt: skip
             print(row, flush=True)
