@@ -398,3 +398,23 @@ def test_distinct_items_by_layer_io_when_inputs_are_not_tensors():
     other[2, 0] = 0.5 + 1e-16 * 4  # one rounding apart: another item
     pairs = pair_items(LayerRows([more[0]], [other]), torch.ones(4, dtype=torch.float64))
     assert pairs.distinct is None  # four items, four pairs
+
+
+def test_distinct_items_of_inputs_wider_than_the_layer_io(item_route, monkeypatch):
+    """A last layer reads 8 features of 12-wide inputs: the items are told apart by their
+    layer I/O (the inputs are not kept), one batch, so identical items agree bit for bit."""
+    import bt_laplace.prior.evidence as evidence
+
+    seen = []
+    real = evidence.pair_items
+    monkeypatch.setattr(evidence, "pair_items", lambda i, r, x: seen.append(x) or real(i, r, x))
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    x, y = pooled_pairs(7, 4, d=12, seed=6)
+    loader = DataLoader(TensorDataset(x, y), batch_size=7)
+    la = fit_bt(model, loader, "last_layer", "diag")
+    eigs = exact_ggn_eigenvalues(la, loader)  # N = 7 < P = 9: the kernel
+    assert item_route and seen == [None]
+    want = brute_force_spectrum(exact_ggn(model, x)[-9:, -9:], 7).clamp_min(0.0)
+    assert float((eigs - want).abs().max() / want.max()) < 1e-10

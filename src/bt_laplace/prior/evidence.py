@@ -219,7 +219,8 @@ def _collect_pair_io(
 ) -> tuple[int, LayerRows, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     """One pass over this process's pairs: their number, the items' layer I/O (float64,
     gradients unweighted), ``sqrt(w)`` per pair and the items' inputs ``(2N, d)`` (None
-    unless every batch's are one tensor), or, where the Gram-matrix shortcut does
+    unless every batch's are one tensor of at most the layer I/O's width: they only tell
+    which items are the same), or, where the Gram-matrix shortcut does
     not apply (a parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)``
     of the pair Jacobian instead (then the layer I/O is empty; with ``fix`` None the pass
     stops at the first such batch, else ``fix`` completes the error when they would exceed
@@ -253,8 +254,9 @@ def _collect_pair_io(
             rows.append(d_jac.to(torch.float64) * root[:, None])
             continue
         roots.append(root)
-        if inputs is not None and isinstance(x, torch.Tensor):
-            inputs.append(x.reshape(2 * len(root), -1))
+        io_width = sum(t.shape[-1] for t in (*result.acts, *result.grads))
+        if inputs is not None and isinstance(x, torch.Tensor) and x[0, 0].numel() <= io_width:
+            inputs.append(x.reshape(2 * len(root), -1))  # kept where no larger than the I/O
         else:
             inputs = None
         for i in range(n_layers):
