@@ -75,9 +75,10 @@ _MLP_READING = (
     "about the forward's largest product, so about five forwards of work are left. Since "
     "5258cb7 the rotated sides go into buffers reused from one parameter tensor to the next "
     "and are squared in place (no fresh memory to fault in per tensor), the head's product "
-    "is a matrix-vector product and the input check one sum: `post(x)` 82-98 ms -> 64-81 ms "
-    "in the three runs beside main at 55068b9, 4.9-5.1x the forward at load 1.9-2.4 (main "
-    "4.9-7.3x; its forward ran slow in the first run). `M` as a few float64 terms of its SVD, "
+    "is a matrix-vector product and the input check one sum: `post(x)` 82-98 ms -> 62-81 ms "
+    "in the four runs beside main at 55068b9, 4.9-5.2x the forward at load 1.0-2.2 (main "
+    "4.9-7.3x; its forward ran slow in the first run): at the 5x of issue 22, not under it "
+    "in every run. `M` as a few float64 terms of its SVD, "
     "exact to below float32 rounding, was measured and left out: the fresh float64 copies cost "
     "more than the product they save (benchmarks/experiments/separable_kron.py)."
 )
