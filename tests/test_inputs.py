@@ -123,6 +123,21 @@ def test_tensor_and_token_dict_errors(reader, method, x, error, match) -> None:
         getattr(reader, method)(x)
 
 
+def test_finite_items_whose_sum_overflows_are_accepted(reader) -> None:
+    """The finiteness check sums first (one reduction); a sum that overflows, of finite
+    values, falls back to the elementwise check rather than refusing them."""
+    huge = torch.full((4, 3), 3e38)
+    assert not torch.isfinite(huge.sum())
+    assert reader.items(huge) is huge
+    for bad, row in ((float("inf"), 2), (float("-inf"), 1), (float("nan"), 3)):
+        x = huge.clone()
+        x[row, 1] = bad
+        with pytest.raises(
+            ValueError, match=rf"`x` holds NaN or infinite values \(rows \[{row}\]\)"
+        ):
+            reader.items(x)
+
+
 def test_token_dicts_are_items_or_pairs(reader) -> None:
     items = {
         "input_ids": torch.ones(2, 4, dtype=torch.long),

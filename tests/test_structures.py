@@ -51,17 +51,49 @@ def test_layer_io_route_equals_laplace_torch_route(
     torch.testing.assert_close(fast_quad, slow_quad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("hessian", ["diag", "full"])
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
 def test_all_weights_cross_is_jacrev_quadratic_form(reward_model, pairs, pair_loader, hessian):
-    """J Sigma J'^T with brute-force Jacobians and Sigma from laplace-torch, float64."""
+    """J Sigma J'^T with brute-force Jacobians and Sigma from laplace-torch, float64: the
+    covariances of two batches, and the variances alone (their own route: the rotated sides
+    squared in place)."""
     la = fit_bt(reward_model, pair_loader, "all", hessian, prior_precision=0.7)
     structure = structure_for(la)
     x, y = pairs[0][:9, 0], pairs[0][9:18, 1]
     jx, jy = item_jacobians(reward_model, x), item_jacobians(reward_model, y)
-    sigma = la.posterior_covariance if hessian == "full" else torch.diag(la.posterior_variance)
+    if hessian == "diag":
+        sigma = torch.diag(la.posterior_variance)
+    elif hessian == "full":
+        sigma = la.posterior_covariance
+    else:  # kron: the dense inverse of its Kronecker-factored precision
+        sigma = torch.linalg.inv(la.posterior_precision.to_matrix())
     io_x, io_y = (structure.recorder.run(lambda z=z: la.model(z)) for z in (x, y))
     (cross,) = structure.crosses([io_x, io_y], [(0, 1)])
     torch.testing.assert_close(cross, ((jx @ sigma) * jy).sum(-1), rtol=1e-10, atol=1e-12)
+    var_x, var_y = structure.crosses([io_x, io_y], [(0, 0), (1, 1)])
+    torch.testing.assert_close(var_x, ((jx @ sigma) * jx).sum(-1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(var_y, ((jy @ sigma) * jy).sum(-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("subset", "hessian"), CASES, ids=[f"{s}-{h}" for s, h in CASES])
+def test_variances_alone_leave_the_layer_io_as_it_was(
+    reward_model, pairs, pair_loader, subset, hessian
+):
+    """Variances alone square the rotated sides in place, in buffers reused from one parameter
+    tensor to the next: they equal the variances computed beside a covariance (no squares in
+    place), twice over, and the layer I/O (which ``diag`` does not rotate) is left as it was."""
+    la = fit_bt(reward_model, pair_loader, subset, hessian, prior_precision=0.7)
+    structure = structure_for(la)
+    x, y = pairs[0][:9, 0], pairs[0][9:18, 1]
+    io_x, io_y = (structure.recorder.run(lambda z=z: la.model(z)) for z in (x, y))
+    taps = [*io_x.acts, *io_x.grads, *io_y.acts, *io_y.grads]
+    before = [t.clone() for t in taps]
+    var_x, var_y, _ = structure.crosses([io_x, io_y], [(0, 0), (1, 1), (0, 1)])
+    for _ in range(2):
+        alone_x, alone_y = structure.crosses([io_x, io_y], [(0, 0), (1, 1)])
+        torch.testing.assert_close(alone_x, var_x, rtol=1e-13, atol=0)
+        torch.testing.assert_close(alone_y, var_y, rtol=1e-13, atol=0)
+        torch.testing.assert_close(structure.cross(io_y, io_y), var_y, rtol=1e-13, atol=0)
+    assert all(torch.equal(t, b) for t, b in zip(taps, before, strict=True))
 
 
 @pytest.mark.parametrize(("subset", "hessian"), CASES, ids=[f"{s}-{h}" for s, h in CASES])

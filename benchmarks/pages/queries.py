@@ -67,6 +67,23 @@ def _minilm_setup(first: dict[str, Any]) -> str:
     )
 
 
+_MLP_READING = (
+    "Reading, all/kron `post(x)` (issue 22, item 2): per batch it is the forward with autograd, "
+    "one backward, six rotations of 4,096 x 256 sides into the Kronecker eigenbases (the first "
+    "and second layers' output gradients, for weight and bias each, and the second and third "
+    "layers' inputs) and one 256 x 256 product with the variances `M`; each rotation costs "
+    "about the forward's largest product, so about five forwards of work are left. Since "
+    "5258cb7 the rotated sides go into buffers reused from one parameter tensor to the next "
+    "and are squared in place (no fresh memory to fault in per tensor), the head's product "
+    "is a matrix-vector product and the input check one sum: `post(x)` 82-98 ms -> 62-81 ms "
+    "in the four runs beside main at 55068b9, 4.9-5.2x the forward at load 1.0-2.2 (main "
+    "4.9-7.3x; its forward ran slow in the first run): at the 5x of issue 22, not under it "
+    "in every run. `M` as a few float64 terms of its SVD, "
+    "exact to below float32 rounding, was measured and left out: the fresh float64 copies cost "
+    "more than the product they save (benchmarks/experiments/separable_kron.py)."
+)
+
+
 def render(data: dict[str, Any], page: Path) -> str:
     runs = data["runs"]
     first = next(iter(runs.values()))
@@ -77,6 +94,8 @@ def render(data: dict[str, Any], page: Path) -> str:
         _minilm_setup(first) if minilm else _mlp_setup(first),
         "",
     ]
+    if not minilm:
+        parts += [_MLP_READING, ""]
     if len(runs) > 1:
         labels = list(runs)
         header = ["configuration", "query", *(f"{label} (x forward)" for label in labels)]

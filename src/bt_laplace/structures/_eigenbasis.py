@@ -17,7 +17,10 @@ variances; ``kron`` has the eigenvectors of its two factors and
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,9 +34,9 @@ from bt_laplace._layer_io import (
 )
 from bt_laplace.structures._groups import GroupLayout
 from bt_laplace.structures.base import PosteriorStructure
-from bt_laplace.structures.low_rank import rotate
+from bt_laplace.structures.low_rank import is_thin, rotate
 
-__all__ = ["EigenbasisStructure", "SlotCovariance"]
+__all__ = ["EigenbasisStructure", "SlotCovariance", "Workspace"]
 
 
 @dataclass(frozen=True)
@@ -60,32 +63,39 @@ class EigenbasisStructure(PosteriorStructure):
     """A structure whose pieces are one :class:`SlotCovariance` per parameter tensor."""
 
     def _rotate(
-        self, results: list[LayerIO]
-    ) -> list[tuple[SlotCovariance, list[torch.Tensor], list[torch.Tensor] | None]]:
-        """Per parameter tensor: its covariance and, for each result in its basis, the row
-        side ``u`` of the weight's Jacobian ``u v^T`` (of a bias: the output gradients, summed
-        over positions) and the column side ``v`` (None for a bias)."""
-        out: list[tuple[SlotCovariance, list[torch.Tensor], list[torch.Tensor] | None]] = []
+        self, results: list[LayerIO], work: Workspace | None = None
+    ) -> Iterator[tuple[SlotCovariance, list[torch.Tensor], list[torch.Tensor] | None]]:
+        """Per parameter tensor, one at a time: its covariance and, for each result in its
+        basis, the row side ``u`` of the weight's Jacobian ``u v^T`` (of a bias: the output
+        gradients, summed over positions) and the column side ``v`` (None for a bias).
+
+        Given a :class:`Workspace`, the sides rotated by a square basis are written into its
+        buffers, which the next parameter tensor's overwrite: the caller is done with one
+        before it asks for the next (the memory of two rotated sides per result instead of
+        all of them, and no fresh memory per tensor)."""
         pieces = self.pieces(results[0].output.dtype)
         for slot, piece in zip(self.recorder.slots, pieces, strict=True):
             if slot.kind == "bias":
                 g = [r.grads[slot.layer] for r in results]
-                g = [rotate(gi, piece.q_rows) for gi in g]
-                out.append((piece, [bias_jacobian(gi) for gi in g], None))
+                g = [_rotated(gi, piece.q_rows, work, ("u", i)) for i, gi in enumerate(g)]
+                yield piece, [bias_jacobian(gi) for gi in g], None
                 continue
             sides = [weight_factors(slot, r.grads[slot.layer], r.acts[slot.layer]) for r in results]
-            u, v = [s[0] for s in sides], [s[1] for s in sides]
-            u = [rotate(ui, piece.q_rows) for ui in u]
-            v = [rotate(vi, piece.q_cols) for vi in v]
-            out.append((piece, u, v))
-        return out
+            u = [_rotated(s[0], piece.q_rows, work, ("u", i)) for i, s in enumerate(sides)]
+            v = [_rotated(s[1], piece.q_cols, work, ("v", i)) for i, s in enumerate(sides)]
+            yield piece, u, v
 
     def _crosses(self, results: list[LayerIO], pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
         totals = [torch.zeros_like(results[0].output) for _ in pairs]
-        for piece, u, v in self._rotate(results):
+        # variances alone, each result's once: its rotated sides are squared in place
+        squares = all(i == j for i, j in pairs) and len(set(pairs)) == len(pairs)
+        work = Workspace()
+        for piece, u, v in self._rotate(results, work):
+            rows, cols = squares and piece.q_rows is not None, squares and piece.q_cols is not None
             for k, (i, j) in enumerate(pairs):
                 vi, vj = (None, None) if v is None else (v[i], v[j])
-                totals[k] = totals[k] + _slot_cross(piece.m, u[i], vi, u[j], vj)
+                cross = _slot_cross(piece.m, u[i], vi, u[j], vj, (rows, cols), work)
+                totals[k] = totals[k].add_(cross)
         return totals
 
     def _group_variance(self, result: LayerIO, index: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -151,22 +161,63 @@ class EigenbasisStructure(PosteriorStructure):
         return cross, quad
 
 
+class Workspace:
+    """Flat buffers by name, reused for tensors of any shape up to their size (grown when a
+    larger one is asked for); they live as long as the workspace, one query batch."""
+
+    def __init__(self) -> None:
+        self._flat: dict[Any, torch.Tensor] = {}
+
+    def take(self, name: Any, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialized contiguous ``shape`` tensor of ``like``'s dtype and device."""
+        n = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < n or flat.dtype != like.dtype:
+            flat = self._flat[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return flat[:n].view(shape)
+
+
+def _rotated(
+    x: torch.Tensor, q: torch.Tensor | None, work: Workspace | None, name: Any
+) -> torch.Tensor:
+    """:func:`~bt_laplace.structures.low_rank.rotate`, into ``work``'s buffer ``name`` for a
+    square basis."""
+    if work is None or q is None or is_thin(q):
+        return rotate(x, q)
+    return torch.matmul(x, q, out=work.take(name, (*x.shape[:-1], q.shape[1]), x))
+
+
 def _slot_cross(
     m: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor | None,
     u2: torch.Tensor,
     v2: torch.Tensor | None,
+    in_place: tuple[bool, bool] = (False, False),
+    work: Workspace | None = None,
 ) -> torch.Tensor:
     """``J Sigma J'^T`` ``(N,)`` of one parameter tensor from the rotated sides of two aligned
-    batches (``v = None`` for a bias)."""
+    batches (``v = None`` for a bias); ``in_place``: whether ``u`` and ``v`` (each then the
+    same as ``u2``, ``v2``) may be squared in place. A weight's ``(uu @ m) . vv`` takes the
+    product on the shorter side of ``m`` (a head's ``(1, in)``: one matrix-vector product, not
+    an ``(N, in)`` outer product), into ``work``'s buffer where given."""
     if v is not None and is_sequence(v):  # per-item blocks sum_t u_t v_t^T
         return _block_products(u, v, u2, v2, m)
-    uu = u.square() if u is u2 else u * u2
+    uu = _times(u, u2, in_place[0])
     if v is None or v2 is None:  # bias: one matrix-vector product
         return uu @ m
-    vv = v.square() if v is v2 else v * v2
-    return torch.linalg.vecdot(uu @ m, vv)  # no (N, cols) product formed
+    vv = _times(v, v2, in_place[1])
+    if m.shape[0] < m.shape[1]:
+        uu, vv, m = vv, uu, m.T
+    out = None if work is None else work.take("product", (uu.shape[0], m.shape[1]), uu)
+    return torch.matmul(uu, m, out=out).mul_(vv).sum(-1)  # no second (N, cols) product
+
+
+def _times(x: torch.Tensor, y: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """``x * y``, a square in place where allowed (no fresh memory to fault in)."""
+    if x is not y:
+        return x * y
+    return x.square_() if in_place else x.square()
 
 
 def _block_products(
