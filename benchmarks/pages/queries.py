@@ -77,10 +77,19 @@ _MLP_READING = (
     "and are squared in place (no fresh memory to fault in per tensor), the head's product "
     "is a matrix-vector product and the input check one sum: `post(x)` 82-98 ms -> 62-81 ms "
     "in the four runs beside main at 55068b9, 4.9-5.2x the forward at load 1.0-2.2 (main "
-    "4.9-7.3x; its forward ran slow in the first run): at the 5x of issue 22, not under it "
-    "in every run. `M` as a few float64 terms of its SVD, "
-    "exact to below float32 rounding, was measured and left out: the fresh float64 copies cost "
-    "more than the product they save (benchmarks/experiments/separable_kron.py)."
+    "4.9-7.3x; its forward ran slow in the first run); in the two session-9 runs on a quieter "
+    "machine (load 0.7-1.8, this head against main at 55068b9) 71.4 / 64.7 ms, 5.52x / 4.98x "
+    "(main 83.4 / 85.9 ms, 6.35x / 5.81x): at the 5x of issue 22, not under it in every run. "
+    "`M` as a few float64 terms of its SVD, exact to below float32 rounding, was measured and "
+    "left out: the fresh float64 copies cost more than the product they save "
+    "(benchmarks/experiments/separable_kron.py).\n\n"
+    "Reading, grouped queries (issue 22, item 1): last_layer/full `relative_reward(groups)` "
+    "53.6 / 52.5 ms -> 27.4 / 35.9 ms in the session-9 runs (1.20x / 1.18x its `post(x)`, was "
+    "about 2x): its centred Jacobians are now weighted by the covariance in the model's "
+    "precision, as `post(x)` does, not in float64. all/kron grouped queries are 1.5-1.8x the "
+    "now faster `post(x)` (103-116 ms; 1.45-1.53x in alternating single-query timings of the "
+    "same build); all/diag 1.7-2.0x (three passes of items x rows x cols against `post(x)`'s "
+    "two: about 1.6x is this method's floor)."
 )
 
 

@@ -114,7 +114,7 @@ class EigenbasisStructure(PosteriorStructure):
         layout = GroupLayout(index, n_groups)
         total = torch.zeros_like(result.output, dtype=torch.float64)  # by item
         laid_out = torch.zeros_like(total)  # in the layout's order
-        for piece, (u,), v_ in self._rotate([result]):  # rotated in the model's precision
+        for piece, (u,), v_ in self._rotate([result], Workspace()):  # model precision
             m = piece.m
             if v_ is None:  # bias: (u_n - mean_g u) weighted by m, a sum without cancelling
                 ub = layout.ordered(u)[:, None]
