@@ -279,11 +279,9 @@ def _gathered(
         [processes.gather_rows(a) for a in items.acts],
         [processes.gather_rows(g) for g in items.grads],
     )
-    if processes.sum_number(0 if inputs is not None else 1) > 0:
-        inputs = None  # some process has none: all compare layer I/O
-    else:
-        inputs = processes.gather_rows(inputs)
-    return pair_items(gathered, processes.gather_rows(root), inputs)
+    everyone = processes.sum_number(0 if inputs is not None else 1) == 0
+    keys = processes.gather_rows(inputs) if everyone and inputs is not None else None
+    return pair_items(gathered, processes.gather_rows(root), keys)  # None: by layer I/O
 
 
 def _layer_kinds(backend: BradleyTerryGGN) -> Kinds:
