@@ -35,19 +35,21 @@ CONFIGS = [
     },
     {},  # the automatic default
     # pairs among 40 items: the kernel through the distinct items, gathered by input
-    {"subset_of_weights": "all", "hessian_structure": "kron", "evidence": "exact", "pooled": True},
-    {"pooled": True},
+    {"subset_of_weights": "all", "hessian_structure": "kron", "evidence": "exact", "pooled": 60},
+    {"pooled": 60},
+    # 200 pairs among 12 items, more pairs than parameters: the items' kernel, not the GGN
+    {"subset_of_weights": "all", "hessian_structure": "diag", "evidence": "exact", "pooled": 200},
 ]
 
 
-def _data(pooled: bool = False):
+def _data(pooled: int = 0):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(60, 2, D_IN, generator=g, dtype=torch.float64)
-    if pooled:  # 60 pairs of 40 items (fewer items than pairs)
-        x = torch.randn(40, D_IN, generator=g, dtype=torch.float64)[
-            torch.randint(0, 40, (60, 2), generator=g)
-        ]
-    y = torch.randint(0, 2, (60,), generator=g)
+    if pooled:  # pairs of fewer items than pairs: 40 items for 60 pairs, 12 for more
+        n_items = 40 if pooled == 60 else 12
+        pool = torch.randn(n_items, D_IN, generator=g, dtype=torch.float64)
+        x = pool[torch.randint(0, n_items, (pooled, 2), generator=g)]
+    y = torch.randint(0, 2, (len(x),), generator=g)
     xv = torch.randn(30, 2, D_IN, generator=g, dtype=torch.float64)
     yv = torch.randint(0, 2, (30,), generator=g)
     return x, y, xv, yv
@@ -73,12 +75,12 @@ def _rank(rank: int, world: int, port: int) -> None:
         pairs = torch.randn(5, 2, D_IN, generator=torch.Generator().manual_seed(3)).double()
         for config in CONFIGS:
             config = dict(config)
-            x, y, xv, yv = _data(config.pop("pooled", False))
+            x, y, xv, yv = _data(config.pop("pooled", 0))
             # this rank's shard (pairs rank, rank + world, ...), against all pairs in one process
             shard = _fit(x[rank::world], y[rank::world], xv[rank::world], yv[rank::world],
                          config, distributed=True)  # fmt: skip
             whole = _fit(x, y, xv, yv, config, distributed=False)
-            assert shard.laplace.n_data == whole.laplace.n_data == 60, config
+            assert shard.laplace.n_data == whole.laplace.n_data == len(x), config
             torch.testing.assert_close(
                 shard.prior_precision, whole.prior_precision, rtol=1e-5, atol=0, msg=str(config)
             )
@@ -101,7 +103,7 @@ def _rank(rank: int, world: int, port: int) -> None:
             )
         # opting out: each rank keeps the posterior of its own shard
         alone = _fit(x[rank::world], y[rank::world], xv, yv, CONFIGS[0], distributed=False)
-        assert alone.laplace.n_data == len(range(rank, 60, world))
+        assert alone.laplace.n_data == len(range(rank, len(x), world))
     finally:
         dist.destroy_process_group()
 

@@ -66,15 +66,15 @@ def random_pairs(n: int, d: int = 5, seed: int = 4) -> tuple[torch.Tensor, torch
         ("last_layer", 60),  # P = 8 <= N
     ],
 )
-def test_spectrum_equals_brute_force_ggn(reward_model, subset, n_pairs):
-    x, y = random_pairs(n_pairs)
+def test_spectrum_equals_brute_force_ggn(reward_model, item_route, subset, n_pairs):
+    x, y = random_pairs(n_pairs)  # every item new: the pair kernel or the GGN
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     la = fit_bt(reward_model, loader, subset, "diag")
     ggn = exact_ggn(reward_model, x)
     if subset == "last_layer":
         ggn = ggn[-8:, -8:]  # the head's 7 weights and its bias
     eigs = exact_ggn_eigenvalues(la, loader)
-    assert eigs.shape == (min(n_pairs, ggn.shape[0]),)
+    assert eigs.shape == (min(n_pairs, ggn.shape[0]),) and not item_route
     want = brute_force_spectrum(ggn, eigs.numel()).clamp_min(0.0)
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
 
@@ -311,6 +311,7 @@ def item_route(monkeypatch):
         ("all", 60, 24, 3),  # three sets of items never compared across: r = 21
         ("all", 90, 80, 1),  # M = 80 < N = 90 < P = 106: still the item form
         ("last_layer", 6, 4, 1),  # N = 6 < P = 8, M = 4
+        ("all", 300, 12, 2),  # P = 106 <= N = 300, M = 12: the items' kernel, not the GGN
     ],
 )
 def test_spectrum_through_distinct_items_equals_brute_force_ggn(

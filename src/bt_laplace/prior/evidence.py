@@ -21,8 +21,9 @@ computes the ``kappa_j`` from whichever of ``H`` (``P <= N``) or ``K`` (``N < P`
 parameters and 3,000 pairs needs no ``P x P`` matrix; where the pairs compare ``M < N``
 distinct items, its non-zero spectrum comes from an ``M x M`` item kernel and the pairs' graph
 Laplacian instead (:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023
-movies). :func:`exact_evidence_prior_precision` then finds the prior precision by solving
-the stationarity condition ``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2``
+movies), which also replaces ``H`` where it costs fewer operations.
+:func:`exact_evidence_prior_precision` then finds the prior precision by solving the
+stationarity condition ``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2``
 (MacKay's effective number of parameters), whose left side falls and right side grows with
 ``delta``.
 """
@@ -39,13 +40,14 @@ from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
-from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
+from bt_laplace._layer_io import LayerIO, is_sequence, pair_split, posterior_parameters
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.prior.kernel import (
     Kinds,
     LayerRows,
     PairItems,
+    item_form_cost,
     kernel_form,
     pair_gram_diagonal,
     pair_items,
@@ -133,6 +135,13 @@ def exact_ggn_eigenvalues(
     backend = _pair_backend(laplace)
     device = laplace._device
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
+    through_items = None
+    if n_params <= n_pairs:  # few items in many pairs: their kernel, cheaper than the GGN's
+        through_items = _through_items(
+            backend, train_loader, batches, laplace, memory_limit, processes, theta_sq
+        )
+    if through_items is not None:
+        return through_items
     if n_params <= n_pairs:  # the P x P GGN itself
         _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
@@ -154,6 +163,58 @@ def exact_ggn_eigenvalues(
             )
         mat = form
     return _kernel_spectrum(mat.cpu() * float(laplace._H_factor), theta_sq)
+
+
+def _through_items(
+    backend: BradleyTerryGGN,
+    train_loader: Iterable[Any],
+    batches: Iterable[Any],
+    laplace: ParametricLaplace,
+    memory_limit: int,
+    processes: Processes,
+    theta_sq: float | None,
+) -> torch.Tensor | None:
+    """The ``P`` eigenvalues of :func:`exact_ggn_eigenvalues` for ``P <= N`` through the
+    pairs' distinct items, where those are few enough that their kernel costs fewer
+    operations than the ``P x P`` GGN from every pair (a scan of the inputs counts them
+    first); None to build the GGN (inputs that are not tensors, too many items, layer I/O
+    off the fast path: every process decides alike)."""
+    n_pairs, n_params = int(laplace.n_data), int(laplace.n_params)
+    width = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+    if 2 * n_pairs * width * 8 > memory_limit:
+        return None
+    n_items = _distinct_input_count(train_loader, laplace, processes, width)
+    if n_items is None or item_form_cost(n_items, width) >= n_pairs * n_params**2 + n_params**3:
+        return None
+    seen, items, root, inputs, rows = _collect_pair_io(
+        backend, batches, laplace, n_pairs, n_params, memory_limit, None
+    )
+    if processes.sum_number(len(rows)) > 0:  # off the fast path on some process
+        return None
+    _check_count(int(processes.sum_number(seen)), n_pairs)
+    pairs = _gathered(items, root, inputs, processes)
+    if pairs.distinct is None:
+        return None
+    form = kernel_form(_layer_kinds(backend), pairs)
+    values = _kernel_spectrum(form.matrix.cpu() * float(laplace._H_factor), theta_sq)
+    return form.padded(values, n_params)
+
+
+def _distinct_input_count(
+    train_loader: Iterable[Any], laplace: ParametricLaplace, processes: Processes, width: int
+) -> int | None:
+    """The number of distinct items among the inputs of every process's pairs, or None where
+    some batch's inputs are not one tensor of items at most ``width`` wide."""
+    rows: list[torch.Tensor] = []
+    for data in train_loader:
+        x, _ = batch_on(data, laplace.dict_key_y, laplace._device)
+        if not isinstance(x, torch.Tensor) or x[0, 0].numel() > width:
+            rows = []
+            break
+        rows.append(x.reshape(2 * len(x), -1))
+    if processes.sum_number(0 if rows else 1) > 0:
+        return None
+    return int(torch.unique(processes.gather_rows(torch.cat(rows)), dim=0).shape[0])
 
 
 def _kernel_spectrum(mat: torch.Tensor, theta_sq: float | None) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from bt_laplace._layer_io import pair_split
 
 __all__ = [
+    "item_form_cost",
     "LayerRows",
     "PairItems",
     "KernelForm",
@@ -129,10 +130,11 @@ class KernelForm:
     n_pairs: int
     cross: Callable[[LayerRows, LayerRows], torch.Tensor]
 
-    def padded(self, eigenvalues: torch.Tensor) -> torch.Tensor:
+    def padded(self, eigenvalues: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """Eigenvalues of ``matrix`` (ascending) with the pair kernel's other ones, zeros,
-        in front: ``N`` in all."""
-        zeros = eigenvalues.new_zeros(max(self.n_pairs - len(eigenvalues), 0))
+        in front: ``size`` in all (``N`` by default; ``P`` for the GGN's when ``P <= N``)."""
+        size = self.n_pairs if size is None else size
+        zeros = eigenvalues.new_zeros(max(size - len(eigenvalues), 0))
         return torch.cat([zeros, eigenvalues])
 
 
@@ -178,7 +180,7 @@ def pair_items(
     distinct, index = torch.unique(keys, dim=0, return_inverse=True)
     n_items = distinct.shape[0]
     width = sum(t.shape[1] for t in (*items.acts, *items.grads))
-    if _item_form_cost(n_items, width) >= _pair_form_cost(n_pairs, width):
+    if item_form_cost(n_items, width) >= pair_form_cost(n_pairs, width):
         return PairItems(items, root, None, None)
     order = torch.arange(len(index), device=index.device)
     first = torch.full((n_items,), len(index), device=index.device)
@@ -186,14 +188,14 @@ def pair_items(
     return PairItems(items, root, items.take(first), index.reshape(n_pairs, 2))
 
 
-def _item_form_cost(n_items: int, width: int) -> float:
+def item_form_cost(n_items: int, width: int) -> float:
     """Multiply-adds of the item form: the item kernel (one Gram product per layer),
     ``F^T G F`` (two ``M x M x r`` products, ``r < M``), the Laplacian's Cholesky factor and
     the ``r x r`` eigenvalues."""
     return n_items**2 * width + (2 + 1 / 3 + 4 / 3) * n_items**3
 
 
-def _pair_form_cost(n_pairs: int, width: int) -> float:
+def pair_form_cost(n_pairs: int, width: int) -> float:
     """Multiply-adds of the pair form: three Gram products per layer, ``N x N`` eigenvalues."""
     return 3 * n_pairs**2 * width + 4 / 3 * n_pairs**3
 
