@@ -419,3 +419,25 @@ def test_distinct_items_of_inputs_wider_than_the_layer_io(item_route, monkeypatc
     assert item_route and seen == [None]
     want = brute_force_spectrum(exact_ggn(model, x)[-9:, -9:], 7).clamp_min(0.0)
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
+
+
+def test_auto_counts_the_items_before_it_gives_up_the_exact_evidence(reward_model, monkeypatch):
+    """Above the cost limit by the number of pairs, ``evidence="auto"`` counts the distinct
+    items and takes the exact evidence where their kernel is within it: 300 pairs of 12 items
+    (P = 106 <= N: the GGN ~4.6e6 operations, the items' kernel ~1e4) at a limit of 1e6;
+    300 pairs of new items stay with the structure's own evidence."""
+    import bt_laplace.prior.settings as settings
+
+    monkeypatch.setattr(settings, "AUTO_EXACT_EVIDENCE_FLOPS", 1e6)
+
+    def prior(x, y, **kw):
+        loader = DataLoader(TensorDataset(x, y), batch_size=32)
+        post = btl.fit_reward_posterior(reward_model, loader, prior_precision="marglik", **kw)
+        return float(post.prior_precision)
+
+    pooled = pooled_pairs(300, 12)
+    assert (
+        prior(*pooled) == prior(*pooled, evidence="exact") != prior(*pooled, evidence="posterior")
+    )
+    fresh = random_pairs(300)
+    assert prior(*fresh) == prior(*fresh, evidence="posterior") != prior(*fresh, evidence="exact")

@@ -56,6 +56,7 @@ from bt_laplace.prior.spectrum import settled_spectrum
 from bt_laplace.structures import structure_class
 
 __all__ = [
+    "distinct_input_count",
     "exact_ggn_eigenvalues",
     "fitted_ggn_eigenvalues",
     "exact_evidence_prior_precision",
@@ -183,7 +184,7 @@ def _through_items(
     width = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
     if 2 * n_pairs * width * 8 > memory_limit:
         return None
-    n_items = _distinct_input_count(train_loader, laplace, processes, width)
+    n_items = distinct_input_count(train_loader, laplace, processes, width)
     if n_items is None or item_form_cost(n_items, width) >= n_pairs * n_params**2 + n_params**3:
         return None
     seen, items, root, inputs, rows = _collect_pair_io(
@@ -200,11 +201,17 @@ def _through_items(
     return form.padded(values, n_params)
 
 
-def _distinct_input_count(
-    train_loader: Iterable[Any], laplace: ParametricLaplace, processes: Processes, width: int
+def distinct_input_count(
+    train_loader: Iterable[Any],
+    laplace: ParametricLaplace,
+    processes: Processes,
+    width: int | None = None,
 ) -> int | None:
     """The number of distinct items among the inputs of every process's pairs, or None where
-    some batch's inputs are not one tensor of items at most ``width`` wide."""
+    some batch's inputs are not one tensor of items at most ``width`` wide (by default the
+    summed widths of the posterior's weight matrices: about the layer I/O an item has)."""
+    if width is None:
+        width = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
     rows: list[torch.Tensor] = []
     for data in train_loader:
         x, _ = batch_on(data, laplace.dict_key_y, laplace._device)

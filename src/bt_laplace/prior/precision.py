@@ -22,6 +22,7 @@ from bt_laplace.curvature import is_pair_backend
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior.calibration import Refit, held_out_prior_ratio
 from bt_laplace.prior.evidence import (
+    distinct_input_count,
     exact_evidence_prior_precision,
     exact_ggn_eigenvalues,
     fitted_ggn_eigenvalues,
@@ -84,7 +85,7 @@ def set_prior_precision(
             **setting.settings,
         )
         return None
-    if setting.resolve_evidence(la, is_pair_backend(la._backend_cls)) is Evidence.EXACT:
+    if _evidence(la, setting, train_loader, processes) is Evidence.EXACT:
         return _exact_evidence(la, setting, train_loader, processes, progress_bar, refit)
     with warnings.catch_warnings():
         # laplace-torch warns about its own link_approx default, which marglik never uses
@@ -121,6 +122,22 @@ def reset_prior_precision(
         processes=processes,
         progress_bar=progress_bar,
     )
+
+
+def _evidence(
+    la: Any, setting: PriorSetting, train_loader: Iterable[Any] | None, processes: Processes
+) -> Evidence:
+    """The evidence ``setting`` resolves to; where ``"auto"`` finds the exact one too costly
+    by the number of pairs, the distinct items of the training pairs are counted (a scan of
+    the inputs, over every process) and may make it affordable."""
+    pair_backend = is_pair_backend(la._backend_cls)
+    evidence = setting.resolve_evidence(la, pair_backend)
+    if evidence is Evidence.EXACT or setting.evidence is not Evidence.AUTO:
+        return evidence
+    if not pair_backend or train_loader is None:
+        return evidence
+    n_items = distinct_input_count(train_loader, la, processes)
+    return setting.resolve_evidence(la, pair_backend, n_items=n_items)
 
 
 def _exact_evidence(

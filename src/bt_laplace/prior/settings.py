@@ -29,6 +29,7 @@ from typing import Any
 from bt_laplace._checks import BTLaplaceWarning, check_choice
 from bt_laplace._layer_io import posterior_parameters
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod
+from bt_laplace.prior.kernel import item_form_cost
 
 __all__ = [
     "PriorSetting",
@@ -256,18 +257,25 @@ class PriorSetting:
                 f"them take {' or '.join(repr(a) for a in allowed)}); use one of those."
             )
 
-    def resolve_evidence(self, laplace: Any, pair_backend: bool) -> Evidence:
+    def resolve_evidence(
+        self, laplace: Any, pair_backend: bool, n_items: int | None = None
+    ) -> Evidence:
         """``evidence="auto"`` once the fit has counted the pairs: ``EXACT`` when its
         estimated cost is at most :data:`AUTO_EXACT_EVIDENCE_FLOPS` and the curvature is
-        bt_laplace's pair backend, else ``POSTERIOR``."""
+        bt_laplace's pair backend, else ``POSTERIOR``; with ``n_items``, the number of
+        distinct items the pairs compare, the cost through their kernel counts too
+        (:mod:`bt_laplace.prior.kernel`)."""
         if self.evidence is not Evidence.AUTO:
             return self.evidence
         if not pair_backend:  # another backend: laplace-torch's procedure, as it does
             return Evidence.POSTERIOR
         n, p = int(laplace.n_data), int(laplace.n_params)
+        widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+        flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
             flops = n * p * p + p**3
         else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
-            widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
             flops = n * n * widths + n**3
+        if n_items is not None:  # the M x M kernel of the items, its factors and spectrum
+            flops = min(flops, item_form_cost(n_items, widths))
         return Evidence.EXACT if flops <= AUTO_EXACT_EVIDENCE_FLOPS else Evidence.POSTERIOR
