@@ -251,32 +251,6 @@ def test_loader_that_skips_pairs_is_refused(reward_model, subset, n_pairs, yield
         exact_ggn_eigenvalues(la, loader)
 
 
-def test_exact_pair_variances_equal_the_full_posterior_in_float64():
-    """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
-    ``full`` posterior (P x P covariance) at every prior, tempered too."""
-    from bt_laplace.evidence import exact_pair_variances
-
-    torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()
-    model = btl.PairwiseRewardModel(net)
-    x = torch.randn(30, 2, 4, dtype=torch.float64)
-    y = torch.randint(0, 2, (30,))
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    xq = torch.randn(7, 2, 4, dtype=torch.float64)
-    for temperature in (1.0, 2.5):
-        post = btl.fit_reward_posterior(
-            model, loader, subset_of_weights="all", hessian_structure="full",
-            prior_precision=1.0, temperature=temperature,
-        )  # fmt: skip
-        query = post.predictive.jacobians(xq, pairs=True)
-        eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
-        assert eigs.shape == (30,)
-        for delta in (0.01, 0.7, 40.0):
-            post.laplace.prior_precision = delta
-            _, ref = post.predictive.difference_moments(xq)
-            torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
-
-
 # ---------------------------------------------------------------- pairs among fewer items
 def pooled_pairs(
     n_pairs: int, n_items: int, *, sets: int = 1, d: int = 5, seed: int = 4
@@ -331,15 +305,22 @@ def test_spectrum_through_distinct_items_equals_brute_force_ggn(
     assert int((eigs > 1e-10 * eigs.max()).sum()) <= n_items - sets  # rank of the Laplacian
 
 
-def test_exact_pair_variances_through_distinct_items_equal_the_full_posterior(item_route):
+@pytest.mark.parametrize("pooled", [False, True])
+def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, pooled):
+    """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
+    ``full`` posterior (P x P covariance) at every prior, tempered too: 30 pairs of new items
+    (the pair kernel), or 40 pairs of 12 items in two sets (through the distinct items)."""
     from bt_laplace.evidence import exact_pair_variances
 
     torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()
     model = btl.PairwiseRewardModel(net)
-    x, y = pooled_pairs(40, 12, sets=2)
+    if pooled:
+        x, y = pooled_pairs(40, 12, sets=2, d=4)
+    else:
+        x, y = torch.randn(30, 2, 4, dtype=torch.float64), torch.randint(0, 2, (30,))
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    xq = torch.randn(7, 2, 5, dtype=torch.float64)
+    xq = torch.randn(7, 2, 4, dtype=torch.float64)
     for temperature in (1.0, 2.5):
         post = btl.fit_reward_posterior(
             model, loader, subset_of_weights="all", hessian_structure="full",
@@ -347,7 +328,7 @@ def test_exact_pair_variances_through_distinct_items_equal_the_full_posterior(it
         )  # fmt: skip
         query = post.predictive.jacobians(xq, pairs=True)
         eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
-        assert eigs.shape == (40,) and item_route
+        assert eigs.shape == (len(x),) and bool(item_route) == pooled
         for delta in (0.01, 0.7, 40.0):
             post.laplace.prior_precision = delta
             _, ref = post.predictive.difference_moments(xq)

@@ -40,7 +40,7 @@ from bt_laplace._loader import split_batch
 from bt_laplace.bradley_terry import margin_shift
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior.evidence import exact_evidence_prior_precision, exact_pair_variances
-from bt_laplace.prior.spectrum import SETTLE_TOL, START_RANK
+from bt_laplace.prior.spectrum import may_settle
 
 __all__ = [
     "CALIBRATION_HELD_OUT",
@@ -95,12 +95,6 @@ def _tensor_pairs(
     return x, processes.gather_rows(torch.cat(ys).to(device))
 
 
-def _settles(eigenvalues: torch.Tensor, prior: float) -> bool:
-    """Whether at most :data:`START_RANK` eigenvalues exceed :data:`SETTLE_TOL` times the
-    prior (the settled spectrum's own test)."""
-    return int((eigenvalues > SETTLE_TOL * prior).sum()) <= START_RANK
-
-
 def held_out_prior_ratio(
     laplace: Any,
     refit: Refit,
@@ -143,7 +137,7 @@ def held_out_prior_ratio(
     part_la = refit(rest)
     part = Predictive(part_la)
     query = part.jacobians(query_x, pairs=True)
-    settle = eigenvalues is None or _settles(eigenvalues, float(laplace.prior_precision))
+    settle = eigenvalues is None or may_settle(eigenvalues, float(laplace.prior_precision))
     exact = exact_pair_variances(
         part_la, rest, (query[0], query[1]), theta_sq=theta_sq, settle=settle
     )

@@ -40,10 +40,11 @@ from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
-from bt_laplace._layer_io import LayerIO, is_sequence, pair_split, posterior_parameters
+from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.prior.kernel import (
+    KernelForm,
     Kinds,
     LayerRows,
     PairItems,
@@ -51,6 +52,7 @@ from bt_laplace.prior.kernel import (
     kernel_form,
     pair_gram_diagonal,
     pair_items,
+    weight_width,
 )
 from bt_laplace.prior.spectrum import settled_spectrum
 from bt_laplace.structures import structure_class
@@ -99,6 +101,7 @@ def exact_ggn_eigenvalues(
     progress_bar: bool = False,
     processes: Processes | None = None,
     theta_sq: float | None = None,
+    n_items: int | None = None,
 ) -> torch.Tensor:
     """Eigenvalues of the exact tempered Bradley-Terry GGN ``H / T`` over the posterior parameters.
 
@@ -120,6 +123,8 @@ def exact_ggn_eigenvalues(
             layer I/O gathered), or None for one process.
         theta_sq: ``||theta* - mu_0||^2`` of the evidence to settle, or None for every
             eigenvalue exactly.
+        n_items: The pairs' distinct items, if :func:`distinct_input_count` has counted them
+            already (where ``P <= N``, else they are counted here).
 
     Raises:
         ValueError: If the ``min(N, P)``-square matrix exceeds ``memory_limit``, or if the
@@ -136,14 +141,12 @@ def exact_ggn_eigenvalues(
     backend = _pair_backend(laplace)
     device = laplace._device
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
-    through_items = None
-    if n_params <= n_pairs:  # few items in many pairs: their kernel, cheaper than the GGN's
-        through_items = _through_items(
-            backend, train_loader, batches, laplace, memory_limit, processes, theta_sq
+    if n_params <= n_pairs:  # the P x P GGN, unless few items in many pairs make theirs cheaper
+        values = _through_items(
+            backend, train_loader, batches, laplace, memory_limit, processes, theta_sq, n_items
         )
-    if through_items is not None:
-        return through_items
-    if n_params <= n_pairs:  # the P x P GGN itself
+        if values is not None:
+            return values
         _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
         seen = 0
@@ -158,12 +161,10 @@ def exact_ggn_eigenvalues(
         form = _pair_kernel(
             backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
         )
-        if not isinstance(form, torch.Tensor):  # through the distinct items, or not
-            return form.padded(
-                _kernel_spectrum(form.matrix.cpu() * float(laplace._H_factor), theta_sq)
-            )
+        if isinstance(form, KernelForm):
+            return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq))
         mat = form
-    return _kernel_spectrum(mat.cpu() * float(laplace._H_factor), theta_sq)
+    return _kernel_spectrum(mat, laplace, theta_sq)
 
 
 def _through_items(
@@ -174,17 +175,19 @@ def _through_items(
     memory_limit: int,
     processes: Processes,
     theta_sq: float | None,
+    n_items: int | None,
 ) -> torch.Tensor | None:
     """The ``P`` eigenvalues of :func:`exact_ggn_eigenvalues` for ``P <= N`` through the
     pairs' distinct items, where those are few enough that their kernel costs fewer
-    operations than the ``P x P`` GGN from every pair (a scan of the inputs counts them
-    first); None to build the GGN (inputs that are not tensors, too many items, layer I/O
-    off the fast path: every process decides alike)."""
+    operations than the ``P x P`` GGN from every pair (``n_items``, or a scan of the inputs
+    counts them first); None to build the GGN (inputs that are not tensors, too many items,
+    layer I/O off the fast path: every process decides alike)."""
     n_pairs, n_params = int(laplace.n_data), int(laplace.n_params)
-    width = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+    width = weight_width(laplace)
     if 2 * n_pairs * width * 8 > memory_limit:
         return None
-    n_items = distinct_input_count(train_loader, laplace, processes, width)
+    if n_items is None:
+        n_items = distinct_input_count(train_loader, laplace, processes)
     if n_items is None or item_form_cost(n_items, width) >= n_pairs * n_params**2 + n_params**3:
         return None
     seen, items, root, inputs, rows = _collect_pair_io(
@@ -197,21 +200,18 @@ def _through_items(
     if pairs.distinct is None:
         return None
     form = kernel_form(_layer_kinds(backend), pairs)
-    values = _kernel_spectrum(form.matrix.cpu() * float(laplace._H_factor), theta_sq)
-    return form.padded(values, n_params)
+    return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq), n_params)
 
 
 def distinct_input_count(
     train_loader: Iterable[Any],
     laplace: ParametricLaplace,
     processes: Processes,
-    width: int | None = None,
 ) -> int | None:
     """The number of distinct items among the inputs of every process's pairs, or None where
-    some batch's inputs are not one tensor of items at most ``width`` wide (by default the
-    summed widths of the posterior's weight matrices: about the layer I/O an item has)."""
-    if width is None:
-        width = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+    some batch's inputs are not one tensor of items at most
+    :func:`~bt_laplace.prior.kernel.weight_width` wide (about the layer I/O an item has)."""
+    width = weight_width(laplace)
     rows: list[torch.Tensor] = []
     for data in train_loader:
         x, _ = batch_on(data, laplace.dict_key_y, laplace._device)
@@ -224,8 +224,12 @@ def distinct_input_count(
     return int(torch.unique(processes.gather_rows(torch.cat(rows)), dim=0).shape[0])
 
 
-def _kernel_spectrum(mat: torch.Tensor, theta_sq: float | None) -> torch.Tensor:
-    """Eigenvalues of the tempered ``mat``, all of them or as far as the prior needs."""
+def _kernel_spectrum(
+    mat: torch.Tensor, laplace: ParametricLaplace, theta_sq: float | None
+) -> torch.Tensor:
+    """Eigenvalues of ``mat`` tempered as ``laplace`` is, all of them or as far as the prior
+    needs (on the CPU)."""
+    mat = mat.cpu() * float(laplace._H_factor)
     if theta_sq is None:
         return torch.linalg.eigvalsh(mat).clamp_min(0.0)
     return settled_spectrum(
@@ -260,7 +264,7 @@ def _pair_kernel(
     memory_limit: int,
     fix: str,
     processes: Processes,
-) -> torch.Tensor | Any:
+) -> torch.Tensor | KernelForm:
     """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64 from per-pair Jacobians, or its
     :class:`~bt_laplace.prior.kernel.KernelForm` from layer I/O (of the pairs of every process,
     gathered in rank order)."""
@@ -411,12 +415,13 @@ def exact_pair_variances(
     pairs = pair_items(items, root, inputs)
     if pairs.size * pairs.size * 8 > memory_limit:
         return None
-    form = kernel_form(_layer_kinds(backend), pairs)
+    kinds = _layer_kinds(backend)
+    form = kernel_form(kinds, pairs)
     q0, q1 = (LayerRows([a.double() for a in q.acts], [g.double() for g in q.grads]) for q in query)
     temper = float(laplace._H_factor)
     kernel = form.matrix.cpu() * temper
     cross = form.cross(q0, q1).cpu()  # A j / sqrt(temper), in the form's coordinates
-    sq = pair_gram_diagonal(_layer_kinds(backend), q0, q1).cpu()
+    sq = pair_gram_diagonal(kinds, q0, q1).cpu()
     if theta_sq is None or not settle:
         prior_of = lambda e: 1.0  # noqa: E731  (n <= 3 * rank: every eigenvalue)
         spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=kernel.shape[0])

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from bt_laplace._layer_io import pair_split
+from bt_laplace._layer_io import pair_split, posterior_parameters
 
 __all__ = [
     "item_form_cost",
+    "weight_width",
     "LayerRows",
     "PairItems",
     "KernelForm",
@@ -186,6 +188,12 @@ def pair_items(
     first = torch.full((n_items,), len(index), device=index.device)
     first = first.scatter_reduce_(0, index, order, "amin")
     return PairItems(items, root, items.take(first), index.reshape(n_pairs, 2))
+
+
+def weight_width(laplace: Any) -> int:
+    """The summed ``in + out`` of the weight matrices a posterior is over: about the width of
+    one item's layer I/O (the ``w`` of the cost estimates) before a pass has run."""
+    return sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
 
 
 def item_form_cost(n_items: int, width: int) -> float:

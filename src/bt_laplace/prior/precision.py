@@ -85,8 +85,9 @@ def set_prior_precision(
             **setting.settings,
         )
         return None
-    if _evidence(la, setting, train_loader, processes) is Evidence.EXACT:
-        return _exact_evidence(la, setting, train_loader, processes, progress_bar, refit)
+    evidence, n_items = _evidence(la, setting, train_loader, processes)
+    if evidence is Evidence.EXACT:
+        return _exact_evidence(la, setting, train_loader, processes, progress_bar, refit, n_items)
     with warnings.catch_warnings():
         # laplace-torch warns about its own link_approx default, which marglik never uses
         warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
@@ -126,18 +127,19 @@ def reset_prior_precision(
 
 def _evidence(
     la: Any, setting: PriorSetting, train_loader: Iterable[Any] | None, processes: Processes
-) -> Evidence:
+) -> tuple[Evidence, int | None]:
     """The evidence ``setting`` resolves to; where ``"auto"`` finds the exact one too costly
     by the number of pairs, the distinct items of the training pairs are counted (a scan of
-    the inputs, over every process) and may make it affordable."""
+    the inputs, over every process) and may make it affordable. Returns the count too (None
+    when not counted, or not countable), so that the exact evidence need not scan again."""
     pair_backend = is_pair_backend(la._backend_cls)
     evidence = setting.resolve_evidence(la, pair_backend)
     if evidence is Evidence.EXACT or setting.evidence is not Evidence.AUTO:
-        return evidence
+        return evidence, None
     if not pair_backend or train_loader is None:
-        return evidence
+        return evidence, None
     n_items = distinct_input_count(train_loader, la, processes)
-    return setting.resolve_evidence(la, pair_backend, n_items=n_items)
+    return setting.resolve_evidence(la, pair_backend, n_items=n_items), n_items
 
 
 def _exact_evidence(
@@ -147,8 +149,10 @@ def _exact_evidence(
     processes: Processes,
     progress_bar: bool,
     refit: Refit | None,
+    n_items: int | None,
 ) -> float | None:
-    """The prior maximizing the exact evidence, calibrated on held-out items if asked."""
+    """The prior maximizing the exact evidence, calibrated on held-out items if asked
+    (``n_items``: the pairs' distinct items, if counted already)."""
     theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
     eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
     if eigenvalues is None:
@@ -158,7 +162,12 @@ def _exact_evidence(
                 "the posterior was fitted on, or use the structure's own evidence."
             )
         eigenvalues = exact_ggn_eigenvalues(  # the top of the spectrum, as the prior needs
-            la, train_loader, progress_bar=progress_bar, processes=processes, theta_sq=theta_sq
+            la,
+            train_loader,
+            progress_bar=progress_bar,
+            processes=processes,
+            theta_sq=theta_sq,
+            n_items=n_items,
         )
     la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
     if not setting.calibrate or refit is None or train_loader is None:

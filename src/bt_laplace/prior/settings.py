@@ -27,9 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice
-from bt_laplace._layer_io import posterior_parameters
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod
-from bt_laplace.prior.kernel import item_form_cost
+from bt_laplace.prior.kernel import item_form_cost, weight_width
 
 __all__ = [
     "PriorSetting",
@@ -270,7 +269,7 @@ class PriorSetting:
         if not pair_backend:  # another backend: laplace-torch's procedure, as it does
             return Evidence.POSTERIOR
         n, p = int(laplace.n_data), int(laplace.n_params)
-        widths = sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+        widths = weight_width(laplace)
         flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
             flops = n * p * p + p**3

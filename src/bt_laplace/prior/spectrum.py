@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Spectrum", "settled_spectrum", "SETTLE_TOL", "START_RANK"]
+__all__ = ["Spectrum", "settled_spectrum", "may_settle", "SETTLE_TOL", "START_RANK"]
 
 #: the smallest kept eigenvalue must be below this share of the prior it gives
 SETTLE_TOL = 1e-3
@@ -78,7 +78,7 @@ class Spectrum:
             if int(info) == 0:
                 return torch.linalg.solve_triangular(chol, cross, upper=False).square().sum(0)
             values, vecs = torch.linalg.eigh(self.matrix)  # not numerically positive definite
-            return ((vecs.T @ cross).square() / (values.clamp_min(0.0) + delta)[:, None]).sum(0)
+            return Spectrum(values.clamp_min(0.0), vecs, 0.0, self.size).project(cross, delta)
         assert self.vectors is not None
         top = (self.vectors.T @ cross).square()
         out = (top / (self.values + delta)[:, None]).sum(0)
@@ -133,3 +133,13 @@ def settled_spectrum(
             return spectrum
     values = torch.linalg.eigvalsh(mat).clamp_min(0.0)
     return Spectrum(values, None, 0.0, n, mat if vectors else None)
+
+
+def may_settle(
+    eigenvalues: torch.Tensor, prior: float, *, tol: float = SETTLE_TOL, rank: int = START_RANK
+) -> bool:
+    """Whether a kernel with these eigenvalues would settle at its top ``rank`` for this
+    prior: at most ``rank`` of them above ``tol`` times it (the test of
+    :func:`settled_spectrum`, read off a spectrum at hand, to skip an attempt on a kernel
+    like it that would fail)."""
+    return int((eigenvalues > tol * prior).sum()) <= rank
