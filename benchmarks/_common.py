@@ -14,8 +14,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,22 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+def timings(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall times in seconds of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """The median of :func:`timings`, seconds."""
+    return statistics.median(timings(fn, repeats))
 
 
 def status_kib(key: str) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 
 import report
 import torch
-from _common import OUT_HELP, RESULTS, ROOT, environment, page_name, save, version
+from _common import OUT_HELP, RESULTS, ROOT, environment, median_time, page_name, save, version
 
 import bt_laplace as btl
 from bt_laplace.serve import create_app
@@ -174,16 +174,6 @@ def summary(mode: str, clients: int, runs: list[dict[str, Any]]) -> dict[str, An
         "mean_batch": sum(run["items"] for run in runs) / max(batches, 1),
         "model_s_per_batch": sum(run["busy_s"] for run in runs) / max(batches, 1),
     }
-
-
-def median_time(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

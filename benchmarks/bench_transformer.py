@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ from typing import Any
 
 import report
 import torch
-from _common import OUT_HELP, RESULTS, ROOT, environment, page_name, save
+from _common import OUT_HELP, RESULTS, ROOT, environment, median_time, page_name, save
 
 from bt_laplace import preference_dataloader
 from bt_laplace.fit import fit_reward_posterior
@@ -38,16 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 STRUCTURES = ("kron", "diag", "full")
 BATCHES = (1, 64, 256)
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -28,11 +28,14 @@ left out of the library; this script prints the ranks and times the contraction 
 
 import os
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from _common import timings
+
 from bt_laplace import fit_reward_posterior
 from bt_laplace.model import PairwiseRewardModel
 from bt_laplace.testing import mlp, teacher_pairs, train_map
@@ -57,13 +60,8 @@ def rank_needed(m: torch.Tensor) -> tuple[int | None, torch.Tensor, torch.Tensor
 
 
 def best(fn, repeats: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3
+    """Best of :func:`_common.timings`, milliseconds."""
+    return min(timings(fn, repeats)) * 1e3
 
 
 def contraction_times(m: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
