@@ -227,7 +227,8 @@ def test_bad_arguments_name_themselves(reward_model, pair_loader):
 
 def test_memory_limit_names_the_size(reward_model, pair_loader):
     la = fit_bt(reward_model, pair_loader, "all", "diag")
-    msg = r"pair kernel, 60 x 60 in float64 .* above the 0 GiB limit; use evidence='posterior'"
+    # 60 pairs of 120 new items: the item kernel is the largest matrix
+    msg = r"distinct items, 120 x 120 in float64 .* above the 0 GiB limit; use evidence='post"
     with pytest.raises(ValueError, match=msg):
         exact_ggn_eigenvalues(la, pair_loader, memory_limit=1000)
 
@@ -279,17 +280,19 @@ def item_route(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "subset, n_pairs, n_items, sets",
+    "subset, n_pairs, n_items, sets, through",
     [
-        ("all", 60, 20, 1),  # N = 60 < P = 106, M = 20: the 19 x 19 item form
-        ("all", 60, 24, 3),  # three sets of items never compared across: r = 21
-        ("all", 90, 80, 1),  # M = 80 < N = 90 < P = 106: still the item form
-        ("last_layer", 6, 4, 1),  # N = 6 < P = 8, M = 4
-        ("all", 300, 12, 2),  # P = 106 <= N = 300, M = 12: the items' kernel, not the GGN
+        ("all", 60, 20, 1, True),  # N = 60 < P = 106, M = 20: the 19 x 19 item form
+        ("all", 60, 24, 3, True),  # three sets of items never compared across: r = 21
+        ("all", 90, 60, 1, True),  # M = 60 < N = 90 < P = 106: still the item form
+        ("all", 60, 50, 2, False),  # M = 50: the pair kernel gathered from the item kernel
+        ("all", 40, 70, 1, False),  # M = 70 > N = 40 (few repeats): the same
+        ("last_layer", 6, 4, 1, True),  # N = 6 < P = 8, M = 4
+        ("all", 300, 12, 2, True),  # P = 106 <= N = 300, M = 12: the items' kernel, not the GGN
     ],
 )
 def test_spectrum_through_distinct_items_equals_brute_force_ggn(
-    reward_model, item_route, subset, n_pairs, n_items, sets
+    reward_model, item_route, subset, n_pairs, n_items, sets, through
 ):
     x, y = pooled_pairs(n_pairs, n_items, sets=sets)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
@@ -298,7 +301,7 @@ def test_spectrum_through_distinct_items_equals_brute_force_ggn(
     if subset == "last_layer":
         ggn = ggn[-8:, -8:]
     eigs = exact_ggn_eigenvalues(la, loader)
-    assert item_route, "the kernel was not built through the distinct items"
+    assert bool(item_route) == through, "not the form the operation counts choose"
     assert eigs.shape == (min(n_pairs, ggn.shape[0]),)
     want = brute_force_spectrum(ggn, eigs.numel()).clamp_min(0.0)
     assert float((eigs - want).abs().max() / want.max()) < 1e-10
@@ -372,14 +375,14 @@ def test_distinct_items_by_layer_io_when_inputs_are_not_tensors():
     grads = torch.tensor([[0.5], [0.5], [0.5], [0.5], [0.5], [0.5]], dtype=torch.float64)
     root = torch.ones(3, dtype=torch.float64)
     pairs = pair_items(LayerRows([acts], [grads]), root)
-    assert pairs.distinct is None  # three items, three pairs: the pair form
+    assert pairs.n_items == 3 and pairs.index.tolist() == [[0, 1], [0, 2], [1, 2]]
     more = torch.cat([acts, acts[:2]]), torch.cat([grads, grads[:2]])
     pairs = pair_items(LayerRows([more[0]], [more[1]]), torch.ones(4, dtype=torch.float64))
-    assert pairs.size == 3 and pairs.index.tolist() == [[0, 1], [0, 2], [1, 2], [0, 1]]
+    assert pairs.n_items == 3 and pairs.index.tolist() == [[0, 1], [0, 2], [1, 2], [0, 1]]
     other = more[1].clone()
     other[2, 0] = 0.5 + 1e-16 * 4  # one rounding apart: another item
     pairs = pair_items(LayerRows([more[0]], [other]), torch.ones(4, dtype=torch.float64))
-    assert pairs.distinct is None  # four items, four pairs
+    assert pairs.n_items == 4 and pairs.index.tolist() == [[0, 2], [1, 3], [2, 3], [0, 2]]
 
 
 def test_distinct_items_of_inputs_wider_than_the_layer_io(item_route, monkeypatch):
@@ -422,3 +425,41 @@ def test_auto_counts_the_items_before_it_gives_up_the_exact_evidence(reward_mode
     )
     fresh = random_pairs(300)
     assert prior(*fresh) == prior(*fresh, evidence="posterior") != prior(*fresh, evidence="exact")
+
+
+@pytest.mark.parametrize("block", [2**22, 200])  # one block; rows of 5 (not dividing 37)
+def test_item_kernel_equals_explicit_jacobian_rows(monkeypatch, block):
+    """``item_kernel`` (blocks on and above the diagonal, mirrored) and ``item_gram`` equal
+    ``J J^T`` of explicit Jacobian rows: a layer with weight and bias, one with only a weight,
+    one with only a bias in the posterior."""
+    import bt_laplace.prior.kernel as kernel
+
+    monkeypatch.setattr(kernel, "_KERNEL_BLOCK", block)
+    g = torch.Generator().manual_seed(1)
+    shapes = [(4, 3), (3, 2), (2, 1)]  # (in, out) per layer
+    kinds = {0: {"weight", "bias"}, 1: {"weight"}, 2: {"bias"}}
+
+    def rows(n):
+        acts = [torch.randn(n, i, generator=g, dtype=torch.float64) for i, _ in shapes]
+        grads = [torch.randn(n, o, generator=g, dtype=torch.float64) for _, o in shapes]
+        return kernel.LayerRows(acts, grads)
+
+    def jacobian(items):
+        parts = []
+        for layer, kind in kinds.items():
+            a, gr = items.acts[layer], items.grads[layer]
+            if "weight" in kind:
+                parts.append((gr[:, :, None] * a[:, None, :]).flatten(1))
+            if "bias" in kind:
+                parts.append(gr)
+        return torch.cat(parts, 1)
+
+    left, right = rows(37), rows(11)
+    want = jacobian(left) @ jacobian(left).T
+    got = kernel.item_kernel(kinds, left)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got, got.T)
+    torch.testing.assert_close(
+        kernel.item_gram(kinds, left, right), jacobian(left) @ jacobian(right).T,
+        rtol=1e-12, atol=1e-12,
+    )  # fmt: skip

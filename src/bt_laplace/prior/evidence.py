@@ -197,9 +197,9 @@ def _through_items(
         return None
     _check_count(int(processes.sum_number(seen)), n_pairs)
     pairs = _gathered(items, root, inputs, processes)
-    if pairs.distinct is None:
-        return None
-    form = kernel_form(_layer_kinds(backend), pairs)
+    if item_form_cost(pairs.n_items, width) >= n_pairs * n_params**2 + n_params**3:
+        return None  # more items by their layer I/O than the inputs showed
+    form = kernel_form(_layer_kinds(backend), pairs, through_items=True)
     return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq), n_params)
 
 
@@ -276,7 +276,8 @@ def _pair_kernel(
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
     pairs = _gathered(items, root, inputs, processes)
-    _check_size(pairs.size, pairs.size, "the dense pair kernel", fix, memory_limit)
+    what = "pair kernel" if pairs.size == n_pairs else "kernel of the pairs' distinct items"
+    _check_size(pairs.size, pairs.size, f"the dense {what}", fix, memory_limit)
     return kernel_form(_layer_kinds(backend), pairs)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod
-from bt_laplace.prior.kernel import item_form_cost, weight_width
+from bt_laplace.prior.kernel import item_form_cost, pair_form_cost, weight_width
 
 __all__ = [
     "PriorSetting",
@@ -275,6 +275,8 @@ class PriorSetting:
             flops = n * p * p + p**3
         else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
             flops = n * n * widths + n**3
-        if n_items is not None:  # the M x M kernel of the items, its factors and spectrum
+        if n_items is not None:  # through the M x M kernel of the items
             flops = min(flops, item_form_cost(n_items, widths))
+            if p > n:
+                flops = min(flops, pair_form_cost(n, n_items, widths))
         return Evidence.EXACT if flops <= AUTO_EXACT_EVIDENCE_FLOPS else Evidence.POSTERIOR
