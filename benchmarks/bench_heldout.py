@@ -5,6 +5,7 @@ Run from the repository root (nice'd: the numbers are per seed, written as they 
 
     PYTHONPATH=src nice python benchmarks/bench_heldout.py [--tasks a,b] [--seeds 3]
     PYTHONPATH=src nice python benchmarks/bench_heldout.py --cost   # fit / MAP time, 4,000 pairs
+    PYTHONPATH=src nice python benchmarks/bench_heldout.py --cost --threads 2   # both on 2
     python benchmarks/report.py heldout                             # the page only
 
 Writes ``docs/data/heldout.json`` after every task and seed (a rerun of some tasks keeps the
@@ -230,7 +231,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="skip tasks and seeds in the JSON")
     ap.add_argument("--no-scan", action="store_true", help="no prior scan (rows only)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 1)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.report_only:
         report.write("heldout")
         return
@@ -238,7 +241,7 @@ def main() -> None:
     if args.no_scan:
         global SCAN
         SCAN = ()
-    env = environment_lines(dict(environment(THREADS), loadavg_end=os.getloadavg()))
+    env = environment_lines(dict(environment(args.threads), loadavg_end=os.getloadavg()))
     if args.cost:
         rows = cost(names, args.seeds)
         _save(lambda doc: doc.setdefault("cost", {}).__setitem__(

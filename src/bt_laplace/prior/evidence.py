@@ -16,12 +16,13 @@ the overlap of their data directions, which overstates the model's effective num
 parameters: its evidence optimum sits 15-29% above the exact one on the benchmark MLPs
 (docs/results/prior.md), whatever the accuracy inside each block. :func:`exact_ggn_eigenvalues`
 computes the ``kappa_j`` from whichever of ``H`` (``P <= N``) or ``K`` (``N < P``) is smaller;
-``K`` comes from per-item activations and output gradients of the linear layers
-(``dJ_n . dJ_m`` is a sum of four products of Gram matrices per layer), so a model with 82,689
-parameters and 3,000 pairs needs no ``P x P`` matrix; where the pairs compare ``M < N``
-distinct items, its non-zero spectrum comes from an ``M x M`` item kernel and the pairs' graph
-Laplacian instead (:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023
-movies), which also replaces ``H`` where it costs fewer operations.
+``K`` comes from per-item activations and output gradients of the linear layers: the item
+kernel ``J_i . J_j`` of the pairs' ``M`` distinct items is a product of two Gram matrices per
+layer, and ``K`` gathers a pair's four item terms from it, so a model with 82,689 parameters and
+3,000 pairs needs no ``P x P`` matrix; where ``M`` is well below ``N``, the non-zero spectrum
+comes from the item kernel and the pairs' graph Laplacian at size below ``M`` instead
+(:mod:`bt_laplace.prior.kernel`: MovieLens at 4,000 pairs has 1,023 movies), which also
+replaces ``H`` where it costs fewer operations.
 :func:`exact_evidence_prior_precision` then finds the prior precision by solving the
 stationarity condition ``sum_j kappa_j / (kappa_j + delta) = delta ||theta* - mu_0||^2``
 (MacKay's effective number of parameters), whose left side falls and right side grows with

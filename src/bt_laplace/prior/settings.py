@@ -273,7 +273,7 @@ class PriorSetting:
         flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
             flops = n * p * p + p**3
-        else:  # N x N pair kernel from Gram products per layer, then its eigendecomposition
+        else:  # N x N pair kernel from the items' Gram products, then its eigendecomposition
             flops = n * n * widths + n**3
         if n_items is not None:  # through the M x M kernel of the items
             flops = min(flops, item_form_cost(n_items, widths))
