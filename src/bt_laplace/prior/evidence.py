@@ -128,9 +128,11 @@ def exact_ggn_eigenvalues(
             already (where ``P <= N``, else they are counted here).
 
     Raises:
-        ValueError: If the ``min(N, P)``-square matrix exceeds ``memory_limit``, or if the
-            pair kernel is needed for a model outside the fast path and the ``N x P``
-            Jacobian would exceed it.
+        ValueError: If the largest square matrix of the route exceeds ``memory_limit`` (the
+            ``P x P`` GGN; or the item kernel of the pairs' ``M`` distinct items and the pair
+            kernel, side ``max(M, N)``, ``M`` where the reduced form is taken), or if the pair
+            kernel is needed for a model outside the fast path and the ``N x P`` Jacobian
+            would exceed it.
     """
     processes = processes or Processes(enabled=False)
     n_pairs = int(laplace.n_data)  # over every process
@@ -389,7 +391,7 @@ def exact_pair_variances(
         train_loader: Its training pairs, every one once.
         query: Layer I/O of items 0 and 1 of the query pairs (``Predictive.jacobians(x,
             pairs=True)``).
-        memory_limit: Largest ``N x N`` kernel to build, in bytes.
+        memory_limit: Largest square matrix to build (the item or the pair kernel), in bytes.
         theta_sq: ``||theta* - mu_0||^2``: with it only the top of the kernel's spectrum is
             computed, as far as the exact evidence's prior needs it
             (:func:`~bt_laplace.prior.spectrum.settled_spectrum`; the variances are then
