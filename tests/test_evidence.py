@@ -388,11 +388,11 @@ def test_distinct_items_by_layer_io_when_inputs_are_not_tensors():
 def test_distinct_items_of_inputs_wider_than_the_layer_io(item_route, monkeypatch):
     """A last layer reads 8 features of 12-wide inputs: the items are told apart by their
     layer I/O (the inputs are not kept), one batch, so identical items agree bit for bit."""
-    import bt_laplace.prior.evidence as evidence
+    import bt_laplace.prior.pair_io as pair_io
 
     seen = []
-    real = evidence.pair_items
-    monkeypatch.setattr(evidence, "pair_items", lambda i, r, x: seen.append(x) or real(i, r, x))
+    real = pair_io.pair_items
+    monkeypatch.setattr(pair_io, "pair_items", lambda i, r, x: seen.append(x) or real(i, r, x))
     torch.manual_seed(5)
     net = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     model = btl.PairwiseRewardModel(net)

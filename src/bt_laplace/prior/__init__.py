@@ -8,8 +8,9 @@ Below the posterior and the fit, taking plain objects (a laplace-torch posterior
 - :mod:`~bt_laplace.prior.marglik`: laplace-torch's marginal-likelihood optimizer on the
   eigenvalues of the fitted structure's curvature;
 - :mod:`~bt_laplace.prior.evidence`: the exact Bradley-Terry evidence and its maximizer, on
-  the pair kernel of :mod:`~bt_laplace.prior.kernel` (built through the distinct items where
-  the pairs compare fewer items than there are pairs);
+  the pair kernel of :mod:`~bt_laplace.prior.kernel` (gathered from the kernel of the pairs'
+  distinct items, reduced where they are fewer than the pairs), from the pass over the pairs
+  of :mod:`~bt_laplace.prior.pair_io`;
 - :mod:`~bt_laplace.prior.gridsearch`: the validation NLL of pair probabilities and its grid;
 - :mod:`~bt_laplace.prior.calibration`: the default's held-out calibration;
 - :func:`set_prior_precision`: the one entry point, called alike by

@@ -37,23 +37,29 @@ from typing import Any
 
 import torch
 from laplace.baselaplace import ParametricLaplace
-from laplace.lllaplace import LLLaplace
 
 from bt_laplace._checks import progress
 from bt_laplace._distributed import Processes
-from bt_laplace._layer_io import LayerIO, is_sequence, pair_split
+from bt_laplace._layer_io import LayerIO, is_sequence
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.prior.kernel import (
     KernelForm,
-    Kinds,
     LayerRows,
-    PairItems,
     item_form_cost,
     kernel_form,
     pair_gram_diagonal,
     pair_items,
     weight_width,
+)
+from bt_laplace.prior.pair_io import (
+    check_count,
+    check_size,
+    collect_pair_io,
+    distinct_input_count,
+    gathered_pairs,
+    layer_kinds,
+    pair_backend,
 )
 from bt_laplace.prior.spectrum import settled_spectrum
 from bt_laplace.structures import structure_class
@@ -69,29 +75,6 @@ __all__ = [
 
 #: largest dense matrix (``P x P`` GGN or ``N x N`` pair kernel) the exact evidence builds, bytes
 EVIDENCE_MEMORY_LIMIT = 4 * 2**30
-
-
-def _pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
-    """A :class:`BradleyTerryGGN` over the posterior's parameters, whatever its fit backend."""
-    last_layer = isinstance(laplace, LLLaplace)
-    if last_layer and laplace.model.last_layer is None:
-        raise RuntimeError("fit the last-layer Laplace before computing its exact evidence.")
-    return BradleyTerryGGN(
-        laplace.model,
-        "classification",
-        last_layer=last_layer,
-        dict_key_x=laplace.dict_key_x,
-        dict_key_y=laplace.dict_key_y,
-    )
-
-
-def _check_size(rows: int, cols: int, what: str, fix: str, limit: int) -> None:
-    need = rows * cols * 8
-    if need > limit:
-        raise ValueError(
-            f"the exact evidence needs {what}, {rows:,} x {cols:,} in float64 "
-            f"({need / 2**30:.1f} GiB), above the {limit / 2**30:.0f} GiB limit; {fix}"
-        )
 
 
 def exact_ggn_eigenvalues(
@@ -141,7 +124,7 @@ def exact_ggn_eigenvalues(
         "use evidence='posterior' (the fitted structure's own evidence), fewer pairs, or "
         "subset_of_weights='last_layer'."
     )
-    backend = _pair_backend(laplace)
+    backend = pair_backend(laplace)
     device = laplace._device
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
     if n_params <= n_pairs:  # the P x P GGN, unless few items in many pairs make theirs cheaper
@@ -150,7 +133,7 @@ def exact_ggn_eigenvalues(
         )
         if values is not None:
             return values
-        _check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
+        check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
         seen = 0
         for data in batches:
@@ -158,7 +141,7 @@ def exact_ggn_eigenvalues(
             _, h = backend.full(x, y)
             ggn += h.to(torch.float64)
             seen += len(y)
-        _check_count(int(processes.sum_number(seen)), n_pairs)
+        check_count(int(processes.sum_number(seen)), n_pairs)
         mat = processes.sum(ggn)
     else:  # the N x N pair kernel, or its form on the distinct items
         form = _pair_kernel(
@@ -193,38 +176,17 @@ def _through_items(
         n_items = distinct_input_count(train_loader, laplace, processes)
     if n_items is None or item_form_cost(n_items, width) >= n_pairs * n_params**2 + n_params**3:
         return None
-    seen, items, root, inputs, rows = _collect_pair_io(
+    seen, items, root, inputs, rows = collect_pair_io(
         backend, batches, laplace, n_pairs, n_params, memory_limit, None
     )
     if processes.sum_number(len(rows)) > 0:  # off the fast path on some process
         return None
-    _check_count(int(processes.sum_number(seen)), n_pairs)
-    pairs = _gathered(items, root, inputs, processes)
+    check_count(int(processes.sum_number(seen)), n_pairs)
+    pairs = gathered_pairs(items, root, inputs, processes)
     if item_form_cost(pairs.n_items, width) >= n_pairs * n_params**2 + n_params**3:
         return None  # more items by their layer I/O than the inputs showed
-    form = kernel_form(_layer_kinds(backend), pairs, through_items=True)
+    form = kernel_form(layer_kinds(backend), pairs, through_items=True)
     return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq), n_params)
-
-
-def distinct_input_count(
-    train_loader: Iterable[Any],
-    laplace: ParametricLaplace,
-    processes: Processes,
-) -> int | None:
-    """The number of distinct items among the inputs of every process's pairs, or None where
-    some batch's inputs are not one tensor of items at most
-    :func:`~bt_laplace.prior.kernel.weight_width` wide (about the layer I/O an item has)."""
-    width = weight_width(laplace)
-    rows: list[torch.Tensor] = []
-    for data in train_loader:
-        x, _ = batch_on(data, laplace.dict_key_y, laplace._device)
-        if not isinstance(x, torch.Tensor) or x[0, 0].numel() > width:
-            rows = []
-            break
-        rows.append(x.reshape(2 * len(x), -1))
-    if processes.sum_number(0 if rows else 1) > 0:
-        return None
-    return int(torch.unique(processes.gather_rows(torch.cat(rows)), dim=0).shape[0])
 
 
 def _kernel_spectrum(
@@ -271,101 +233,17 @@ def _pair_kernel(
     """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64 from per-pair Jacobians, or its
     :class:`~bt_laplace.prior.kernel.KernelForm` from layer I/O (of the pairs of every process,
     gathered in rank order)."""
-    collected = _collect_pair_io(backend, batches, laplace, n_pairs, n_params, memory_limit, fix)
+    collected = collect_pair_io(backend, batches, laplace, n_pairs, n_params, memory_limit, fix)
     seen, items, root, inputs, rows = collected
-    _check_count(int(processes.sum_number(seen)), n_pairs)
+    check_count(int(processes.sum_number(seen)), n_pairs)
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
-        _check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
+        check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
-    pairs = _gathered(items, root, inputs, processes)
+    pairs = gathered_pairs(items, root, inputs, processes)
     what = "pair kernel" if pairs.size == n_pairs else "kernel of the pairs' distinct items"
-    _check_size(pairs.size, pairs.size, f"the dense {what}", fix, memory_limit)
-    return kernel_form(_layer_kinds(backend), pairs)
-
-
-def _collect_pair_io(
-    backend: BradleyTerryGGN,
-    batches: Iterable[Any],
-    laplace: ParametricLaplace,
-    n_pairs: int,
-    n_params: int,
-    memory_limit: int,
-    fix: str | None,
-) -> tuple[int, LayerRows, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-    """One pass over this process's pairs: their number, the items' layer I/O (float64,
-    gradients unweighted), ``sqrt(w)`` per pair and the items' inputs ``(2N, d)`` (None
-    unless every batch's are one tensor of at most the layer I/O's width: they only tell
-    which items are the same), or, where the Gram-matrix shortcut does
-    not apply (a parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)``
-    of the pair Jacobian instead (then the layer I/O is empty; with ``fix`` None the pass
-    stops at the first such batch, else ``fix`` completes the error when they would exceed
-    ``memory_limit``)."""
-    n_layers = len(backend.layer_io.layers)
-    acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-    grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-    roots: list[torch.Tensor] = []
-    inputs: list[torch.Tensor] | None = []
-    rows: list[torch.Tensor] = []  # W^1/2 dJ rows, when the taps do not fit the model
-    seen = 0
-    for data in batches:
-        x, y = batch_on(data, laplace.dict_key_y, laplace._device)
-        _, w, result, d_jac = backend.pair_pass(x, y)
-        root = w.to(torch.float64).sqrt()
-        seen += len(root)
-        if result is not None and any(is_sequence(a) for a in result.acts):
-            j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
-            d_jac = j1 - j0
-            result = None
-        if result is None:
-            assert d_jac is not None
-            if fix is None:
-                return seen, LayerRows([], []), root, None, [d_jac]
-            if not rows:
-                what = (
-                    "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
-                    "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
-                )
-                _check_size(n_pairs, n_params, what, fix, memory_limit)
-            rows.append(d_jac.to(torch.float64) * root[:, None])
-            continue
-        roots.append(root)
-        io_width = sum(t.shape[-1] for t in (*result.acts, *result.grads))
-        if inputs is not None and isinstance(x, torch.Tensor) and x[0, 0].numel() <= io_width:
-            inputs.append(x.reshape(2 * len(root), -1))  # kept where no larger than the I/O
-        else:
-            inputs = None
-        for i in range(n_layers):
-            acts[i].append(result.acts[i].to(torch.float64))
-            grads[i].append(result.grads[i].to(torch.float64))
-    empty = torch.zeros(0, dtype=torch.float64, device=laplace._device)
-    items = LayerRows(
-        [torch.cat(a) if a else empty for a in acts], [torch.cat(g) if g else empty for g in grads]
-    )
-    keys = torch.cat(inputs) if inputs else None
-    return seen, items, torch.cat(roots) if roots else empty, keys, rows
-
-
-def _gathered(
-    items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None, processes: Processes
-) -> PairItems:
-    """The pairs of every process in rank order, with their distinct items (by input where
-    every process has tensor inputs)."""
-    gathered = LayerRows(
-        [processes.gather_rows(a) for a in items.acts],
-        [processes.gather_rows(g) for g in items.grads],
-    )
-    everyone = processes.sum_number(0 if inputs is not None else 1) == 0
-    keys = processes.gather_rows(inputs) if everyone and inputs is not None else None
-    return pair_items(gathered, processes.gather_rows(root), keys)  # None: by layer I/O
-
-
-def _layer_kinds(backend: BradleyTerryGGN) -> Kinds:
-    """The kinds (``"weight"``, ``"bias"``) of posterior parameters of each tapped layer."""
-    kinds: Kinds = {}
-    for slot in backend.layer_io.slots:
-        kinds.setdefault(slot.layer, set()).add(slot.kind)
-    return kinds
+    check_size(pairs.size, pairs.size, f"the dense {what}", fix, memory_limit)
+    return kernel_form(layer_kinds(backend), pairs)
 
 
 def exact_pair_variances(
@@ -408,18 +286,18 @@ def exact_pair_variances(
     n_pairs = int(laplace.n_data)
     if not all(isinstance(q, LayerIO) and not any(is_sequence(a) for a in q.acts) for q in query):
         return None
-    backend = _pair_backend(laplace)
+    backend = pair_backend(laplace)
     n_params = int(laplace.n_params)
-    seen, items, root, inputs, rows = _collect_pair_io(
+    seen, items, root, inputs, rows = collect_pair_io(
         backend, train_loader, laplace, n_pairs, n_params, memory_limit, None
     )
     if rows:
         return None
-    _check_count(seen, n_pairs)
+    check_count(seen, n_pairs)
     pairs = pair_items(items, root, inputs)
     if pairs.size * pairs.size * 8 > memory_limit:
         return None
-    kinds = _layer_kinds(backend)
+    kinds = layer_kinds(backend)
     form = kernel_form(kinds, pairs)
     q0, q1 = (LayerRows([a.double() for a in q.acts], [g.double() for g in q.grads]) for q in query)
     temper = float(laplace._H_factor)
@@ -437,15 +315,6 @@ def exact_pair_variances(
         return (sq - spectrum.project(cross, delta) * temper) / delta
 
     return form.padded(spectrum.eigenvalues()), variances
-
-
-def _check_count(seen: int, n_pairs: int) -> None:
-    if seen != n_pairs:
-        raise ValueError(
-            f"`train_loader` yielded {seen} pairs but its dataset has {n_pairs} (the pairs the "
-            "posterior was fitted on); the exact evidence needs every training pair once "
-            "(drop_last=False, no sampler that repeats or skips)."
-        )
 
 
 def exact_evidence_prior_precision(
