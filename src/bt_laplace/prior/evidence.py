@@ -46,6 +46,7 @@ from bt_laplace.curvature import BradleyTerryGGN, is_pair_backend
 from bt_laplace.prior.kernel import (
     KernelForm,
     LayerRows,
+    ggn_cost,
     item_form_cost,
     kernel_form,
     pair_gram_diagonal,
@@ -174,7 +175,8 @@ def _through_items(
         return None
     if n_items is None:
         n_items = distinct_input_count(train_loader, laplace, processes)
-    if n_items is None or item_form_cost(n_items, width) >= n_pairs * n_params**2 + n_params**3:
+    ggn = ggn_cost(n_pairs, n_params)
+    if n_items is None or item_form_cost(n_items, width) >= ggn:
         return None
     seen, items, root, inputs, rows = collect_pair_io(
         backend, batches, laplace, n_pairs, n_params, memory_limit, None
@@ -183,7 +185,7 @@ def _through_items(
         return None
     check_count(int(processes.sum_number(seen)), n_pairs)
     pairs = gathered_pairs(items, root, inputs, processes)
-    if item_form_cost(pairs.n_items, width) >= n_pairs * n_params**2 + n_params**3:
+    if item_form_cost(pairs.n_items, width) >= ggn:
         return None  # more items by their layer I/O than the inputs showed
     form = kernel_form(layer_kinds(backend), pairs, through_items=True)
     return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq), n_params)

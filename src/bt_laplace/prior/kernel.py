@@ -39,6 +39,7 @@ import torch
 from bt_laplace._layer_io import posterior_parameters
 
 __all__ = [
+    "ggn_cost",
     "item_form_cost",
     "weight_width",
     "LayerRows",
@@ -215,6 +216,11 @@ def weight_width(laplace: Any) -> int:
     """The summed ``in + out`` of the weight matrices a posterior is over: about the width of
     one item's layer I/O (the ``w`` of the cost estimates) before a pass has run."""
     return sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+
+
+def ggn_cost(n_pairs: int, n_params: int) -> float:
+    """Multiply-adds of the ``P x P`` GGN summed over ``N`` pairs, and its eigenvalues."""
+    return n_pairs * n_params**2 + n_params**3
 
 
 def item_form_cost(n_items: int, width: int) -> float:

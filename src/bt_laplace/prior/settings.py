@@ -28,7 +28,7 @@ from typing import Any
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod
-from bt_laplace.prior.kernel import item_form_cost, pair_form_cost, weight_width
+from bt_laplace.prior.kernel import ggn_cost, item_form_cost, pair_form_cost, weight_width
 
 __all__ = [
     "PriorSetting",
@@ -272,7 +272,7 @@ class PriorSetting:
         widths = weight_width(laplace)
         flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
-            flops = n * p * p + p**3
+            flops = ggn_cost(n, p)
         else:  # N x N pair kernel from the items' Gram products, then its eigendecomposition
             flops = n * n * widths + n**3
         if n_items is not None:  # through the M x M kernel of the items
