@@ -392,7 +392,9 @@ def test_distinct_items_of_inputs_wider_than_the_layer_io(item_route, monkeypatc
 
     seen = []
     real = pair_io.pair_items
-    monkeypatch.setattr(pair_io, "pair_items", lambda i, r, x: seen.append(x) or real(i, r, x))
+    monkeypatch.setattr(
+        pair_io, "pair_items", lambda i, r, x, **kw: seen.append(x) or real(i, r, x, **kw)
+    )
     torch.manual_seed(5)
     net = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     model = btl.PairwiseRewardModel(net)

@@ -19,6 +19,7 @@ __all__ = [
     "check_tensor",
     "check_finite",
     "check_probability",
+    "check_centering",
     "progress",
     "all_finite",
     "check_input_dtype",
@@ -74,6 +75,20 @@ def check_probability(name: str, value: Any) -> float:
     value = check_finite(name, value)
     if not 0.0 < value < 1.0:
         raise ValueError(f"`{name}` must be a probability in (0, 1), got {value}.")
+    return value
+
+
+def check_centering(value: Any) -> float:
+    """TRL's ``center_rewards_coefficient`` as a float: None is 0; else a finite number
+    ``>= 0``, or ``ValueError`` naming it."""
+    if value is None:
+        return 0.0
+    value = check_finite("center_rewards_coefficient", value)
+    if value < 0:
+        raise ValueError(
+            f"`center_rewards_coefficient` must be >= 0 (TRL's RewardConfig value the model was "
+            f"trained with; None or 0 for none), got {value}."
+        )
     return value
 
 

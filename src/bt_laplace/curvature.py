@@ -9,6 +9,10 @@ generalized Gauss-Newton matrix of the negative log likelihood is
 .. math:: H = \\sum_{pairs} p (1 - p) (J_1 - J_0)^T (J_1 - J_0),
 
 where ``J_i`` is the Jacobian of the reward of item ``i`` with respect to the parameters.
+A reward model trained with TRL's ``center_rewards_coefficient`` ``c`` (the loss
+``c (r(x_0) + r(x_1))^2`` a pair, which pins the reward level that the pairs leave free) adds
+that term's exact GGN, ``2 c (J_0 + J_1)^T (J_0 + J_1)``, to ``H`` and the term to the loss
+(:meth:`BradleyTerryGGN.objective_pairs`).
 :class:`BradleyTerryGGN` computes it from per-item activations ``a`` and output gradients ``g``
 of the linear layers (``J = g a^T`` per layer; ``a g^T`` for a ``Conv1D`` weight stored
 ``(in, out)``), without per-item Jacobians:
@@ -33,6 +37,7 @@ from laplace.curvature.curvature import CurvatureInterface
 from laplace.utils import Kron
 from torch import nn
 
+from bt_laplace._checks import check_centering
 from bt_laplace._layer_io import LayerIO, LayerIORecorder, backend_jacobians
 from bt_laplace._sharding import reshard
 from bt_laplace.bradley_terry import bradley_terry_weight, margin_shift
@@ -81,6 +86,11 @@ class BradleyTerryGGN(CurvatureInterface):
         kron_full_width: Kronecker factors up to this width are kept whole (default
             :data:`~bt_laplace.structures.low_rank.KRON_FULL_WIDTH`, 2048). Set it through
             ``backend_kwargs``.
+        center_rewards_coefficient: TRL's ``RewardConfig.center_rewards_coefficient`` the
+            model was trained with: the curvature and the loss then hold the centering term
+            ``c (r(x_0) + r(x_1))^2`` of every pair as well (module doc). None or 0 (default):
+            the Bradley-Terry likelihood alone. Set it through ``backend_kwargs``, or as
+            :func:`~bt_laplace.fit_reward_posterior`'s argument of that name.
 
     Attributes:
         kron_kept_bytes: The most bytes of per-pair factors the last ``kron`` fit kept at once
@@ -115,6 +125,7 @@ class BradleyTerryGGN(CurvatureInterface):
         kron_store_limit: int | None = None,
         kron_rank: int | None = KRON_RANK,
         kron_full_width: int = KRON_FULL_WIDTH,
+        center_rewards_coefficient: float | None = None,
     ) -> None:
         if subnetwork_indices is not None:
             raise NotImplementedError(
@@ -126,6 +137,7 @@ class BradleyTerryGGN(CurvatureInterface):
         self.kron_iterations = kron_iterations
         self.kron_store_limit = kron_store_limit
         self.kron_rank, self.kron_full_width = check_low_rank(kron_rank, kron_full_width)
+        self.center_rewards_coefficient = check_centering(center_rewards_coefficient)
         self._layer_io: LayerIORecorder | None = None
         self._kron_store: PairKronFactors | None = None
         self.kron_kept_bytes = 0
@@ -144,13 +156,15 @@ class BradleyTerryGGN(CurvatureInterface):
     ) -> tuple[torch.Tensor, torch.Tensor, LayerIO | None, torch.Tensor | None]:
         """One pass over a batch of pairs.
 
-        Returns ``(loss, weight (B,), taps result or None, dJ (B, P) or None)``; per-item
-        Jacobians are the fallback when the taps do not fit the model, except for ``kron``.
+        Returns ``(loss, weight (B,), taps result or None, J (B, 2, P) or None)``: the
+        Bradley-Terry loss and weights (with the centering term's loss, if any, in ``loss``);
+        per-item Jacobians are the fallback when the taps do not fit the model, except for
+        ``kron``.
         """
         result = self.layer_io.try_run(lambda: self.model(x))
         if result is not None:
             logits = result.output.reshape(-1, 2)
-            d_jac = None
+            jac = None
         elif self.last_layer and getattr(self.model, "feature_reduction", None) is None:
             raise NotImplementedError(
                 f"a last-layer posterior needs the last layer to be an nn.Linear called once per "
@@ -169,7 +183,6 @@ class BradleyTerryGGN(CurvatureInterface):
             )
         else:
             jac, logits = backend_jacobians(self, x, last_layer=self.last_layer)  # (B, 2, P)
-            d_jac = jac[:, 1] - jac[:, 0] if jac.shape[1] == 2 else None
         if logits.ndim != 2 or logits.shape[1] != 2:
             raise ValueError(
                 f"the model must map pairs to logits (B, 2), got {tuple(logits.shape)}; "
@@ -181,23 +194,62 @@ class BradleyTerryGGN(CurvatureInterface):
                 "would be too; check the inputs (values too large for the model overflow it) "
                 "and the model's weights."
             )
+        rewards = logits
         y = y.to(logits.device).long()
         shift = margin_shift(x, y)
         if shift is not None:  # TRL's margin: the preferred item's logit loses m
             margin = shift.to(logits.dtype) * (2 * y - 1)
             logits = logits - nn.functional.one_hot(y, 2).to(logits.dtype) * margin[:, None]
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        if self.center_rewards_coefficient:  # TRL's centering term, on the rewards themselves
+            loss = loss + self.center_rewards_coefficient * rewards.sum(1).square().sum()
         weight = bradley_terry_weight(logits[:, 1] - logits[:, 0])
-        return loss.detach(), weight.detach(), result, d_jac
+        return loss.detach(), weight.detach(), result, jac
+
+    def objective_pairs(
+        self, result: LayerIO, weight: torch.Tensor
+    ) -> tuple[LayerIO, torch.Tensor]:
+        """The layer I/O and weights of the pairs whose exact GGN is the training objective's.
+
+        Without centering, ``result`` and ``weight`` as they are. With TRL's
+        ``center_rewards_coefficient`` ``c``, twice the pairs: after the ``B`` Bradley-Terry
+        pairs, ``B`` more with item 0's output gradients negated and weight ``2 c``, so that
+        every structure's pair curvature ``w (J_1 - J_0)^T (J_1 - J_0)`` of them is the
+        centering term's ``2 c (J_1 + J_0)^T (J_1 + J_0)``.
+        """
+        c = self.center_rewards_coefficient
+        if not c:
+            return result, weight
+        grads = []
+        for g in result.grads:
+            flipped = g.reshape(-1, 2, *g.shape[1:]).clone()
+            flipped[:, 0].neg_()
+            grads.append(torch.cat([g, flipped.reshape(g.shape)]))
+        acts = [torch.cat([a, a]) for a in result.acts]
+        weight = torch.cat([weight, torch.full_like(weight, 2 * c)])
+        return LayerIO(torch.cat([result.output, result.output]), acts, grads), weight
+
+    def objective_rows(
+        self, jac: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`objective_pairs` for per-item Jacobians ``(B, 2, P)``: the rows ``(B, P)``
+        of ``J_1 - J_0`` (and of ``J_1 + J_0`` with weight ``2 c`` after them, with
+        centering) and their weights."""
+        rows = jac[:, 1] - jac[:, 0]
+        c = self.center_rewards_coefficient
+        if not c:
+            return rows, weight
+        rows = torch.cat([rows, jac[:, 1] + jac[:, 0]])
+        return rows, torch.cat([weight, torch.full_like(weight, 2 * c)])
 
     def _curvature(
         self, structure: type[PosteriorStructure], x: Any, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, w, result, d_jac = self.pair_pass(x, y)
-        if d_jac is not None:
-            return loss, structure.jacobian_curvature(d_jac, w)
+        loss, w, result, jac = self.pair_pass(x, y)
+        if jac is not None:
+            return loss, structure.jacobian_curvature(*self.objective_rows(jac, w))
         assert result is not None
-        return loss, structure.batch_curvature(self.layer_io, result, w)
+        return loss, structure.batch_curvature(self.layer_io, *self.objective_pairs(result, w))
 
     # ------------------------------------------------------------------ structures
     def full(self, x: Any, y: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +272,7 @@ class BradleyTerryGGN(CurvatureInterface):
         if self._kron_store is None:
             self.reset_kron()
         assert self._kron_store is not None
-        self._kron_store.add(result, w)
+        self._kron_store.add(*self.objective_pairs(result, w))
         if self._zero_kron is None:  # no factors: adding it returns the other operand
             self._zero_kron = _ZeroKron([])
         return loss, self._zero_kron

@@ -45,6 +45,7 @@ def fit_reward_posterior(
     progress_bar: bool = False,
     batch_size: int = 4096,
     distributed: bool = True,
+    center_rewards_coefficient: float | None = None,
     **laplace_kwargs: Any,
 ) -> RewardPosterior:
     """Fit a Laplace posterior to a trained Bradley-Terry reward model.
@@ -91,6 +92,12 @@ def fit_reward_posterior(
             fits its own data. A model sharded with FSDP2 (``fully_shard``) is fitted as it
             is, every rank holding the same posterior (docs/guides/distributed.md); its
             forwards run on all ranks at once, so each rank must pass as many batches.
+        center_rewards_coefficient: TRL's ``RewardConfig.center_rewards_coefficient`` the
+            model was trained with (``trainer.args.center_rewards_coefficient``): the
+            posterior is then that of the objective trained, the curvature holding the
+            centering term ``c (r(x_0) + r(x_1))^2`` of every pair (its exact GGN in
+            ``diag``/``full``, in the nearest Kronecker product with ``kron``) and the exact
+            evidence its rows. None (default) or 0: the Bradley-Terry likelihood alone.
         **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
             (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
             (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are
@@ -124,6 +131,7 @@ def fit_reward_posterior(
         val_loader=val_loader,
         link_approx=link_approx,
         laplace_kwargs=laplace_kwargs,
+        center_rewards_coefficient=center_rewards_coefficient,
     )
     if isinstance(model, nn.Module):
         check_shardable(model)

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bt_laplace._checks import BTLaplaceWarning, all_finite, check_choice, check_input_dtype
+from bt_laplace._checks import (
+    BTLaplaceWarning,
+    all_finite,
+    check_centering,
+    check_choice,
+    check_input_dtype,
+)
 from bt_laplace._dtypes import HALF_DTYPES, model_dtype
 from bt_laplace._layer_io import LayerIORecorder, is_linear_layer
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod, SubsetOfWeights
@@ -112,6 +118,7 @@ class FitOptions:
         val_loader: Iterable[Any] | None,
         link_approx: str,
         laplace_kwargs: dict[str, Any],
+        center_rewards_coefficient: float | None = None,
     ) -> FitOptions:
         """Check the arguments of :func:`~bt_laplace.fit_reward_posterior` and route
         ``laplace_kwargs``; raises ``ValueError`` naming the argument and the fix."""
@@ -132,6 +139,7 @@ class FitOptions:
         if subset is not SubsetOfWeights.AUTO:
             prior.check_structure(subset, structure)
         laplace_kwargs.setdefault("backend", BradleyTerryGGN)
+        _route_centering(laplace_kwargs, center_rewards_coefficient)
         return cls(subset, structure, laplace_kwargs, prior)
 
     def resolve_evidence(self, laplace: Any) -> Evidence:
@@ -351,3 +359,27 @@ def _first_pair(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
     return x
+
+
+def _route_centering(laplace_kwargs: dict[str, Any], coefficient: float | None) -> None:
+    """Put ``center_rewards_coefficient`` into the pair backend's ``backend_kwargs``, or
+    refuse it with another backend or beside a different value there."""
+    coefficient = check_centering(coefficient)
+    if not coefficient:
+        return
+    backend = laplace_kwargs["backend"]
+    if not is_pair_backend(backend):
+        raise ValueError(
+            f"`center_rewards_coefficient` adds the centering term's curvature in bt_laplace's "
+            f"BradleyTerryGGN, but backend={getattr(backend, '__name__', backend)!r}; leave "
+            "`backend` out."
+        )
+    kwargs = dict(laplace_kwargs.get("backend_kwargs") or {})
+    given = kwargs.get("center_rewards_coefficient")
+    if given is not None and check_centering(given) != coefficient:
+        raise ValueError(
+            f"`center_rewards_coefficient`={coefficient} but backend_kwargs holds "
+            f"{given}; pass it once."
+        )
+    kwargs["center_rewards_coefficient"] = coefficient
+    laplace_kwargs["backend_kwargs"] = kwargs

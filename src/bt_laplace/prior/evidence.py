@@ -54,6 +54,7 @@ from bt_laplace.prior.kernel import (
     weight_width,
 )
 from bt_laplace.prior.pair_io import (
+    centering_weight,
     check_count,
     check_size,
     collect_pair_io,
@@ -184,7 +185,7 @@ def _through_items(
     if processes.sum_number(len(rows)) > 0:  # off the fast path on some process
         return None
     check_count(int(processes.sum_number(seen)), n_pairs)
-    pairs = gathered_pairs(items, root, inputs, processes)
+    pairs = gathered_pairs(items, root, inputs, processes, centering_weight(backend))
     if item_form_cost(pairs.n_items, width) >= ggn:
         return None  # more items by their layer I/O than the inputs showed
     form = kernel_form(layer_kinds(backend), pairs, through_items=True)
@@ -239,11 +240,12 @@ def _pair_kernel(
     seen, items, root, inputs, rows = collected
     check_count(int(processes.sum_number(seen)), n_pairs)
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
-        check_size(n_pairs, n_pairs, "the dense pair kernel", fix, memory_limit)
+        n_rows = n_pairs * (2 if centering_weight(backend) else 1)
+        check_size(n_rows, n_rows, "the dense pair kernel", fix, memory_limit)
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T
-    pairs = gathered_pairs(items, root, inputs, processes)
-    what = "pair kernel" if pairs.size == n_pairs else "kernel of the pairs' distinct items"
+    pairs = gathered_pairs(items, root, inputs, processes, centering_weight(backend))
+    what = "pair kernel" if pairs.size == pairs.n_rows else "kernel of the pairs' distinct items"
     check_size(pairs.size, pairs.size, f"the dense {what}", fix, memory_limit)
     return kernel_form(layer_kinds(backend), pairs)
 
@@ -296,7 +298,7 @@ def exact_pair_variances(
     if rows:
         return None
     check_count(seen, n_pairs)
-    pairs = pair_items(items, root, inputs)
+    pairs = pair_items(items, root, inputs, centering=centering_weight(backend))
     if pairs.size * pairs.size * 8 > memory_limit:
         return None
     kinds = layer_kinds(backend)

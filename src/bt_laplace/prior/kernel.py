@@ -26,6 +26,12 @@ blocks on and above its diagonal are computed). Where ``M`` is well below ``N`` 
 the pair kernel ``B G B^T`` is gathered from ``G``'s rows and columns, ``M^2 / 2`` products of
 item I/O instead of the ``3 N^2`` of the pair kernel's own blocks (``M <= 2N``; about 4,500
 items in 4,000 pairs on Warriner). The result is the same to rounding, not an approximation.
+
+With TRL's ``center_rewards_coefficient`` ``c`` the objective's GGN has ``N`` more rows,
+``sqrt(2 c) (J_0 + J_1)`` (:attr:`PairItems.centering`): ``B`` gains the unsigned incidence
+rows and ``L = B^T B`` their signless Laplacian, ``2 c`` a pair on and off the diagonal.
+``L`` is then positive definite (each pair's ``w (x_1 - x_0)^2 + 2 c (x_1 + x_0)^2`` is),
+``F`` its Cholesky factor and ``S`` ``M x M``, and the pair form has ``2 N`` rows.
 """
 
 from __future__ import annotations
@@ -167,32 +173,44 @@ class PairItems:
         root: ``sqrt(w)`` ``(N,)`` of each pair's weight ``p (1 - p)``.
         distinct: The ``M`` distinct items' layer I/O.
         index: ``(N, 2)`` the distinct item of each pair's two items.
+        centering: The weight ``2 c`` of the centering rows ``J_0 + J_1`` of TRL's
+            ``center_rewards_coefficient`` ``c``, one a pair after the ``N`` pair rows; 0
+            for none.
     """
 
     root: torch.Tensor
     distinct: LayerRows
     index: torch.Tensor
+    centering: float = 0.0
 
     @property
     def n_items(self) -> int:
         return self.distinct.acts[0].shape[0]
 
     @property
+    def n_rows(self) -> int:
+        """Rows of ``B``: ``N``, or ``2 N`` with the centering rows."""
+        return self.root.shape[0] * (2 if self.centering else 1)
+
+    @property
     def through_items(self) -> bool:
         """Whether :func:`kernel_form` decomposes ``S = F^T G F`` (``M x M`` factors) rather
         than the pair kernel (``N x N``): where that costs fewer operations."""
-        return _reduced_cost(self.n_items) < _pair_cost(self.root.shape[0])
+        return _reduced_cost(self.n_items) < _pair_cost(self.n_rows)
 
     @property
     def size(self) -> int:
         """The side of the largest matrix :func:`kernel_form` builds: ``M`` through the items,
         else ``max(M, N)`` (the item kernel, then the pair kernel)."""
-        n_pairs = self.root.shape[0]
-        return self.n_items if self.through_items else max(self.n_items, n_pairs)
+        return self.n_items if self.through_items else max(self.n_items, self.n_rows)
 
 
 def pair_items(
-    items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None = None
+    items: LayerRows,
+    root: torch.Tensor,
+    inputs: torch.Tensor | None = None,
+    *,
+    centering: float = 0.0,
 ) -> PairItems:
     """Find the distinct items of ``N`` pairs.
 
@@ -209,7 +227,7 @@ def pair_items(
     order = torch.arange(len(index), device=index.device)
     first = torch.full((n_items,), len(index), device=index.device)
     first = first.scatter_reduce_(0, index, order, "amin")
-    return PairItems(root, items.take(first), index.reshape(root.shape[0], 2))
+    return PairItems(root, items.take(first), index.reshape(root.shape[0], 2), centering)
 
 
 def weight_width(laplace: Any) -> int:
@@ -260,14 +278,18 @@ def kernel_form(kinds: Kinds, pairs: PairItems, *, through_items: bool | None = 
 
 def _pair_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
     """The pair kernel ``B G B^T`` ``(N, N)``: ``B`` (``N x M``, ``sqrt(w)`` and ``-sqrt(w)``
-    at a pair's second and first item) applied by gathering rows of ``G`` and of ``B G``
-    (symmetric to rounding: eigenvalues and Cholesky factors read one triangle)."""
+    at a pair's second and first item; with centering ``2N x M``, then ``sqrt(2 c)`` at both)
+    applied by gathering rows of ``G`` and of ``B G`` (symmetric to rounding: eigenvalues and
+    Cholesky factors read one triangle)."""
     first, second = pairs.index[:, 0], pairs.index[:, 1]
-    root = pairs.root
+    root, centering = pairs.root, pairs.centering
 
     def apply(mat: torch.Tensor) -> torch.Tensor:  # B mat, mat (M, k) row-major
-        out = mat.index_select(0, second)
-        return out.sub_(mat.index_select(0, first)).mul_(root[:, None])
+        out, other = mat.index_select(0, second), mat.index_select(0, first)
+        if not centering:
+            return out.sub_(other).mul_(root[:, None])
+        plus = (out + other).mul_(centering**0.5)
+        return torch.cat([out.sub_(other).mul_(root[:, None]), plus])
 
     half = apply(item_kernel(kinds, pairs.distinct))  # B G (N, M); G = G^T: K = B (B G)^T
     kernel = apply(half.T.contiguous())  # rows gather faster than columns
@@ -277,12 +299,14 @@ def _pair_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
         distinct = pairs.distinct
         return apply(item_gram(kinds, distinct, q1).sub_(item_gram(kinds, distinct, q0)))
 
-    return KernelForm(kernel, len(root), cross)
+    return KernelForm(kernel, pairs.n_rows, cross)
 
 
 def _item_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
     """``S = F^T G F`` from the item kernel ``G`` of the distinct items (module doc)."""
-    factor = laplacian_factor(pairs.index, pairs.root.square(), pairs.n_items)  # (M, r)
+    factor = laplacian_factor(
+        pairs.index, pairs.root.square(), pairs.n_items, centering=pairs.centering
+    )  # (M, r)
     matrix = factor.T @ item_kernel(kinds, pairs.distinct) @ factor
     matrix = (matrix + matrix.T) / 2
     distinct = pairs.distinct
@@ -290,23 +314,31 @@ def _item_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
     def cross(q0: LayerRows, q1: LayerRows) -> torch.Tensor:
         return factor.T @ (item_gram(kinds, distinct, q1) - item_gram(kinds, distinct, q0))
 
-    return KernelForm(matrix, pairs.index.shape[0], cross)
+    return KernelForm(matrix, pairs.n_rows, cross)
 
 
-def laplacian(index: torch.Tensor, weight: torch.Tensor, n_items: int) -> torch.Tensor:
-    """The weighted graph Laplacian ``D^T W D`` ``(M, M)`` of pairs ``index`` ``(N, 2)``."""
+def laplacian(
+    index: torch.Tensor, weight: torch.Tensor, n_items: int, *, centering: float = 0.0
+) -> torch.Tensor:
+    """The weighted graph Laplacian ``D^T W D`` ``(M, M)`` of pairs ``index`` ``(N, 2)``, plus
+    ``centering`` times the pairs' signless Laplacian (``sum (e_0 + e_1)(e_0 + e_1)^T``)."""
     lap = torch.zeros(n_items, n_items, dtype=torch.float64, device=weight.device)
     first, second = index[:, 0], index[:, 1]
-    for i, j, w in ((first, first, weight), (second, second, weight), (first, second, -weight)):
+    both = weight + centering
+    off = centering - weight
+    for i, j, w in ((first, first, both), (second, second, both), (first, second, off)):
         lap.index_put_((i, j), w, accumulate=True)
-        if w is not weight:
+        if i is not j:
             lap.index_put_((j, i), w, accumulate=True)
     return lap
 
 
-def laplacian_factor(index: torch.Tensor, weight: torch.Tensor, n_items: int) -> torch.Tensor:
+def laplacian_factor(
+    index: torch.Tensor, weight: torch.Tensor, n_items: int, *, centering: float = 0.0
+) -> torch.Tensor:
     """``F`` ``(M, r)`` with ``F F^T = D^T W D``, the Laplacian of pairs ``index`` ``(N, 2)``
-    with weights ``weight`` ``(N,)``.
+    with weights ``weight`` ``(N,)`` (with ``centering``, plus that times the signless
+    Laplacian, positive definite: its Cholesky factor, ``r = M``).
 
     Grounded Cholesky: in each connected set of items one item is held at zero (``x^T L x``
     is a sum of ``w (x_i - x_j)^2``, so ``L = P^T L_r P`` with ``P x = x - x_root`` on the other
@@ -315,12 +347,16 @@ def laplacian_factor(index: torch.Tensor, weight: torch.Tensor, n_items: int) ->
     ``L_r`` is not numerically positive definite, the eigendecomposition of ``L`` instead
     (its eigenvectors of eigenvalue above rounding, scaled by their roots).
     """
-    lap = laplacian(index, weight, n_items)
+    lap = laplacian(index, weight, n_items, centering=centering)
+    if centering:
+        chol, info = torch.linalg.cholesky_ex(lap)
+        if int(info) == 0:
+            return chol
     label = _components(index[weight > 0], n_items)
     root = label == torch.arange(n_items, device=label.device)
     rest = (~root).nonzero().flatten()
     chol, info = torch.linalg.cholesky_ex(lap[rest][:, rest])
-    if int(info) == 0:
+    if int(info) == 0 and not centering:
         factor = torch.zeros(n_items, len(rest), dtype=lap.dtype, device=lap.device)
         factor[rest] = chol
         return factor.index_add_(0, label[rest], chol, alpha=-1)

@@ -20,7 +20,7 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.lllaplace import LLLaplace
 
 from bt_laplace._distributed import Processes
-from bt_laplace._layer_io import is_sequence, pair_split
+from bt_laplace._layer_io import is_sequence
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.prior.kernel import Kinds, LayerRows, PairItems, pair_items, weight_width
@@ -33,11 +33,13 @@ __all__ = [
     "distinct_input_count",
     "collect_pair_io",
     "gathered_pairs",
+    "centering_weight",
 ]
 
 
 def pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
-    """A :class:`BradleyTerryGGN` over the posterior's parameters, whatever its fit backend."""
+    """A :class:`BradleyTerryGGN` over the posterior's parameters, whatever its fit backend
+    (with the centering coefficient the posterior was fit with, if any)."""
     last_layer = isinstance(laplace, LLLaplace)
     if last_layer and laplace.model.last_layer is None:
         raise RuntimeError("fit the last-layer Laplace before computing its exact evidence.")
@@ -47,7 +49,20 @@ def pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
         last_layer=last_layer,
         dict_key_x=laplace.dict_key_x,
         dict_key_y=laplace.dict_key_y,
+        center_rewards_coefficient=centering_of(laplace),
     )
+
+
+def centering_of(laplace: ParametricLaplace) -> float | None:
+    """The ``center_rewards_coefficient`` of a posterior's backend (None: none)."""
+    kwargs = getattr(laplace, "_backend_kwargs", None) or {}
+    return kwargs.get("center_rewards_coefficient")
+
+
+def centering_weight(backend: BradleyTerryGGN) -> float:
+    """The weight ``2 c`` of the centering rows of TRL's ``center_rewards_coefficient`` ``c``
+    (0 without centering)."""
+    return 2 * backend.center_rewards_coefficient
 
 
 def check_size(rows: int, cols: int, what: str, fix: str, limit: int) -> None:
@@ -112,11 +127,12 @@ def collect_pair_io(
     """One pass over this process's pairs: their number, the items' layer I/O (float64,
     gradients unweighted), ``sqrt(w)`` per pair and the items' inputs ``(2N, d)`` (None
     unless every batch's are one tensor of at most the layer I/O's width: they only tell
-    which items are the same), or, where the Gram-matrix shortcut does
-    not apply (a parameter off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)``
-    of the pair Jacobian instead (then the layer I/O is empty; with ``fix`` None the pass
-    stops at the first such batch, else ``fix`` completes the error when they would exceed
-    ``memory_limit``)."""
+    which items are the same), or, where the Gram-matrix shortcut does not apply (a parameter
+    off the fast path, a sequence), the rows ``W^1/2 dJ`` ``(B, P)`` of the pair Jacobian
+    instead, with TRL's centering term ``B`` rows of ``sqrt(2 c) (J_0 + J_1)`` after each
+    batch's (``BradleyTerryGGN.objective_rows``). Then the layer I/O is empty; with ``fix``
+    None the pass stops at the first such batch, else ``fix`` completes the error when the
+    rows would exceed ``memory_limit``."""
     n_layers = len(backend.layer_io.layers)
     acts: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
@@ -126,24 +142,25 @@ def collect_pair_io(
     seen = 0
     for data in batches:
         x, y = batch_on(data, laplace.dict_key_y, laplace._device)
-        _, w, result, d_jac = backend.pair_pass(x, y)
+        _, w, result, jac = backend.pair_pass(x, y)
         root = w.to(torch.float64).sqrt()
         seen += len(root)
         if result is not None and any(is_sequence(a) for a in result.acts):
-            j0, j1 = pair_split(backend.layer_io.jacobian(result))  # no Gram-matrix shortcut
-            d_jac = j1 - j0
+            jac = backend.layer_io.jacobian(result).reshape(len(root), 2, -1)  # no Gram shortcut
             result = None
         if result is None:
-            assert d_jac is not None
+            assert jac is not None
+            d_jac, weight = backend.objective_rows(jac, w)
+            phi = d_jac.to(torch.float64) * weight.to(torch.float64).sqrt()[:, None]
             if fix is None:
-                return seen, LayerRows([], []), root, None, [d_jac]
+                return seen, LayerRows([], []), root, None, [phi]
             if not rows:
                 what = (
                     "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
                     "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
                 )
-                check_size(n_pairs, n_params, what, fix, memory_limit)
-            rows.append(d_jac.to(torch.float64) * root[:, None])
+                check_size(len(phi) * n_pairs // len(root), n_params, what, fix, memory_limit)
+            rows.append(phi)
             continue
         roots.append(root)
         io_width = sum(t.shape[-1] for t in (*result.acts, *result.grads))
@@ -163,14 +180,19 @@ def collect_pair_io(
 
 
 def gathered_pairs(
-    items: LayerRows, root: torch.Tensor, inputs: torch.Tensor | None, processes: Processes
+    items: LayerRows,
+    root: torch.Tensor,
+    inputs: torch.Tensor | None,
+    processes: Processes,
+    centering: float = 0.0,
 ) -> PairItems:
     """The pairs of every process in rank order, with their distinct items (by input where
-    every process has tensor inputs)."""
+    every process has tensor inputs); ``centering``: the weight ``2 c`` of TRL's centering
+    rows (:class:`~bt_laplace.prior.kernel.PairItems`)."""
     gathered = LayerRows(
         [processes.gather_rows(a) for a in items.acts],
         [processes.gather_rows(g) for g in items.grads],
     )
     everyone = processes.sum_number(0 if inputs is not None else 1) == 0
     keys = processes.gather_rows(inputs) if everyone and inputs is not None else None
-    return pair_items(gathered, processes.gather_rows(root), keys)  # None: by layer I/O
+    return pair_items(gathered, processes.gather_rows(root), keys, centering=centering)

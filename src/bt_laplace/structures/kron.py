@@ -249,7 +249,7 @@ class _PairKronFit:
             for data in train_loader:
                 x, y = batch_on(data, backend.dict_key_y, self._device)
                 _, w, result, _ = backend.pair_pass(x, y, kron=True)
-                yield result, w
+                yield backend.objective_pairs(result, w)
 
         self.H_facs = backend.finish_kron(reduce=self.reduce_across_processes, batches=batches)
         self.H = self.H_facs.decompose(damping=self.damping)

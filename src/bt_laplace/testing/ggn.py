@@ -65,13 +65,18 @@ def _pair_weights(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return p * (1 - p)
 
 
-def exact_ggn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The exact Bradley-Terry GGN ``sum_pairs p(1-p) (J1 - J0)^T (J1 - J0)``.
+def exact_ggn(
+    model: nn.Module, x: torch.Tensor, center_rewards_coefficient: float = 0.0
+) -> torch.Tensor:
+    """The exact Bradley-Terry GGN ``sum_pairs p(1-p) (J1 - J0)^T (J1 - J0)``, plus
+    ``2 c sum_pairs (J1 + J0)^T (J1 + J0)``, the GGN of TRL's centering term
+    ``c (r_0 + r_1)^2``, for ``center_rewards_coefficient`` ``c``.
 
     Args:
         model: a pair model, ``model(x (B, 2, *item)) -> logits (B, 2)``, whose
             ``model(x (1, *item))`` is one reward (a ``PairwiseRewardModel``).
         x: pairs ``(B, 2, *item)``.
+        center_rewards_coefficient: ``c`` (0: the Bradley-Terry GGN alone).
 
     Returns:
         ``(P, P)``, in ``model.named_parameters()`` order.
@@ -86,7 +91,11 @@ def exact_ggn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b = x.shape[0]
     jac = item_jacobians(model, x.reshape(2 * b, *x.shape[2:])).reshape(b, 2, -1)
     d_jac = jac[:, 1] - jac[:, 0]
-    return (d_jac * _pair_weights(model, x)[:, None]).T @ d_jac
+    ggn = (d_jac * _pair_weights(model, x)[:, None]).T @ d_jac
+    if center_rewards_coefficient:
+        s_jac = jac[:, 1] + jac[:, 0]
+        ggn = ggn + 2 * center_rewards_coefficient * s_jac.T @ s_jac
+    return ggn
 
 
 def exact_last_layer_ggn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
