@@ -637,3 +637,41 @@ def test_margin_needs_the_pair_backend() -> None:
             model, loader, subset_of_weights="last_layer", hessian_structure="diag",
             prior_precision=1.0, backend=CurvlinopsGGN,
         )  # fmt: skip
+
+
+def test_centering_loss_is_trls(tmp_path) -> None:
+    """The fit's loss with ``center_rewards_coefficient`` is TRL's ``RewardTrainer.compute_loss``
+    (its mean over the pairs, margins and the centering term ``c (r_chosen + r_rejected)^2``)
+    times the number of pairs, on TRL's own batch of the same rows."""
+    from conftest import tiny_reward_net
+    from trl import RewardConfig, RewardTrainer
+
+    import bt_laplace as btl
+
+    tokenizer = word_tokenizer("gpt2")
+    net = tiny_reward_net("gpt2", tokenizer)
+    net.config.pad_token_id = None
+    args = RewardConfig(
+        str(tmp_path), use_cpu=True, max_steps=1, report_to=[], save_strategy="no", seed=0,
+        center_rewards_coefficient=0.1, bf16=False, gradient_checkpointing=False,
+    )  # fmt: skip
+    dataset = datasets.Dataset.from_list(TRAIN_ROWS)
+    trainer = RewardTrainer(model=net, args=args, train_dataset=dataset, processing_class=tokenizer)
+    net.eval()
+    trl_inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        theirs = trainer.compute_loss(net, trl_inputs)
+    model = btl.PairwiseRewardModel(net).eval()
+    loader = text_preference_dataloader(dataset, tokenizer, batch_size=3)
+    pairs = [{**x, "labels": y} for x, y in loader]
+    post = btl.fit_reward_posterior(
+        model, pairs, subset_of_weights="last_layer", hessian_structure="diag",
+        prior_precision=1.0, center_rewards_coefficient=args.center_rewards_coefficient,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        torch.as_tensor(post.laplace.loss).float(), theirs.float() * len(dataset), rtol=1e-5, atol=0
+    )
+    plain = btl.fit_reward_posterior(
+        model, pairs, subset_of_weights="last_layer", hessian_structure="diag", prior_precision=1.0
+    )
+    assert abs(float(plain.laplace.loss) / float(theirs * len(dataset)) - 1) > 1e-3
