@@ -117,12 +117,12 @@ def test_loss_holds_the_centering_term(reward_model, pairs, pair_loader):
 @pytest.mark.parametrize(
     "subset, n_pairs, n_items, through",
     [
-        ("all", 60, 120, False),  # N = 60 < P = 106, every item new: 2N = 120 rows
-        ("all", 60, 20, True),  # M = 20: S = F^T G F is 20 x 20 (L positive definite)
-        ("all", 40, 70, False),  # M = 70 < 2N = 80: the pair form, cheaper to build
+        ("all", 40, 80, False),  # 2N = 80 rows < P = 106, every item new: the pair form
+        ("all", 40, 20, True),  # M = 20: S = F^T G F is 20 x 20 (L positive definite)
+        ("all", 30, 55, False),  # M = 55 < 2N = 60: the pair form, forced
+        ("all", 60, 120, None),  # N = 60 < P = 106 <= 2N: the P x P GGN from the backend
         ("all", 300, 12, True),  # P <= N, few items: the items' kernel, not the GGN
-        ("all", 150, 300, None),  # P = 106 <= N: the P x P GGN from the fitted backend
-        ("last_layer", 6, 4, True),  # N = 6 < P = 8
+        ("last_layer", 3, 4, True),  # 2N = 6 < P = 8
     ],
 )
 def test_exact_evidence_spectrum_is_the_objectives(

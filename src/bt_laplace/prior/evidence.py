@@ -92,6 +92,7 @@ def exact_ggn_eigenvalues(
     """Eigenvalues of the exact tempered Bradley-Terry GGN ``H / T`` over the posterior parameters.
 
     Returns the ``min(N, P)`` eigenvalues of the smaller of ``H`` and the pair kernel ``K``
+    (``2N`` for ``N`` with TRL's centering term, whose rows ``K`` then has too)
     (float64, CPU, ascending, clamped at 0); the other ``|P - N|`` eigenvalues of the larger
     one are zero. Independent of the posterior's ``hessian_structure`` and of the backend it was
     fit with: this is one extra pass over ``train_loader`` with :class:`BradleyTerryGGN`.
@@ -129,7 +130,8 @@ def exact_ggn_eigenvalues(
     backend = pair_backend(laplace)
     device = laplace._device
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
-    if n_params <= n_pairs:  # the P x P GGN, unless few items in many pairs make theirs cheaper
+    n_rows = n_pairs * (2 if centering_weight(backend) else 1)  # TRL's centering: 2 a pair
+    if n_params <= n_rows:  # the P x P GGN, unless few items in many pairs make theirs cheaper
         values = _through_items(
             backend, train_loader, batches, laplace, memory_limit, processes, theta_sq, n_items
         )

@@ -263,12 +263,15 @@ class PriorSetting:
         estimated cost is at most :data:`AUTO_EXACT_EVIDENCE_FLOPS` and the curvature is
         bt_laplace's pair backend, else ``POSTERIOR``; with ``n_items``, the number of
         distinct items the pairs compare, the cost through their kernel counts too
-        (:mod:`bt_laplace.prior.kernel`)."""
+        (:mod:`bt_laplace.prior.kernel`). With TRL's centering term the pair kernel has
+        two rows a pair."""
         if self.evidence is not Evidence.AUTO:
             return self.evidence
         if not pair_backend:  # another backend: laplace-torch's procedure, as it does
             return Evidence.POSTERIOR
         n, p = int(laplace.n_data), int(laplace.n_params)
+        if (getattr(laplace, "_backend_kwargs", None) or {}).get("center_rewards_coefficient"):
+            n *= 2  # the centering rows
         widths = weight_width(laplace)
         flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
