@@ -38,12 +38,8 @@ CONFIGS = [
     {"subset_of_weights": "all", "hessian_structure": "kron", "evidence": "exact", "pooled": 60},
     {"pooled": 60},
     # 200 pairs among 12 items, more pairs than parameters: the items' kernel, not the GGN
-    {
-        "subset_of_weights": "all",
-        "hessian_structure": "diag",
-        "evidence": "exact",
-        "pooled": 200,
-    },  # TRL's centering term: its rows in the kron factors and in the gathered pair kernel
+    {"subset_of_weights": "all", "hessian_structure": "diag", "evidence": "exact", "pooled": 200},
+    # TRL's centering term: its rows in the kron factors and in the gathered pair kernel
     {"center_rewards_coefficient": 0.2},
     {
         "subset_of_weights": "all",
@@ -51,7 +47,7 @@ CONFIGS = [
         "evidence": "exact",
         "center_rewards_coefficient": 0.2,
         "pooled": 60,
-    },  # fmt: skip
+    },
 ]
 
 
