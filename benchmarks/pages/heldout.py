@@ -98,9 +98,10 @@ FINDINGS = (
     "from 0.928 to 0.981 on car and from 0.846 to 0.922 on mathach at the same NLL (0.6019 -> "
     "0.6012, 0.6315 -> 0.6315), keeps exam at 0.99 and MovieLens at 0.78 (larger `a` costs "
     "MovieLens NLL: 0.6410 at `a = 1`). But the Laplace evidence, maximized over `lambda` at "
-    "each `a`, prefers `a = 0` on car, mathach, exam, IMDB and Warriner arousal (0.01 on MovieLens by "
-    "2 nats): the MAP models' rewards are not near zero, so the prior's `a |J theta*|^2 / 2` "
-    "outweighs what it saves in the determinant. The evidence cannot choose `a` here.",
+    "each `a`, prefers `a = 0` on car, mathach, exam, IMDB and Warriner arousal (0.01 on "
+    "MovieLens by 2 nats): the MAP models' rewards are not near zero, so the prior's "
+    "`a |J theta*|^2 / 2` outweighs what it saves in the determinant. The evidence cannot "
+    "choose `a` here.",
     "- **Not measured (fully) here**: vader and Warriner valence (tuning) were started last, "
     "on a machine at load 5-17, and have the seeds their sections say, or none (Warriner "
     "valence's rows for the 0.x default are on real_data.md; its calibration factor there is "
