@@ -63,8 +63,7 @@ def fit_reward_posterior(
             kept whole, wider ones as 128 eigenpairs, docs/results/lora_scale.md), else
             ``"last_layer"`` (a fully fine-tuned transformer); or either explicitly. On real
             preference data the all-weights posterior improves NLL and calibration over MAP
-            and tells unfamiliar items apart, where a last layer on learned features barely
-            moves the MAP model (docs/results/real_data.md).
+            where a last layer barely moves the MAP model (docs/results/real_data.md).
         hessian_structure: ``"kron"`` (default), ``"diag"`` or ``"full"``.
         prior_precision: ``"auto"`` (default): ``"gridsearch"`` when ``val_loader`` is
             given, else ``"marglik"``, with the exact evidence's prior of an all-weights
@@ -84,20 +83,15 @@ def fit_reward_posterior(
         link_approx: Pair probability used to score the grid search.
         progress_bar: Show tqdm progress bars over the fit and the prior optimization.
         batch_size: Items per forward pass at prediction time.
-        distributed: When a ``torch.distributed`` default process group is initialized
-            (torchrun, ``accelerate launch``, DDP), each rank passes its own shard of the
-            pairs and the curvature, loss, pair count, exact evidence and grid-search NLL are
-            summed across ranks, so every rank ends with the posterior of all the pairs
-            (the Kronecker factors sum inside each alternating step). ``False``: each rank
-            fits its own data. A model sharded with FSDP2 (``fully_shard``) is fitted as it
-            is, every rank holding the same posterior (docs/guides/distributed.md); its
-            forwards run on all ranks at once, so each rank must pass as many batches.
-        center_rewards_coefficient: TRL's ``RewardConfig.center_rewards_coefficient`` the
-            model was trained with (``trainer.args.center_rewards_coefficient``): the
-            posterior is then that of the objective trained, the curvature holding the
-            centering term ``c (r(x_0) + r(x_1))^2`` of every pair (its exact GGN in
-            ``diag``/``full``, in the nearest Kronecker product with ``kron``) and the exact
-            evidence its rows. None (default) or 0: the Bradley-Terry likelihood alone.
+        distributed: Under an initialized ``torch.distributed`` process group (torchrun,
+            ``accelerate launch``, DDP) each rank passes its own shard of the pairs and every
+            rank ends with the posterior of all of them (sums across ranks; ``False``: each
+            rank fits its own data). A model sharded with FSDP2 (``fully_shard``) is fitted
+            as it is; its forwards run on all ranks at once, so each rank must pass as many
+            batches (docs/guides/distributed.md).
+        center_rewards_coefficient: TRL's ``trainer.args.center_rewards_coefficient``, if
+            the model was trained with it: the curvature, loss and exact evidence then hold
+            its term ``c (r(x_0) + r(x_1))^2`` a pair (:mod:`bt_laplace.curvature`).
         **laplace_kwargs: Passed to laplace-torch under its own names, to the Laplace class
             (``backend``, ``temperature``, ``prior_mean``, ...) or to the prior method
             (``n_steps``, ``prior_structure``, ``grid_size``, ...). Which combinations are
