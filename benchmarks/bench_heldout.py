@@ -104,6 +104,18 @@ def lt_scores(la, split) -> dict[str, float]:
     return m
 
 
+def map_fits(names: list[str], seeds: int):
+    """Per task and seed, ``(name, seed, split, loader, model)``: the split, a loader of its
+    training pairs (batches of 512) and the MAP model trained on them, for the experiments in
+    ``benchmarks/experiments``."""
+    for name in names:
+        for seed in range(seeds):
+            split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
+            xtr, ytr, _ = split["train"]
+            loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
+            yield name, seed, split, loader, train_map(xtr, ytr, seed)
+
+
 def run_seed(name: str, seed: int) -> dict[str, Any]:
     split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
     (xtr, ytr, _), (xt, yt, pt), (xo, yo, po) = split["train"], split["test"], split["ood_pairs"]

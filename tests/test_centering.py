@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import fit_bt
-from test_evidence import brute_force_optimum, brute_force_spectrum, pooled_pairs, theta_sq_of
+from test_evidence import (
+    brute_force_optimum,
+    brute_force_spectrum,
+    pair_variance_problem,
+    pooled_pairs,
+    theta_sq_of,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -162,15 +168,7 @@ def test_exact_evidence_prior_is_the_objectives_determinant_optimum(reward_model
 
 @pytest.mark.parametrize("pooled", [False, True])
 def test_exact_pair_variances_equal_the_full_posterior(pooled):
-    torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()
-    model = btl.PairwiseRewardModel(net)
-    if pooled:
-        x, y = pooled_pairs(40, 12, sets=2, d=4)
-    else:
-        x, y = torch.randn(30, 2, 4, dtype=torch.float64), torch.randint(0, 2, (30,))
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    xq = torch.randn(7, 2, 4, dtype=torch.float64)
+    model, x, loader, xq = pair_variance_problem(pooled)
     post = btl.fit_reward_posterior(
         model, loader, subset_of_weights="all", hessian_structure="full",
         prior_precision=1.0, center_rewards_coefficient=C,

@@ -308,13 +308,9 @@ def test_spectrum_through_distinct_items_equals_brute_force_ggn(
     assert int((eigs > 1e-10 * eigs.max()).sum()) <= n_items - sets  # rank of the Laplacian
 
 
-@pytest.mark.parametrize("pooled", [False, True])
-def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, pooled):
-    """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
-    ``full`` posterior (P x P covariance) at every prior, tempered too: 30 pairs of new items
-    (the pair kernel), or 40 pairs of 12 items in two sets (through the distinct items)."""
-    from bt_laplace.evidence import exact_pair_variances
-
+def pair_variance_problem(pooled: bool):
+    """A 4-6-1 tanh MLP in float64, its training pairs ``x`` and their loader, and 7 query
+    pairs: 30 pairs of new items, or 40 pairs of 12 items in two sets."""
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()
     model = btl.PairwiseRewardModel(net)
@@ -323,7 +319,17 @@ def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, po
     else:
         x, y = torch.randn(30, 2, 4, dtype=torch.float64), torch.randint(0, 2, (30,))
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    xq = torch.randn(7, 2, 4, dtype=torch.float64)
+    return model, x, loader, torch.randn(7, 2, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, pooled):
+    """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
+    ``full`` posterior (P x P covariance) at every prior, tempered too: 30 pairs of new items
+    (the pair kernel), or 40 pairs of 12 items in two sets (through the distinct items)."""
+    from bt_laplace.evidence import exact_pair_variances
+
+    model, x, loader, xq = pair_variance_problem(pooled)
     for temperature in (1.0, 2.5):
         post = btl.fit_reward_posterior(
             model, loader, subset_of_weights="all", hessian_structure="full",

@@ -33,9 +33,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_heldout import N_SCORE, SIZES
-from realdata import make_split, ood_auroc, prob_metrics, setup_run, train_map
-from realtasks import TASKS
+from bench_heldout import map_fits
+from realdata import ood_auroc, prob_metrics, setup_run
 
 from bt_laplace.prior.kernel import laplacian
 from bt_laplace.testing import item_jacobians
@@ -61,10 +60,8 @@ def best_prior(evidence) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def run(name: str, seed: int) -> None:
-    split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
-    xtr, ytr, _ = split["train"]
-    model = train_map(xtr, ytr, seed)
+def run(name: str, seed: int, split: dict, model: torch.nn.Module) -> None:
+    xtr = split["train"][0]
     items, index = torch.unique(xtr.reshape(-1, xtr.shape[-1]), dim=0, return_inverse=True)
     index, n_items = index.reshape(-1, 2), len(items)
     jac = item_jacobians(model, items)
@@ -124,9 +121,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args()
     setup_run()
-    for name in args.tasks.split(","):
-        for seed in range(args.seeds):
-            run(name, seed)
+    for name, seed, split, _, model in map_fits(args.tasks.split(","), args.seeds):
+        run(name, seed, split, model)
 
 
 if __name__ == "__main__":

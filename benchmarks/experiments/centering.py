@@ -29,14 +29,12 @@ import os
 import sys
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_heldout import N_SCORE, SIZES, lt_scores, score
+from bench_heldout import lt_scores, map_fits, score
 from laplace import Laplace
-from realdata import make_split, ood_auroc, setup_run, train_map
-from realtasks import TASKS
+from realdata import ood_auroc, setup_run
 
 import bt_laplace as btl
 from bt_laplace.testing import item_jacobians
@@ -81,38 +79,31 @@ def main() -> None:
     args = ap.parse_args()
     setup_run()
     torch.set_num_threads(1)
-    for name in args.tasks.split(","):
-        for seed in range(args.seeds):
-            split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
-            xtr, ytr, _ = split["train"]
-            loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
-            model = train_map(xtr, ytr, seed)
-            print(f"{name} seed {seed}", flush=True)
-            la = Laplace(
-                model, "reward_modeling", subset_of_weights="all", hessian_structure="kron"
-            )
-            la.fit(loader)
-            la.optimize_prior_precision(method="marglik")
-            row("laplace-torch all/kron marglik", lt_scores(la, split))
-            for c in (float(v) for v in args.coefficients.split(",")):
-                post = btl.fit_reward_posterior(model, loader, center_rewards_coefficient=c)
-                factor = post.prior_calibration or 1.0
-                extra = f"prior {float(post.prior_precision):.3g} (calibration x{factor:.3g})"
-                row(f"default, c = {c:g}", score(post, split), extra)
-                if args.full:
-                    full = btl.fit_reward_posterior(
-                        model, loader, hessian_structure="full", evidence="exact",
-                        center_rewards_coefficient=c,
-                    )  # fmt: skip
-                    extra = f"prior {float(full.prior_precision):.3g}"
-                    row(f"all/full exact evidence, c = {c:g}", score(full, split), extra)
-            if args.dense:
+    for name, seed, split, loader, model in map_fits(args.tasks.split(","), args.seeds):
+        print(f"{name} seed {seed}", flush=True)
+        la = Laplace(model, "reward_modeling", subset_of_weights="all", hessian_structure="kron")
+        la.fit(loader)
+        la.optimize_prior_precision(method="marglik")
+        row("laplace-torch all/kron marglik", lt_scores(la, split))
+        for c in (float(v) for v in args.coefficients.split(",")):
+            post = btl.fit_reward_posterior(model, loader, center_rewards_coefficient=c)
+            factor = post.prior_calibration or 1.0
+            extra = f"prior {float(post.prior_precision):.3g} (calibration x{factor:.3g})"
+            row(f"default, c = {c:g}", score(post, split), extra)
+            if args.full:
                 full = btl.fit_reward_posterior(
-                    model, loader, hessian_structure="full", evidence="exact"
-                )
-                pair, item = dense_aurocs(model, split, float(full.prior_precision))
-                print(f"  dense at the exact evidence's prior: AUROC pair GGN {pair:.4f}, "
-                      f"item GGN {item:.4f}", flush=True)  # fmt: skip
+                    model, loader, hessian_structure="full", evidence="exact",
+                    center_rewards_coefficient=c,
+                )  # fmt: skip
+                extra = f"prior {float(full.prior_precision):.3g}"
+                row(f"all/full exact evidence, c = {c:g}", score(full, split), extra)
+        if args.dense:
+            full = btl.fit_reward_posterior(
+                model, loader, hessian_structure="full", evidence="exact"
+            )
+            pair, item = dense_aurocs(model, split, float(full.prior_precision))
+            print(f"  dense at the exact evidence's prior: AUROC pair GGN {pair:.4f}, "
+                  f"item GGN {item:.4f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

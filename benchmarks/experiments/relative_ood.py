@@ -18,13 +18,11 @@ import os
 import sys
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_heldout import N_SCORE, SIZES
-from realdata import make_split, ood_auroc, setup_run, train_map
-from realtasks import TASKS
+from bench_heldout import map_fits
+from realdata import ood_auroc, setup_run
 
 import bt_laplace as btl
 
@@ -36,23 +34,20 @@ def main() -> None:
     args = ap.parse_args()
     setup_run()
     torch.set_num_threads(1)
-    for name in args.tasks.split(","):
-        for seed in range(args.seeds):
-            split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
-            xtr, ytr, _ = split["train"]
-            loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
-            post = btl.fit_reward_posterior(train_map(xtr, ytr, seed), loader)
-            xin, xout = split["score_in"], split["score_out"]
-            x, n_in = torch.cat([xin, xout]), len(xin)
-            _, var = post(x)
-            items = torch.unique(xtr.reshape(2 * len(xtr), -1), dim=0)
-            rel = post.relative_reward(x, reference=items).variance
-            print(
-                f"{name:17s} seed {seed}: OOD AUROC by the item variance "
-                f"{ood_auroc(var[:n_in].sqrt(), var[n_in:].sqrt()):.4f}, relative to the "
-                f"training items {ood_auroc(rel[:n_in].sqrt(), rel[n_in:].sqrt()):.4f}",
-                flush=True,
-            )
+    for name, seed, split, loader, model in map_fits(args.tasks.split(","), args.seeds):
+        xtr = split["train"][0]
+        post = btl.fit_reward_posterior(model, loader)
+        xin, xout = split["score_in"], split["score_out"]
+        x, n_in = torch.cat([xin, xout]), len(xin)
+        _, var = post(x)
+        items = torch.unique(xtr.reshape(2 * len(xtr), -1), dim=0)
+        rel = post.relative_reward(x, reference=items).variance
+        print(
+            f"{name:17s} seed {seed}: OOD AUROC by the item variance "
+            f"{ood_auroc(var[:n_in].sqrt(), var[n_in:].sqrt()):.4f}, relative to the "
+            f"training items {ood_auroc(rel[:n_in].sqrt(), rel[n_in:].sqrt()):.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
