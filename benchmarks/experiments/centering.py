@@ -6,7 +6,7 @@ Run from the repository root (needs the ``bench`` extra; about 1 minute a task a
 one thread)::
 
     PYTHONPATH=src python benchmarks/experiments/centering.py [--tasks a,b] [--seeds 2]
-        [--coefficients 0,0.01,0.05] [--full] [--dense]
+        [--coefficients 0,0.01,0.05] [--full] [--dense] [--w-weighted 0.1,0.5,1]
 
 Bradley-Terry pairs see only reward differences, so the exact curvature
 ``sum w (J_1 - J_0)^T (J_1 - J_0)`` leaves every direction that moves a pair's two rewards
@@ -20,7 +20,10 @@ as a term of the objective. The splits, MAP models and scored items are
 the MAP models are trained without the term. ``--full`` adds the exact ``full`` posterior
 (exact evidence, no calibration) at each coefficient; ``--dense`` the OOD AUROC of dense
 posteriors at the exact evidence's prior with the pair GGN and with laplace-torch's item
-GGN ``sum w (J_0^T J_0 + J_1^T J_1)`` (what its kron approximates).
+GGN ``sum w (J_0^T J_0 + J_1^T J_1)`` (what its kron approximates); ``--w-weighted``
+the default's kron with sum rows of weight ``c w`` (each pair's Bradley-Terry weight, as in
+laplace-torch's items) instead of TRL's ``2 c``, at the default's prior (an experiment: the
+backend's ``objective_pairs`` is replaced here, nowhere else).
 """
 # ruff: noqa: E402
 
@@ -37,6 +40,8 @@ from laplace import Laplace
 from realdata import ood_auroc, setup_run
 
 import bt_laplace as btl
+from bt_laplace._layer_io import LayerIO
+from bt_laplace.curvature import BradleyTerryGGN
 from bt_laplace.testing import item_jacobians
 
 
@@ -69,6 +74,22 @@ def dense_aurocs(model, split, prior: float) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def w_weighted(c: float):
+    """``BradleyTerryGGN.objective_pairs`` with sum rows of weight ``c w``."""
+
+    def objective_pairs(self, result, weight):
+        flipped = []
+        for g in result.grads:
+            f = g.reshape(-1, 2, *g.shape[1:]).clone()
+            f[:, 0].neg_()
+            flipped.append(torch.cat([g, f.reshape(g.shape)]))
+        acts = [torch.cat([a, a]) for a in result.acts]
+        out = torch.cat([result.output, result.output])
+        return LayerIO(out, acts, flipped), torch.cat([weight, c * weight])
+
+    return objective_pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="car,mathach,imdb,warriner_arousal,movielens,exam")
@@ -76,6 +97,7 @@ def main() -> None:
     ap.add_argument("--coefficients", default="0,0.01,0.05")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--dense", action="store_true")
+    ap.add_argument("--w-weighted", default="")
     args = ap.parse_args()
     setup_run()
     torch.set_num_threads(1)
@@ -104,6 +126,20 @@ def main() -> None:
             pair, item = dense_aurocs(model, split, float(full.prior_precision))
             print(f"  dense at the exact evidence's prior: AUROC pair GGN {pair:.4f}, "
                   f"item GGN {item:.4f}", flush=True)  # fmt: skip
+        if args.w_weighted:
+            prior = float(btl.fit_reward_posterior(model, loader).prior_precision)
+            plain = BradleyTerryGGN.objective_pairs
+            for c in (float(v) for v in args.w_weighted.split(",")):
+                BradleyTerryGGN.objective_pairs = w_weighted(c)  # type: ignore[method-assign]
+                try:
+                    post = btl.fit_reward_posterior(model, loader, prior_precision=prior)
+                finally:
+                    BradleyTerryGGN.objective_pairs = plain  # type: ignore[method-assign]
+                row(
+                    f"default kron, sum rows c w, c = {c:g}",
+                    score(post, split),
+                    f"prior {prior:.3g}",
+                )
 
 
 if __name__ == "__main__":
