@@ -40,8 +40,7 @@ from laplace import Laplace
 from realdata import ood_auroc, setup_run
 
 import bt_laplace as btl
-from bt_laplace._layer_io import LayerIO
-from bt_laplace.curvature import BradleyTerryGGN
+from bt_laplace.curvature import BradleyTerryGGN, with_sum_pairs
 from bt_laplace.testing import item_jacobians
 
 
@@ -76,18 +75,7 @@ def dense_aurocs(model, split, prior: float) -> tuple[float, float]:
 
 def w_weighted(c: float):
     """``BradleyTerryGGN.objective_pairs`` with sum rows of weight ``c w``."""
-
-    def objective_pairs(self, result, weight):
-        flipped = []
-        for g in result.grads:
-            f = g.reshape(-1, 2, *g.shape[1:]).clone()
-            f[:, 0].neg_()
-            flipped.append(torch.cat([g, f.reshape(g.shape)]))
-        acts = [torch.cat([a, a]) for a in result.acts]
-        out = torch.cat([result.output, result.output])
-        return LayerIO(out, acts, flipped), torch.cat([weight, c * weight])
-
-    return objective_pairs
+    return lambda self, result, weight: with_sum_pairs(result, weight, c * weight)
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "PairKronLLLaplace",
     "is_pair_backend",
     "nearest_kronecker_factors",
+    "with_sum_pairs",
 ]
 
 
@@ -220,14 +221,7 @@ class BradleyTerryGGN(CurvatureInterface):
         c = self.center_rewards_coefficient
         if not c:
             return result, weight
-        grads = []
-        for g in result.grads:
-            flipped = g.reshape(-1, 2, *g.shape[1:]).clone()
-            flipped[:, 0].neg_()
-            grads.append(torch.cat([g, flipped.reshape(g.shape)]))
-        acts = [torch.cat([a, a]) for a in result.acts]
-        weight = torch.cat([weight, torch.full_like(weight, 2 * c)])
-        return LayerIO(torch.cat([result.output, result.output]), acts, grads), weight
+        return with_sum_pairs(result, weight, torch.full_like(weight, 2 * c))
 
     def objective_rows(
         self, jac: torch.Tensor, weight: torch.Tensor
@@ -296,6 +290,23 @@ class BradleyTerryGGN(CurvatureInterface):
             raise RuntimeError("no pairs were stored; call kron() on the batches first.")
         self.kron_kept_bytes = stored.peak_bytes
         return stored.finish(reduce, batches)
+
+
+def with_sum_pairs(
+    result: LayerIO, weight: torch.Tensor, sum_weight: torch.Tensor
+) -> tuple[LayerIO, torch.Tensor]:
+    """The ``B`` pairs of ``result`` with weights ``weight``, then the same pairs with item 0's
+    output gradients negated and weights ``sum_weight`` ``(B,)``: a structure's pair curvature
+    ``w (J_1 - J_0)^T (J_1 - J_0)`` of the second ``B`` is ``sum_weight (J_1 + J_0)^T
+    (J_1 + J_0)``, the curvature on each pair's sum of rewards."""
+    grads = []
+    for g in result.grads:
+        flipped = g.reshape(-1, 2, *g.shape[1:]).clone()
+        flipped[:, 0].neg_()
+        grads.append(torch.cat([g, flipped.reshape(g.shape)]))
+    acts = [torch.cat([a, a]) for a in result.acts]
+    output = torch.cat([result.output, result.output])
+    return LayerIO(output, acts, grads), torch.cat([weight, sum_weight])
 
 
 def is_pair_backend(backend: Any) -> bool:

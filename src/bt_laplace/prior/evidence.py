@@ -51,6 +51,7 @@ from bt_laplace.prior.kernel import (
     kernel_form,
     pair_gram_diagonal,
     pair_items,
+    rows_per_pair,
     weight_width,
 )
 from bt_laplace.prior.pair_io import (
@@ -130,8 +131,9 @@ def exact_ggn_eigenvalues(
     backend = pair_backend(laplace)
     device = laplace._device
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
-    n_rows = n_pairs * (2 if centering_weight(backend) else 1)  # TRL's centering: 2 a pair
-    if n_params <= n_rows:  # the P x P GGN, unless few items in many pairs make theirs cheaper
+    # the P x P GGN where P is at most the kernel's rows (2 a pair with TRL's centering),
+    # unless few items in many pairs make theirs cheaper
+    if n_params <= n_pairs * rows_per_pair(laplace):
         values = _through_items(
             backend, train_loader, batches, laplace, memory_limit, processes, theta_sq, n_items
         )
@@ -242,7 +244,7 @@ def _pair_kernel(
     seen, items, root, inputs, rows = collected
     check_count(int(processes.sum_number(seen)), n_pairs)
     if processes.sum_number(len(rows)) > 0:  # some process is off the fast path: all are
-        n_rows = n_pairs * (2 if centering_weight(backend) else 1)
+        n_rows = n_pairs * rows_per_pair(laplace)
         check_size(n_rows, n_rows, "the dense pair kernel", fix, memory_limit)
         phi = processes.gather_rows(torch.cat(rows))
         return phi @ phi.T

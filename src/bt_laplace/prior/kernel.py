@@ -48,6 +48,8 @@ __all__ = [
     "ggn_cost",
     "item_form_cost",
     "weight_width",
+    "centering_of",
+    "rows_per_pair",
     "LayerRows",
     "PairItems",
     "KernelForm",
@@ -234,6 +236,19 @@ def weight_width(laplace: Any) -> int:
     """The summed ``in + out`` of the weight matrices a posterior is over: about the width of
     one item's layer I/O (the ``w`` of the cost estimates) before a pass has run."""
     return sum(sum(t.shape) for t in posterior_parameters(laplace) if t.ndim == 2)
+
+
+def centering_of(laplace: Any) -> float | None:
+    """The ``center_rewards_coefficient`` a posterior was fit with (its ``backend_kwargs``;
+    None: none)."""
+    kwargs = getattr(laplace, "_backend_kwargs", None) or {}
+    return kwargs.get("center_rewards_coefficient")
+
+
+def rows_per_pair(laplace: Any) -> int:
+    """Rows of the exact evidence's kernel a training pair gives: 2 with TRL's centering
+    term (its row ``J_0 + J_1`` besides ``J_1 - J_0``), else 1."""
+    return 2 if centering_of(laplace) else 1
 
 
 def ggn_cost(n_pairs: int, n_params: int) -> float:

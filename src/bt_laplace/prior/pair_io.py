@@ -23,7 +23,15 @@ from bt_laplace._distributed import Processes
 from bt_laplace._layer_io import is_sequence
 from bt_laplace._loader import batch_on
 from bt_laplace.curvature import BradleyTerryGGN
-from bt_laplace.prior.kernel import Kinds, LayerRows, PairItems, pair_items, weight_width
+from bt_laplace.prior.kernel import (
+    Kinds,
+    LayerRows,
+    PairItems,
+    centering_of,
+    pair_items,
+    rows_per_pair,
+    weight_width,
+)
 
 __all__ = [
     "pair_backend",
@@ -51,12 +59,6 @@ def pair_backend(laplace: ParametricLaplace) -> BradleyTerryGGN:
         dict_key_y=laplace.dict_key_y,
         center_rewards_coefficient=centering_of(laplace),
     )
-
-
-def centering_of(laplace: ParametricLaplace) -> float | None:
-    """The ``center_rewards_coefficient`` of a posterior's backend (None: none)."""
-    kwargs = getattr(laplace, "_backend_kwargs", None) or {}
-    return kwargs.get("center_rewards_coefficient")
 
 
 def centering_weight(backend: BradleyTerryGGN) -> float:
@@ -159,7 +161,8 @@ def collect_pair_io(
                     "the pair Jacobian (its Gram-matrix shortcut needs every posterior "
                     "parameter in an nn.Linear or Conv1D called once on (N, in) inputs)"
                 )
-                check_size(len(phi) * n_pairs // len(root), n_params, what, fix, memory_limit)
+                n_rows = n_pairs * rows_per_pair(laplace)
+                check_size(n_rows, n_params, what, fix, memory_limit)
             rows.append(phi)
             continue
         roots.append(root)

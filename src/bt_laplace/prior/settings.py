@@ -28,7 +28,13 @@ from typing import Any
 
 from bt_laplace._checks import BTLaplaceWarning, check_choice
 from bt_laplace.choices import Evidence, LinkApprox, PriorMethod
-from bt_laplace.prior.kernel import ggn_cost, item_form_cost, pair_form_cost, weight_width
+from bt_laplace.prior.kernel import (
+    ggn_cost,
+    item_form_cost,
+    pair_form_cost,
+    rows_per_pair,
+    weight_width,
+)
 
 __all__ = [
     "PriorSetting",
@@ -269,9 +275,7 @@ class PriorSetting:
             return self.evidence
         if not pair_backend:  # another backend: laplace-torch's procedure, as it does
             return Evidence.POSTERIOR
-        n, p = int(laplace.n_data), int(laplace.n_params)
-        if (getattr(laplace, "_backend_kwargs", None) or {}).get("center_rewards_coefficient"):
-            n *= 2  # the centering rows
+        n, p = int(laplace.n_data) * rows_per_pair(laplace), int(laplace.n_params)
         widths = weight_width(laplace)
         flops: float
         if p <= n:  # P x P GGN from N rows, then its eigendecomposition
