@@ -104,13 +104,14 @@ def lt_scores(la, split) -> dict[str, float]:
     return m
 
 
-def map_fits(names: list[str], seeds: int):
-    """Per task and seed, ``(name, seed, split, loader, model)``: the split, a loader of its
-    training pairs (batches of 512) and the MAP model trained on them, for the experiments in
+def map_fits(names: list[str], seeds: int, sizes: tuple = SIZES, n_score: int = N_SCORE):
+    """Per task and seed, ``(name, seed, split, loader, model)``: the split (``sizes``,
+    ``n_score`` as :func:`~realdata.make_split` takes them), a loader of its training pairs
+    (batches of 512) and the MAP model trained on them, for the experiments in
     ``benchmarks/experiments``."""
     for name in names:
         for seed in range(seeds):
-            split = make_split(name, seed, datasets=TASKS, sizes=SIZES, n_score=N_SCORE)
+            split = make_split(name, seed, datasets=TASKS, sizes=sizes, n_score=n_score)
             xtr, ytr, _ = split["train"]
             loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
             yield name, seed, split, loader, train_map(xtr, ytr, seed)

@@ -21,12 +21,11 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_heldout import score
-from realdata import make_split, setup_run, train_map
+from bench_heldout import map_fits, score
+from realdata import setup_run
 from realtasks import TASKS
 
 import bt_laplace as btl
@@ -57,27 +56,22 @@ def main() -> None:
     setup_run()
     torch.set_num_threads(1)
     every = calibration._tensor_pairs
-    for name in args.tasks.split(","):
-        for seed in range(args.seeds):
-            sizes = (4000, 10, 2000, 1000)
-            split = make_split(name, seed, datasets=TASKS, sizes=sizes, n_score=1000)
-            xtr, ytr, _ = split["train"]
-            loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
-            model = train_map(xtr, ytr, seed)
-            rows = []
-            for read in (every, subset_of(every)):
-                calibration._tensor_pairs = read
-                t0 = time.perf_counter()
-                post = btl.fit_reward_posterior(model, loader)
-                rows.append((post.prior_calibration, time.perf_counter() - t0, score(post, split)))
-            calibration._tensor_pairs = every
-            (fa, ta, a), (fc, tc, c) = rows
-            print(
-                f"{name:17s} seed {seed}: factor {fa:.3g} -> {fc:.3g} | NLL {a['nll']:.4f} -> "
-                f"{c['nll']:.4f} | ECE {a['ece']:.4f} -> {c['ece']:.4f} | AUROC {a['auroc']:.4f}"
-                f" -> {c['auroc']:.4f} | fit {ta:.1f} -> {tc:.1f} s",
-                flush=True,
-            )
+    fits = map_fits(args.tasks.split(","), args.seeds, sizes=(4000, 10, 2000, 1000))
+    for name, seed, split, loader, model in fits:
+        rows = []
+        for read in (every, subset_of(every)):
+            calibration._tensor_pairs = read
+            t0 = time.perf_counter()
+            post = btl.fit_reward_posterior(model, loader)
+            rows.append((post.prior_calibration, time.perf_counter() - t0, score(post, split)))
+        calibration._tensor_pairs = every
+        (fa, ta, a), (fc, tc, c) = rows
+        print(
+            f"{name:17s} seed {seed}: factor {fa:.3g} -> {fc:.3g} | NLL {a['nll']:.4f} -> "
+            f"{c['nll']:.4f} | ECE {a['ece']:.4f} -> {c['ece']:.4f} | AUROC {a['auroc']:.4f}"
+            f" -> {c['auroc']:.4f} | fit {ta:.1f} -> {tc:.1f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

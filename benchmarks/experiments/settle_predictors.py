@@ -22,11 +22,11 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from realdata import make_split, setup_run, train_map
+from bench_heldout import map_fits
+from realdata import setup_run
 from realtasks import TASKS
 
 import bt_laplace as btl
@@ -55,11 +55,8 @@ def main() -> None:
         return settled_spectrum(mat, prior_of, **kw)
 
     evidence.settled_spectrum = keep
-    for name in args.tasks.split(","):
-        sizes = (args.pairs, 10, 10, 10)
-        xtr, ytr, _ = make_split(name, 0, datasets=TASKS, sizes=sizes, n_score=10)["train"]
-        loader = DataLoader(TensorDataset(xtr, ytr), batch_size=512)
-        model = train_map(xtr, ytr, 0)
+    sizes = (args.pairs, 10, 10, 10)
+    for name, _, _, loader, model in map_fits(args.tasks.split(","), 1, sizes, n_score=10):
         la = btl.fit_reward_posterior(model, loader, prior_precision=1.0).laplace
         theta_sq = float((la.mean - la.prior_mean).double().square().sum())
         evidence.exact_ggn_eigenvalues(la, loader, theta_sq=theta_sq)
