@@ -248,3 +248,32 @@ def scaled_model_and_pairs():
     x = torch.randn(8, 2, 4, dtype=torch.float64)  # N = 8 < P = 18: 2N = 16 Jacobian rows
     loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (8,))), batch_size=3)
     return model, x, loader
+
+
+@pytest.mark.parametrize("cholesky_fails", [False, True])
+def test_laplacian_factor_with_centering_squares_to_both_laplacians(monkeypatch, cholesky_fails):
+    """``F F^T = D^T W D + 2 c |D|^T |D|`` (the signless Laplacian of the centering rows), with
+    a self pair and a zero weight: by its Cholesky factor (``M`` columns), or the
+    eigendecomposition where that fails."""
+    from bt_laplace.prior.kernel import laplacian_factor
+
+    g = torch.Generator().manual_seed(0)
+    chain = torch.stack([torch.arange(12), (torch.arange(12) + 1) % 12], 1)  # every item
+    index = torch.cat([torch.randint(0, 12, (20, 2), generator=g), chain])
+    index[1, 1] = index[1, 0]
+    weight = torch.rand(len(index), generator=g, dtype=torch.float64)
+    weight[0] = 0.0
+    signed = torch.zeros(len(index), 12, dtype=torch.float64)
+    unsigned = torch.zeros_like(signed)
+    rows = torch.arange(len(index))
+    signed[rows, index[:, 1]] += 1
+    signed[rows, index[:, 0]] -= 1
+    unsigned[rows, index[:, 1]] += 1
+    unsigned[rows, index[:, 0]] += 1
+    want = signed.T @ (weight[:, None] * signed) + 2 * C * unsigned.T @ unsigned
+    if cholesky_fails:
+        real = torch.linalg.cholesky_ex
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda a: (real(a)[0], torch.tensor(1)))
+    factor = laplacian_factor(index, weight, 12, centering=2 * C)
+    torch.testing.assert_close(factor @ factor.T, want, rtol=0, atol=1e-12 * float(want.max()))
+    assert factor.shape == (12, 12)

@@ -363,22 +363,35 @@ def laplacian_factor(
     (its eigenvectors of eigenvalue above rounding, scaled by their roots).
     """
     lap = laplacian(index, weight, n_items, centering=centering)
-    if centering:
+    if centering:  # positive definite: its Cholesky factor
         chol, info = torch.linalg.cholesky_ex(lap)
-        if int(info) == 0:
-            return chol
-    label = _components(index[weight > 0], n_items)
-    root = label == torch.arange(n_items, device=label.device)
-    rest = (~root).nonzero().flatten()
-    chol, info = torch.linalg.cholesky_ex(lap[rest][:, rest])
-    if int(info) == 0 and not centering:
-        factor = torch.zeros(n_items, len(rest), dtype=lap.dtype, device=lap.device)
-        factor[rest] = chol
-        return factor.index_add_(0, label[rest], chol, alpha=-1)
+        factor = chol if int(info) == 0 else None
+    else:
+        factor = _grounded_factor(lap, index, weight)
+    if factor is not None:
+        return factor
     values, vectors = torch.linalg.eigh(lap)
     floor = max(float(values[-1]), 0.0) * n_items * torch.finfo(lap.dtype).eps
     keep = values > floor
     return vectors[:, keep] * values[keep].sqrt()
+
+
+def _grounded_factor(
+    lap: torch.Tensor, index: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor | None:
+    """The grounded Cholesky factor of :func:`laplacian_factor` (one root held at zero in
+    each connected set of items), or None where ``L_r`` is not numerically positive
+    definite."""
+    n_items = lap.shape[0]
+    label = _components(index[weight > 0], n_items)
+    root = label == torch.arange(n_items, device=label.device)
+    rest = (~root).nonzero().flatten()
+    chol, info = torch.linalg.cholesky_ex(lap[rest][:, rest])
+    if int(info) != 0:
+        return None
+    factor = torch.zeros(n_items, len(rest), dtype=lap.dtype, device=lap.device)
+    factor[rest] = chol
+    return factor.index_add_(0, label[rest], chol, alpha=-1)
 
 
 def _components(edges: torch.Tensor, n_items: int) -> torch.Tensor:
