@@ -30,7 +30,7 @@ def centered(reward_model, loader, subset, structure, c=C):
     )
 
 
-def test_reference_adds_the_centering_ggn(reward_model, pairs):
+def test_reference_adds_the_centering_ggn(pairs):
     """The reference itself: the Hessian of ``c sum (r_0 + r_1)^2`` by autograd, at a point
     where the rewards' second derivatives vanish (a linear model), is its GGN."""
     net = nn.Linear(5, 1).double()
