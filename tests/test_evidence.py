@@ -15,6 +15,7 @@ import bt_laplace as btl
 from bt_laplace.evidence import (
     exact_evidence_prior_precision,
     exact_ggn_eigenvalues,
+    exact_ggn_matrix,
     fitted_ggn_eigenvalues,
 )
 from bt_laplace.testing import exact_ggn
@@ -157,8 +158,8 @@ def test_last_layer_fit_reads_the_exact_evidence_off_its_curvature(
     curvature: no second pass over the pairs (half the cost of a fit through a large model)."""
     calls = []
     monkeypatch.setattr(
-        "bt_laplace.prior.precision.exact_ggn_eigenvalues",
-        lambda la, loader, **kw: calls.append(1) or exact_ggn_eigenvalues(la, loader),
+        "bt_laplace.prior.precision.exact_ggn_matrix",
+        lambda la, loader, **kw: calls.append(1) or exact_ggn_matrix(la, loader),
     )
     post = btl.fit_reward_posterior(
         reward_model, pair_loader, subset_of_weights="last_layer", hessian_structure=structure
@@ -342,6 +343,53 @@ def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, po
             post.laplace.prior_precision = delta
             _, ref = post.predictive.difference_moments(xq)
             torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("centering", [None, 0.3])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
+    item_route, pooled, centering
+):
+    """The exact posterior of the pairs without some items, read off the kernel form of all
+    the pairs (``KernelForm.without_items``, as the held-out calibration takes it) equals the
+    ``full`` posterior fitted on those pairs alone (P x P covariance, float64): eigenvalues
+    and variances of new pairs at every prior; the pair kernel's rows and columns, or through
+    the distinct items; with TRL's centering rows too."""
+    from bt_laplace.evidence import exact_pair_variances
+
+    _, x, loader, xq = pair_variance_problem(pooled)
+    y = loader.dataset.tensors[1]
+    net = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = btl.PairwiseRewardModel(net)  # P = 73 > 2N = 60: the kernel, centered too
+    kwargs = {} if centering is None else {"center_rewards_coefficient": centering}
+
+    def full(pairs):
+        return btl.fit_reward_posterior(
+            model, pairs, hessian_structure="full", prior_precision=1.0, backend_kwargs=kwargs
+        )
+
+    post = full(loader)
+    form = exact_ggn_matrix(post.laplace, loader).form
+    assert form is not None and bool(item_route) == pooled
+    keys = form.pairs.keys
+    torch.testing.assert_close(keys, torch.unique(x.reshape(-1, 4), dim=0), rtol=0, atol=0)
+    held = torch.arange(len(keys)) % 3 == 0
+    keep = ~held[form.pairs.index].any(1)
+    x_keys = torch.unique(x.reshape(-1, 4), dim=0, return_inverse=True)[1].reshape(-1, 2)
+    assert torch.equal(keep, ~held[x_keys].any(1)) and 3 < int(keep.sum()) < len(x)
+    rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=8)
+    part = full(rest)
+    query = part.predictive.jacobians(xq, pairs=True)
+    sub = form.without_items(held)
+    rows = int(keep.sum()) * (1 if centering is None else 2)
+    eigs, variances = exact_pair_variances(part.laplace, rest, (query[0], query[1]), form=sub)
+    want, _ = exact_pair_variances(part.laplace, rest, (query[0], query[1]))
+    assert eigs.shape == want.shape == (rows,)
+    torch.testing.assert_close(eigs, want, rtol=1e-9, atol=1e-12 * float(want.max()))
+    for delta in (0.01, 0.7, 40.0):
+        part.laplace.prior_precision = delta
+        _, ref = part.predictive.difference_moments(xq)
+        torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("cholesky_fails", [False, True])

@@ -170,3 +170,41 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance(
         assert btl.fit_reward_posterior(model, loader, **kwargs).prior_calibration is None
     last = btl.fit_reward_posterior(model, loader, subset_of_weights="last_layer")
     assert last.prior_calibration is None  # a one-output head's kron is exact
+
+
+@pytest.mark.parametrize("n_items", [150, 2000], ids=["item-form", "pair-kernel"])
+def test_calibration_reads_the_exact_evidences_kernel(monkeypatch, n_items):
+    """The default's held-out calibration takes the held-out fit's exact posterior from the
+    kernel the exact evidence built of all the pairs (``KernelForm.without_items``), once,
+    and lands on the prior and factor its own pass over the kept pairs gives (float64):
+    300 pairs of 150 items (through the items) or of about 520 (the pair kernel)."""
+    import bt_laplace.prior.calibration as calibration
+    from bt_laplace.prior.kernel import KernelForm
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(60, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    items = torch.randn(n_items, 60, dtype=torch.float64)
+    x = items[torch.randint(n_items, (300, 2))]
+    y = (torch.rand(300) < torch.sigmoid((x[:, 1] - x[:, 0]).sum(-1) / 3)).long()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):  # overfitted: the calibration lowers the prior
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    calls = []
+    real = KernelForm.without_items
+    monkeypatch.setattr(KernelForm, "without_items", lambda *a: calls.append(1) or real(*a))
+    reused = btl.fit_reward_posterior(model, loader)
+    assert len(calls) == 1
+    ratio = calibration.held_out_prior_ratio
+    monkeypatch.setattr(
+        "bt_laplace.prior.precision.held_out_prior_ratio",
+        lambda *a: ratio(*a[:5], form=None),  # the calibration's own pass over the kept pairs
+    )
+    own = btl.fit_reward_posterior(model, loader)
+    assert len(calls) == 1
+    assert reused.prior_calibration is not None and reused.prior_calibration < 1
+    assert reused.prior_calibration == pytest.approx(own.prior_calibration, rel=1e-9)
+    torch.testing.assert_close(reused.prior_precision, own.prior_precision, rtol=1e-9, atol=0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,12 +41,15 @@ from bt_laplace._loader import split_batch
 from bt_laplace.bradley_terry import margin_shift
 from bt_laplace.predictive import Predictive
 from bt_laplace.prior.evidence import exact_evidence_prior_precision, exact_pair_variances
+from bt_laplace.prior.kernel import KernelForm
 from bt_laplace.prior.spectrum import may_settle
 
 __all__ = [
     "CALIBRATION_HELD_OUT",
     "CALIBRATION_QUERIES",
+    "HeldOut",
     "held_out_items",
+    "held_out_split",
     "held_out_prior_ratio",
 ]
 
@@ -58,11 +62,27 @@ CALIBRATION_QUERIES = 1024
 Refit = Callable[[DataLoader], Any]
 
 
-def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+@dataclass(frozen=True)
+class HeldOut:
+    """Training items held out (:func:`held_out_split`).
+
+    Attributes:
+        keep: ``(N,)`` the pairs with no held-out item.
+        query: ``(Q, 2, *item)`` random pairs of two different held-out items.
+        items: ``(M, d)`` the distinct items, flattened, in ``torch.unique``'s order.
+        held: ``(M,)`` which of them are held out.
+    """
+
+    keep: torch.Tensor
+    query: torch.Tensor
+    items: torch.Tensor
+    held: torch.Tensor
+
+
+def held_out_split(x: torch.Tensor) -> HeldOut | None:
     """Hold out :data:`CALIBRATION_HELD_OUT` of the distinct items of pairs ``x`` ``(N, 2,
-    *item)`` (fixed seed): the mask ``(N,)`` of the pairs with no held-out item, and
-    :data:`CALIBRATION_QUERIES` random pairs of two different held-out items ``(Q, 2,
-    *item)``; None when fewer than two items or pairs remain on either side."""
+    *item)`` (fixed seed) and draw :data:`CALIBRATION_QUERIES` random pairs of two different
+    held-out items; None when fewer than two items or pairs remain on either side."""
     items, index = torch.unique(x.reshape(2 * len(x), -1), dim=0, return_inverse=True)
     index = index.reshape(-1, 2)
     gen = torch.Generator().manual_seed(0)
@@ -73,7 +93,15 @@ def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
     picks = new[torch.randint(len(new), (CALIBRATION_QUERIES, 2), generator=gen).to(new.device)]
     picks = picks[picks[:, 0] != picks[:, 1]]
-    return keep, items[picks].reshape(len(picks), 2, *x.shape[2:])
+    query = items[picks].reshape(len(picks), 2, *x.shape[2:])
+    return HeldOut(keep, query, items, held)
+
+
+def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`held_out_split`'s mask ``(N,)`` of the pairs with no held-out item and its
+    query pairs ``(Q, 2, *item)``; None as there."""
+    split = held_out_split(x)
+    return None if split is None else (split.keep, split.query)
 
 
 def _tensor_pairs(
@@ -101,8 +129,8 @@ def held_out_prior_ratio(
     train_loader: Iterable[Any],
     processes: Processes,
     theta_sq: float,
-    eigenvalues: torch.Tensor | None = None,
-) -> float | None:
+    form: KernelForm | None = None,
+) -> tuple[float | None, bool | None]:
     """How much to scale the exact evidence's prior of ``laplace`` (a fitted all-weights
     ``kron`` or ``diag`` posterior) so that it gives new items the exact posterior's variance
     (see the module doc).
@@ -114,39 +142,51 @@ def held_out_prior_ratio(
         processes: The process group they are split over; every rank gathers all pairs and
             computes the same ratio.
         theta_sq: ``||theta* - mu_0||^2`` over the posterior parameters.
-        eigenvalues: The exact evidence's eigenvalues on all the pairs, if at hand: where
-            more than :data:`~bt_laplace.prior.spectrum.START_RANK` of them mattered to its
-            prior, the held-out fit's spectrum is computed whole at once (the attempt at its
-            top would not settle either; only time depends on this).
+        form: The exact evidence's kernel form of all the pairs, if at hand
+            (:attr:`~bt_laplace.prior.evidence.ExactGGN.form`): the held-out fit's exact
+            posterior is then taken from its rows and columns
+            (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), with no pass over
+            the pairs and no second item kernel.
 
     Returns:
-        The matched prior over the held-out fit's exact-evidence prior, at most 1 (1: the
-        structure already gives held-out items at least the exact variance); None (the exact
-        evidence's prior stays) for inputs that are not tensors, TRL margins, a model off the
-        fast path, or too few items to hold out.
+        ``(ratio, settles)``: the matched prior over the held-out fit's exact-evidence prior,
+        at most 1 (1: the structure already gives held-out items at least the exact
+        variance), or None (the exact evidence's prior stays) for inputs that are not
+        tensors, TRL margins, a model off the fast path, or too few items to hold out; and
+        whether the held-out fit's spectrum would have settled at its top
+        (:func:`~bt_laplace.prior.spectrum.may_settle`), which tells whether the attempt is
+        worth making on all the pairs' (None where not known). The held-out fit's own
+        spectrum is computed whole.
     """
     pairs = _tensor_pairs(train_loader, processes, laplace._device)
     if pairs is None:
-        return None
+        return None, None
     x, y = pairs
-    split = held_out_items(x)
+    split = held_out_split(x)
     if split is None:
-        return None
-    keep, query_x = split  # on the posterior's device, as x
+        return None, None
+    keep = split.keep  # on the posterior's device, as x
     rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=512)
     part_la = refit(rest)
     part = Predictive(part_la)
-    query = part.jacobians(query_x, pairs=True)
-    settle = eigenvalues is None or may_settle(eigenvalues, float(laplace.prior_precision))
+    query = part.jacobians(split.query, pairs=True)
+    keys = None if form is None else form.pairs.keys
+    same = keys is not None and keys.shape == split.items.shape and torch.equal(keys, split.items)
     exact = exact_pair_variances(
-        part_la, rest, (query[0], query[1]), theta_sq=theta_sq, settle=settle
+        part_la,
+        rest,
+        (query[0], query[1]),
+        theta_sq=theta_sq,
+        settle=False,
+        form=form.without_items(split.held) if same and form is not None else None,
     )
     if exact is None:
-        return None
+        return None, None
     eigenvalues, exact_variances = exact
     if not float(eigenvalues.sum()) > 0:  # no curvature among the remaining pairs
-        return None
+        return None, None
     part_prior = exact_evidence_prior_precision(eigenvalues, theta_sq)
+    settles = may_settle(eigenvalues, part_prior)
     tiny = torch.finfo(torch.float64).tiny
     target = float(exact_variances(part_prior).clamp_min(tiny).log().mean())
 
@@ -157,13 +197,13 @@ def held_out_prior_ratio(
 
     lo, hi = math.log(part_prior) - 30.0, math.log(part_prior)
     if excess(hi) >= 0:
-        return 1.0  # at least the exact variance already: the prior stays (module doc)
+        return 1.0, settles  # at least the exact variance already: the prior stays
     if excess(lo) < 0:
-        return None  # the structure's variance never meets the exact one: leave the prior
+        return None, settles  # the structure's variance never meets the exact one
     while hi - lo > 1e-3:
         mid = (lo + hi) / 2
         if excess(mid) > 0:
             lo = mid
         else:
             hi = mid
-    return math.exp((lo + hi) / 2) / part_prior
+    return math.exp((lo + hi) / 2) / part_prior, settles

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +70,8 @@ from bt_laplace.structures import structure_class
 
 __all__ = [
     "distinct_input_count",
+    "ExactGGN",
+    "exact_ggn_matrix",
     "exact_ggn_eigenvalues",
     "fitted_ggn_eigenvalues",
     "exact_evidence_prior_precision",
@@ -78,6 +81,44 @@ __all__ = [
 
 #: largest dense matrix (``P x P`` GGN or ``N x N`` pair kernel) the exact evidence builds, bytes
 EVIDENCE_MEMORY_LIMIT = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class ExactGGN:
+    """The exact tempered Bradley-Terry GGN of a posterior's pairs, in the matrix its
+    eigenvalues come from (:func:`exact_ggn_matrix`).
+
+    Attributes:
+        matrix: The dense ``P x P`` GGN, or the ``N x N`` pair kernel from Jacobian rows (off
+            the fast path); untempered. None where ``form`` is.
+        form: The pair kernel from layer I/O (:mod:`bt_laplace.prior.kernel`), or None.
+        size: How many eigenvalues :meth:`eigenvalues` returns (``min(N, P)``; ``2N`` for
+            ``N`` with TRL's centering term).
+        temper: The posterior's ``1 / T``.
+    """
+
+    matrix: torch.Tensor | None
+    form: KernelForm | None
+    size: int
+    temper: float
+
+    def eigenvalues(self, theta_sq: float | None = None, *, settle: bool = True) -> torch.Tensor:
+        """The ``size`` eigenvalues (float64, CPU, ascending, clamped at 0): all exactly
+        without ``theta_sq``; with it the top of the spectrum, as far as the evidence's
+        prior for that ``||theta* - mu_0||^2`` needs it, the rest spread evenly with its exact
+        trace (:func:`~bt_laplace.prior.spectrum.settled_spectrum`; ``settle`` False: every
+        eigenvalue at once, where the attempt at the top is known not to settle)."""
+        mat = self.form.matrix if self.form is not None else self.matrix
+        assert mat is not None
+        mat = mat.cpu() * self.temper
+        if theta_sq is None or not settle:
+            values = torch.linalg.eigvalsh(mat).clamp_min(0.0)
+        else:
+            prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
+            values = settled_spectrum(mat, prior_of).eigenvalues()
+        if self.form is None:
+            return values
+        return self.form.padded(values, self.size)
 
 
 def exact_ggn_eigenvalues(
@@ -121,9 +162,35 @@ def exact_ggn_eigenvalues(
             kernel is needed for a model outside the fast path and the ``N x P`` Jacobian
             would exceed it.
     """
+    ggn = exact_ggn_matrix(
+        laplace,
+        train_loader,
+        memory_limit=memory_limit,
+        progress_bar=progress_bar,
+        processes=processes,
+        n_items=n_items,
+    )
+    return ggn.eigenvalues(theta_sq)
+
+
+def exact_ggn_matrix(
+    laplace: ParametricLaplace,
+    train_loader: Iterable[Any],
+    *,
+    memory_limit: int = EVIDENCE_MEMORY_LIMIT,
+    progress_bar: bool = False,
+    processes: Processes | None = None,
+    n_items: int | None = None,
+) -> ExactGGN:
+    """The matrix :func:`exact_ggn_eigenvalues` decomposes, not yet decomposed: its arguments
+    and errors (without ``theta_sq``, which :meth:`ExactGGN.eigenvalues` takes). Its
+    :attr:`~ExactGGN.form`, where the route has one, also gives the exact posterior of a
+    subset of the pairs (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), as the
+    held-out calibration needs, with no second pass."""
     processes = processes or Processes(enabled=False)
     n_pairs = int(laplace.n_data)  # over every process
     n_params = int(laplace.n_params)
+    temper = float(laplace._H_factor)
     fix = (
         "use evidence='posterior' (the fitted structure's own evidence), fewer pairs, or "
         "subset_of_weights='last_layer'."
@@ -133,12 +200,13 @@ def exact_ggn_eigenvalues(
     batches = progress(train_loader, progress_bar, "[Exact evidence]")
     # the P x P GGN where P is at most the kernel's rows (2 a pair with TRL's centering),
     # unless few items in many pairs make theirs cheaper
-    if n_params <= n_pairs * rows_per_pair(laplace):
-        values = _through_items(
-            backend, train_loader, batches, laplace, memory_limit, processes, theta_sq, n_items
+    n_rows = n_pairs * rows_per_pair(laplace)
+    if n_params <= n_rows:
+        form = _through_items(
+            backend, train_loader, batches, laplace, memory_limit, processes, n_items
         )
-        if values is not None:
-            return values
+        if form is not None:
+            return ExactGGN(None, form, n_params, temper)
         check_size(n_params, n_params, "the dense GGN", fix, memory_limit)
         ggn = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
         seen = 0
@@ -148,15 +216,14 @@ def exact_ggn_eigenvalues(
             ggn += h.to(torch.float64)
             seen += len(y)
         check_count(int(processes.sum_number(seen)), n_pairs)
-        mat = processes.sum(ggn)
-    else:  # the N x N pair kernel, or its form on the distinct items
-        form = _pair_kernel(
-            backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
-        )
-        if isinstance(form, KernelForm):
-            return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq))
-        mat = form
-    return _kernel_spectrum(mat, laplace, theta_sq)
+        return ExactGGN(processes.sum(ggn), None, n_params, temper)
+    # the N x N pair kernel, or its form on the distinct items
+    kernel = _pair_kernel(
+        backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
+    )
+    if isinstance(kernel, KernelForm):
+        return ExactGGN(None, kernel, n_rows, temper)
+    return ExactGGN(kernel, None, n_rows, temper)
 
 
 def _through_items(
@@ -166,14 +233,14 @@ def _through_items(
     laplace: ParametricLaplace,
     memory_limit: int,
     processes: Processes,
-    theta_sq: float | None,
     n_items: int | None,
-) -> torch.Tensor | None:
-    """The ``P`` eigenvalues of :func:`exact_ggn_eigenvalues` for ``P <= N`` through the
-    pairs' distinct items, where those are few enough that their kernel costs fewer
-    operations than the ``P x P`` GGN from every pair (``n_items``, or a scan of the inputs
-    counts them first); None to build the GGN (inputs that are not tensors, too many items,
-    layer I/O off the fast path: every process decides alike)."""
+) -> KernelForm | None:
+    """The reduced kernel form whose eigenvalues are :func:`exact_ggn_eigenvalues`'s for
+    ``P <= N`` (padded to ``P``), through the pairs' distinct items, where those are few
+    enough that their kernel costs fewer operations than the ``P x P`` GGN from every pair
+    (``n_items``, or a scan of the inputs counts them first); None to build the GGN (inputs
+    that are not tensors, too many items, layer I/O off the fast path: every process decides
+    alike)."""
     n_pairs, n_params = int(laplace.n_data), int(laplace.n_params)
     width = weight_width(laplace)
     if 2 * n_pairs * width * 8 > memory_limit:
@@ -192,21 +259,7 @@ def _through_items(
     pairs = gathered_pairs(items, root, inputs, processes, centering_weight(backend))
     if item_form_cost(pairs.n_items, width) >= ggn:
         return None  # more items by their layer I/O than the inputs showed
-    form = kernel_form(layer_kinds(backend), pairs, through_items=True)
-    return form.padded(_kernel_spectrum(form.matrix, laplace, theta_sq), n_params)
-
-
-def _kernel_spectrum(
-    mat: torch.Tensor, laplace: ParametricLaplace, theta_sq: float | None
-) -> torch.Tensor:
-    """Eigenvalues of ``mat`` tempered as ``laplace`` is, all of them or as far as the prior
-    needs (on the CPU)."""
-    mat = mat.cpu() * float(laplace._H_factor)
-    if theta_sq is None:
-        return torch.linalg.eigvalsh(mat).clamp_min(0.0)
-    return settled_spectrum(
-        mat, lambda e: exact_evidence_prior_precision(e, theta_sq)
-    ).eigenvalues()
+    return kernel_form(layer_kinds(backend), pairs, through_items=True)
 
 
 def fitted_ggn_eigenvalues(laplace: ParametricLaplace) -> torch.Tensor | None:
@@ -262,6 +315,7 @@ def exact_pair_variances(
     memory_limit: int = EVIDENCE_MEMORY_LIMIT,
     theta_sq: float | None = None,
     settle: bool = True,
+    form: KernelForm | None = None,
 ) -> tuple[torch.Tensor, Any] | None:
     """The exact Laplace posterior of ``laplace``'s pairs, through its pair kernel: the
     eigenvalues of the tempered GGN and the margin variances of ``query`` pairs as a function
@@ -284,6 +338,9 @@ def exact_pair_variances(
             settled at priors near that one, not at every prior).
         settle: Attempt the top of the spectrum first (with ``theta_sq``); False goes to every
             eigenvalue at once, where the attempt is known not to settle.
+        form: The kernel form of ``train_loader``'s pairs, if at hand (as
+            :meth:`~bt_laplace.prior.kernel.KernelForm.without_items` gives it from the exact
+            evidence's of more pairs): no pass over ``train_loader`` then.
 
     Returns:
         ``(e, variances)``: the ``N`` kernel eigenvalues (float64, the exact evidence's), and
@@ -295,18 +352,19 @@ def exact_pair_variances(
     if not all(isinstance(q, LayerIO) and not any(is_sequence(a) for a in q.acts) for q in query):
         return None
     backend = pair_backend(laplace)
-    n_params = int(laplace.n_params)
-    seen, items, root, inputs, rows = collect_pair_io(
-        backend, train_loader, laplace, n_pairs, n_params, memory_limit, None
-    )
-    if rows:
-        return None
-    check_count(seen, n_pairs)
-    pairs = pair_items(items, root, inputs, centering=centering_weight(backend))
-    if pairs.size * pairs.size * 8 > memory_limit:
-        return None
     kinds = layer_kinds(backend)
-    form = kernel_form(kinds, pairs)
+    if form is None:
+        n_params = int(laplace.n_params)
+        seen, items, root, inputs, rows = collect_pair_io(
+            backend, train_loader, laplace, n_pairs, n_params, memory_limit, None
+        )
+        if rows:
+            return None
+        check_count(seen, n_pairs)
+        pairs = pair_items(items, root, inputs, centering=centering_weight(backend))
+        if pairs.size * pairs.size * 8 > memory_limit:
+            return None
+        form = kernel_form(kinds, pairs)
     q0, q1 = (LayerRows([a.double() for a in q.acts], [g.double() for g in q.grads]) for q in query)
     temper = float(laplace._H_factor)
     kernel = form.matrix.cpu() * temper

@@ -158,6 +158,16 @@ class KernelForm:
     matrix: torch.Tensor
     n_pairs: int
     cross: Callable[[LayerRows, LayerRows], torch.Tensor]
+    pairs: PairItems
+    restrict: Callable[[torch.Tensor], KernelForm]
+
+    def without_items(self, held: torch.Tensor) -> KernelForm:
+        """The same form of the pairs with neither item in ``held`` ``(M,)`` (a mask over
+        :attr:`PairItems.distinct`), from this one's matrices: the pair kernel's rows and
+        columns of those pairs, or ``F^T G F`` from the rows and columns of ``G`` of their
+        items and the factor of their own Laplacian; equal to the form built afresh from
+        those pairs (to rounding), without another pass or item kernel."""
+        return self.restrict(~held[self.pairs.index].any(1))
 
     def padded(self, eigenvalues: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """Eigenvalues of ``matrix`` (ascending) with the pair kernel's other ones, zeros,
@@ -178,12 +188,23 @@ class PairItems:
         centering: The weight ``2 c`` of the centering rows ``J_0 + J_1`` of TRL's
             ``center_rewards_coefficient`` ``c``, one a pair after the ``N`` pair rows; 0
             for none.
+        keys: The distinct items' inputs ``(M, d)``, in ``torch.unique``'s order, where the
+            items were found by their inputs; None where by their layer I/O.
     """
 
     root: torch.Tensor
     distinct: LayerRows
     index: torch.Tensor
     centering: float = 0.0
+    keys: torch.Tensor | None = None
+
+    def take(self, keep: torch.Tensor) -> tuple[PairItems, torch.Tensor]:
+        """The pairs ``keep`` ``(N,)`` (a mask) with only their own distinct items, and which
+        of these items those are ``(M',)``."""
+        used, index = torch.unique(self.index[keep], return_inverse=True)
+        keys = None if self.keys is None else self.keys[used]
+        taken = PairItems(self.root[keep], self.distinct.take(used), index, self.centering, keys)
+        return taken, used
 
     @property
     def n_items(self) -> int:
@@ -229,7 +250,9 @@ def pair_items(
     order = torch.arange(len(index), device=index.device)
     first = torch.full((n_items,), len(index), device=index.device)
     first = first.scatter_reduce_(0, index, order, "amin")
-    return PairItems(root, items.take(first), index.reshape(root.shape[0], 2), centering)
+    index = index.reshape(root.shape[0], 2)
+    found = None if inputs is None else distinct
+    return PairItems(root, items.take(first), index, centering, found)
 
 
 def weight_width(laplace: Any) -> int:
@@ -314,22 +337,47 @@ def _pair_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
         distinct = pairs.distinct
         return apply(item_gram(kinds, distinct, q1).sub_(item_gram(kinds, distinct, q0)))
 
-    return KernelForm(kernel, pairs.n_rows, cross)
+    return _rows_of(kernel, pairs, cross)
 
 
-def _item_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
-    """``S = F^T G F`` from the item kernel ``G`` of the distinct items (module doc)."""
+def _rows_of(
+    kernel: torch.Tensor,
+    pairs: PairItems,
+    cross: Callable[[LayerRows, LayerRows], torch.Tensor],
+) -> KernelForm:
+    """The pair form of ``kernel`` ``(n_rows, n_rows)``: restricted to some pairs, the rows
+    and columns of those pairs (and of their centering rows)."""
+
+    def restrict(keep: torch.Tensor) -> KernelForm:
+        rows = torch.cat([keep, keep]) if pairs.centering else keep
+        picked = rows.nonzero().reshape(-1)
+        matrix = kernel.index_select(0, picked).index_select(1, picked)
+        taken, _ = pairs.take(keep)
+        return _rows_of(matrix, taken, lambda q0, q1: cross(q0, q1).index_select(0, picked))
+
+    return KernelForm(kernel, pairs.n_rows, cross, pairs, restrict)
+
+
+def _item_form(kinds: Kinds, pairs: PairItems, gram: torch.Tensor | None = None) -> KernelForm:
+    """``S = F^T G F`` from the item kernel ``G`` of the distinct items (module doc; ``gram``:
+    ``G`` if at hand)."""
     factor = laplacian_factor(
         pairs.index, pairs.root.square(), pairs.n_items, centering=pairs.centering
     )  # (M, r)
-    matrix = factor.T @ item_kernel(kinds, pairs.distinct) @ factor
+    if gram is None:
+        gram = item_kernel(kinds, pairs.distinct)
+    matrix = factor.T @ gram @ factor
     matrix = (matrix + matrix.T) / 2
     distinct = pairs.distinct
 
     def cross(q0: LayerRows, q1: LayerRows) -> torch.Tensor:
         return factor.T @ (item_gram(kinds, distinct, q1) - item_gram(kinds, distinct, q0))
 
-    return KernelForm(matrix, pairs.n_rows, cross)
+    def restrict(keep: torch.Tensor) -> KernelForm:
+        taken, used = pairs.take(keep)
+        return _item_form(kinds, taken, gram.index_select(0, used).index_select(1, used))
+
+    return KernelForm(matrix, pairs.n_rows, cross, pairs, restrict)
 
 
 def laplacian(

@@ -24,7 +24,7 @@ from bt_laplace.prior.calibration import Refit, held_out_prior_ratio
 from bt_laplace.prior.evidence import (
     distinct_input_count,
     exact_evidence_prior_precision,
-    exact_ggn_eigenvalues,
+    exact_ggn_matrix,
     fitted_ggn_eigenvalues,
 )
 from bt_laplace.prior.gridsearch import gridsearch
@@ -155,24 +155,26 @@ def _exact_evidence(
     (``n_items``: the pairs' distinct items, if counted already)."""
     theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
     eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
+    ggn = None
     if eigenvalues is None:
         if train_loader is None:
             raise ValueError(
                 "the exact evidence needs the training pairs; pass `train_loader`, the pairs "
                 "the posterior was fitted on, or use the structure's own evidence."
             )
-        eigenvalues = exact_ggn_eigenvalues(  # the top of the spectrum, as the prior needs
-            la,
-            train_loader,
-            progress_bar=progress_bar,
-            processes=processes,
-            theta_sq=theta_sq,
-            n_items=n_items,
+        ggn = exact_ggn_matrix(
+            la, train_loader, progress_bar=progress_bar, processes=processes, n_items=n_items
         )
+    ratio = settles = None
+    calibrate = setting.calibrate and refit is not None and train_loader is not None
+    if calibrate:  # first: its spectrum tells whether the top of the full one will settle
+        assert refit is not None and train_loader is not None
+        form = None if ggn is None else ggn.form
+        ratio, settles = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq, form)
+    if ggn is not None:  # the top of the spectrum, as far as the prior needs it
+        eigenvalues = ggn.eigenvalues(theta_sq, settle=settles is not False)
+    assert eigenvalues is not None
     la.prior_precision = exact_evidence_prior_precision(eigenvalues, theta_sq)
-    if not setting.calibrate or refit is None or train_loader is None:
-        return None
-    ratio = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq, eigenvalues)
     if ratio is not None:
         la.prior_precision = float(la.prior_precision) * ratio
     return ratio
