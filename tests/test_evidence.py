@@ -276,7 +276,7 @@ def item_route(monkeypatch):
 
     calls = []
     real = kernel._item_form
-    monkeypatch.setattr(kernel, "_item_form", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernel, "_item_form", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -351,16 +351,17 @@ def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
     item_route, pooled, centering
 ):
     """The exact posterior of the pairs without some items, read off the kernel form of all
-    the pairs (``KernelForm.without_items``, as the held-out calibration takes it) equals the
-    ``full`` posterior fitted on those pairs alone (P x P covariance, float64): eigenvalues
-    and variances of new pairs at every prior; the pair kernel's rows and columns, or through
-    the distinct items; with TRL's centering rows too."""
+    the pairs (``KernelForm.without_items``, as the held-out calibration takes it): variances
+    of new pairs at every prior equal the ``full`` posterior fitted on those pairs alone
+    (P x P covariance, float64), eigenvalues those of the kernel built afresh from them; the
+    pair kernel's rows and columns (30 pairs of new items), or through the distinct items (40
+    pairs of 12 items); with TRL's centering rows too."""
     from bt_laplace.evidence import exact_pair_variances
 
     _, x, loader, xq = pair_variance_problem(pooled)
     y = loader.dataset.tensors[1]
     net = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 1)).double()
-    model = btl.PairwiseRewardModel(net)  # P = 73 > 2N = 60: the kernel, centered too
+    model = btl.PairwiseRewardModel(net)  # P = 73: above the 30 pairs' 60 centered rows
     kwargs = {} if centering is None else {"center_rewards_coefficient": centering}
 
     def full(pairs):
@@ -369,7 +370,7 @@ def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
         )
 
     post = full(loader)
-    form = exact_ggn_matrix(post.laplace, loader).form
+    form = exact_ggn_matrix(post.laplace, loader, restrictable=True).form
     assert form is not None and bool(item_route) == pooled
     keys = form.pairs.keys
     torch.testing.assert_close(keys, torch.unique(x.reshape(-1, 4), dim=0), rtol=0, atol=0)
@@ -390,6 +391,35 @@ def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
         part.laplace.prior_precision = delta
         _, ref = part.predictive.difference_moments(xq)
         torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+
+
+def test_calibration_takes_the_kernel_only_of_the_same_pairs():
+    """The held-out calibration restricts the exact evidence's kernel only where it is of
+    the same pairs as its own (a multiset: any order): not of other pairs of the same items,
+    nor a form built without ``restrictable`` (through the items: no item kernel kept)."""
+    from bt_laplace.prior.calibration import held_out_split
+
+    _, x, loader, _ = pair_variance_problem(True)  # 40 pairs of 12 items: through the items
+    net = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = btl.PairwiseRewardModel(net)
+    post = btl.fit_reward_posterior(model, loader, hessian_structure="full", prior_precision=1.0)
+    form = exact_ggn_matrix(post.laplace, loader, restrictable=True).form
+    split = held_out_split(x)
+    assert split is not None and form is not None
+    got = split.kept_pairs_of(form)
+    assert got is not None and got.n_pairs == int(split.keep.sum())
+    shuffled = held_out_split(x[torch.randperm(len(x))].flip(1))  # pair order, item order
+    assert shuffled is not None
+    assert shuffled.kept_pairs_of(form) is not None
+    other = x.clone()
+    other[3, 1], other[4, 1] = x[4, 1], x[3, 1]  # the same items in other pairs
+    assert not torch.equal(other[3], x[4]) and not torch.equal(other[3], x[4].flip(0))
+    assert held_out_split(other).kept_pairs_of(form) is None
+    plain = exact_ggn_matrix(post.laplace, loader).form
+    assert plain is not None and plain.restrict is None
+    assert split.kept_pairs_of(plain) is None
+    with pytest.raises(ValueError, match="restrictable"):
+        plain.without_items(split.held)
 
 
 @pytest.mark.parametrize("cholesky_fails", [False, True])

@@ -179,6 +179,7 @@ def test_calibration_reads_the_exact_evidences_kernel(monkeypatch, n_items):
     and lands on the prior and factor its own pass over the kept pairs gives (float64):
     300 pairs of 150 items (through the items) or of about 520 (the pair kernel)."""
     import bt_laplace.prior.calibration as calibration
+    import bt_laplace.prior.kernel as kernel
     from bt_laplace.prior.kernel import KernelForm
 
     torch.manual_seed(1)
@@ -193,11 +194,17 @@ def test_calibration_reads_the_exact_evidences_kernel(monkeypatch, n_items):
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     loader = DataLoader(TensorDataset(x, y), batch_size=64)
-    calls = []
+    calls, routes = [], []
     real = KernelForm.without_items
     monkeypatch.setattr(KernelForm, "without_items", lambda *a: calls.append(1) or real(*a))
+    for route in ("_item_form", "_pair_form"):
+        built = getattr(kernel, route)
+        monkeypatch.setattr(
+            kernel, route, lambda *a, f=built, r=route, **k: routes.append(r) or f(*a, **k)
+        )
     reused = btl.fit_reward_posterior(model, loader)
     assert len(calls) == 1
+    assert set(routes) == {"_item_form" if n_items == 150 else "_pair_form"}
     ratio = calibration.held_out_prior_ratio
     monkeypatch.setattr(
         "bt_laplace.prior.precision.held_out_prior_ratio",

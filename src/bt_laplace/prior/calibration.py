@@ -24,6 +24,14 @@ stated car choices, and 5-12 on exam and math scores; there raising the prior cu
 0.03-0.05 for an NLL gain of about 0.001: a stronger prior shrinks the variance in every
 direction the data do not pin down, which is where new kinds of items differ, while the
 comparison sees only new items of the training kind.
+
+The exact posterior of the pairs among the kept items needs no kernel of its own: its pair
+kernel is the block of those pairs in the kernel the exact evidence builds of all the pairs (the
+same MAP model, the same weights), or, through the distinct items, the same item kernel with the
+kept pairs' Laplacian (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`; its own pass
+over the kept pairs where the exact evidence took another route). Its spectrum is computed
+first and whole; it tells whether the attempt at the top of the full spectrum can settle
+(:func:`~bt_laplace.prior.spectrum.may_settle`).
 """
 
 from __future__ import annotations
@@ -71,12 +79,37 @@ class HeldOut:
         query: ``(Q, 2, *item)`` random pairs of two different held-out items.
         items: ``(M, d)`` the distinct items, flattened, in ``torch.unique``'s order.
         held: ``(M,)`` which of them are held out.
+        index: ``(N, 2)`` each pair's two items among ``items``.
     """
 
     keep: torch.Tensor
     query: torch.Tensor
     items: torch.Tensor
     held: torch.Tensor
+    index: torch.Tensor
+
+    def kept_pairs_of(self, form: KernelForm | None) -> KernelForm | None:
+        """``form`` (the kernel of all the training pairs) restricted to the kept pairs,
+        where it is of the same pairs (the same distinct items, the same pairs of them as a
+        multiset of unordered pairs: a loader may yield them in another order from one pass
+        to the next, and the exact posterior's variances and spectrum do not depend on which
+        item of a pair comes first); None otherwise, or where it cannot be restricted."""
+        if form is None or form.restrict is None:
+            return None
+        keys = form.pairs.keys
+        if keys is None or keys.shape != self.items.shape or not torch.equal(keys, self.items):
+            return None
+        if not torch.equal(_sorted_pairs(form.pairs.index), _sorted_pairs(self.index)):
+            return None
+        return form.without_items(self.held)
+
+
+def _sorted_pairs(index: torch.Tensor) -> torch.Tensor:
+    """Unordered pairs of item indices ``(N, 2)``, each smaller index first, in
+    lexicographic order (a multiset's normal form)."""
+    pairs = index.sort(1).values
+    key = pairs[:, 0] * (int(pairs.max()) + 1) + pairs[:, 1]
+    return pairs[torch.argsort(key, stable=True)]
 
 
 def held_out_split(x: torch.Tensor) -> HeldOut | None:
@@ -94,7 +127,7 @@ def held_out_split(x: torch.Tensor) -> HeldOut | None:
     picks = new[torch.randint(len(new), (CALIBRATION_QUERIES, 2), generator=gen).to(new.device)]
     picks = picks[picks[:, 0] != picks[:, 1]]
     query = items[picks].reshape(len(picks), 2, *x.shape[2:])
-    return HeldOut(keep, query, items, held)
+    return HeldOut(keep, query, items, held, index)
 
 
 def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -143,10 +176,11 @@ def held_out_prior_ratio(
             computes the same ratio.
         theta_sq: ``||theta* - mu_0||^2`` over the posterior parameters.
         form: The exact evidence's kernel form of all the pairs, if at hand
-            (:attr:`~bt_laplace.prior.evidence.ExactGGN.form`): the held-out fit's exact
-            posterior is then taken from its rows and columns
-            (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), with no pass over
-            the pairs and no second item kernel.
+            (:attr:`~bt_laplace.prior.evidence.ExactGGN.form`, built ``restrictable``): the
+            held-out fit's exact posterior is then taken from it
+            (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), with no pass of the
+            exact evidence over the kept pairs and no second item kernel, where it is of the
+            same pairs (:meth:`HeldOut.kept_pairs_of`); else that pass is made.
 
     Returns:
         ``(ratio, settles)``: the matched prior over the held-out fit's exact-evidence prior,
@@ -170,15 +204,13 @@ def held_out_prior_ratio(
     part_la = refit(rest)
     part = Predictive(part_la)
     query = part.jacobians(split.query, pairs=True)
-    keys = None if form is None else form.pairs.keys
-    same = keys is not None and keys.shape == split.items.shape and torch.equal(keys, split.items)
     exact = exact_pair_variances(
         part_la,
         rest,
         (query[0], query[1]),
         theta_sq=theta_sq,
         settle=False,
-        form=form.without_items(split.held) if same and form is not None else None,
+        form=split.kept_pairs_of(form),
     )
     if exact is None:
         return None, None

@@ -181,12 +181,14 @@ def exact_ggn_matrix(
     progress_bar: bool = False,
     processes: Processes | None = None,
     n_items: int | None = None,
+    restrictable: bool = False,
 ) -> ExactGGN:
     """The matrix :func:`exact_ggn_eigenvalues` decomposes, not yet decomposed: its arguments
-    and errors (without ``theta_sq``, which :meth:`ExactGGN.eigenvalues` takes). Its
-    :attr:`~ExactGGN.form`, where the route has one, also gives the exact posterior of a
-    subset of the pairs (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), as the
-    held-out calibration needs, with no second pass."""
+    and errors (without ``theta_sq``, which :meth:`ExactGGN.eigenvalues` takes). With
+    ``restrictable``, its :attr:`~ExactGGN.form`, where the route has one, also gives the
+    exact posterior of the pairs among some of the items
+    (:meth:`~bt_laplace.prior.kernel.KernelForm.without_items`), as the held-out calibration
+    needs, without another pass over them (through the items it then keeps their kernel)."""
     processes = processes or Processes(enabled=False)
     n_pairs = int(laplace.n_data)  # over every process
     n_params = int(laplace.n_params)
@@ -203,7 +205,7 @@ def exact_ggn_matrix(
     n_rows = n_pairs * rows_per_pair(laplace)
     if n_params <= n_rows:
         form = _through_items(
-            backend, train_loader, batches, laplace, memory_limit, processes, n_items
+            backend, train_loader, batches, laplace, memory_limit, processes, n_items, restrictable
         )
         if form is not None:
             return ExactGGN(None, form, n_params, temper)
@@ -219,7 +221,7 @@ def exact_ggn_matrix(
         return ExactGGN(processes.sum(ggn), None, n_params, temper)
     # the N x N pair kernel, or its form on the distinct items
     kernel = _pair_kernel(
-        backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes
+        backend, batches, laplace, n_pairs, n_params, memory_limit, fix, processes, restrictable
     )
     if isinstance(kernel, KernelForm):
         return ExactGGN(None, kernel, n_rows, temper)
@@ -234,6 +236,7 @@ def _through_items(
     memory_limit: int,
     processes: Processes,
     n_items: int | None,
+    restrictable: bool = False,
 ) -> KernelForm | None:
     """The reduced kernel form whose eigenvalues are :func:`exact_ggn_eigenvalues`'s for
     ``P <= N`` (padded to ``P``), through the pairs' distinct items, where those are few
@@ -259,7 +262,7 @@ def _through_items(
     pairs = gathered_pairs(items, root, inputs, processes, centering_weight(backend))
     if item_form_cost(pairs.n_items, width) >= ggn:
         return None  # more items by their layer I/O than the inputs showed
-    return kernel_form(layer_kinds(backend), pairs, through_items=True)
+    return kernel_form(layer_kinds(backend), pairs, through_items=True, restrictable=restrictable)
 
 
 def fitted_ggn_eigenvalues(laplace: ParametricLaplace) -> torch.Tensor | None:
@@ -289,6 +292,7 @@ def _pair_kernel(
     memory_limit: int,
     fix: str,
     processes: Processes,
+    restrictable: bool = False,
 ) -> torch.Tensor | KernelForm:
     """``K = W^1/2 dJ dJ^T W^1/2`` ``(N, N)`` in float64 from per-pair Jacobians, or its
     :class:`~bt_laplace.prior.kernel.KernelForm` from layer I/O (of the pairs of every process,
@@ -304,7 +308,7 @@ def _pair_kernel(
     pairs = gathered_pairs(items, root, inputs, processes, centering_weight(backend))
     what = "pair kernel" if pairs.size == pairs.n_rows else "kernel of the pairs' distinct items"
     check_size(pairs.size, pairs.size, f"the dense {what}", fix, memory_limit)
-    return kernel_form(layer_kinds(backend), pairs)
+    return kernel_form(layer_kinds(backend), pairs, restrictable=restrictable)
 
 
 def exact_pair_variances(
@@ -365,6 +369,8 @@ def exact_pair_variances(
         if pairs.size * pairs.size * 8 > memory_limit:
             return None
         form = kernel_form(kinds, pairs)
+    elif form.pairs.size * form.pairs.size * 8 > memory_limit:
+        return None
     q0, q1 = (LayerRows([a.double() for a in q.acts], [g.double() for g in q.grads]) for q in query)
     temper = float(laplace._H_factor)
     kernel = form.matrix.cpu() * temper

@@ -159,14 +159,18 @@ class KernelForm:
     n_pairs: int
     cross: Callable[[LayerRows, LayerRows], torch.Tensor]
     pairs: PairItems
-    restrict: Callable[[torch.Tensor], KernelForm]
+    restrict: Callable[[torch.Tensor], KernelForm] | None = None
 
     def without_items(self, held: torch.Tensor) -> KernelForm:
         """The same form of the pairs with neither item in ``held`` ``(M,)`` (a mask over
         :attr:`PairItems.distinct`), from this one's matrices: the pair kernel's rows and
         columns of those pairs, or ``F^T G F`` from the rows and columns of ``G`` of their
         items and the factor of their own Laplacian; equal to the form built afresh from
-        those pairs (to rounding), without another pass or item kernel."""
+        those pairs (to rounding), without another pass or item kernel. Needs
+        :attr:`restrict` (a form through the items keeps ``G`` only when built
+        ``restrictable``)."""
+        if self.restrict is None:
+            raise ValueError("this kernel form was built without `restrictable=True`")
         return self.restrict(~held[self.pairs.index].any(1))
 
     def padded(self, eigenvalues: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -300,7 +304,13 @@ def _pair_cost(n_pairs: int) -> float:
     return 4 / 3 * n_pairs**3
 
 
-def kernel_form(kinds: Kinds, pairs: PairItems, *, through_items: bool | None = None) -> KernelForm:
+def kernel_form(
+    kinds: Kinds,
+    pairs: PairItems,
+    *,
+    through_items: bool | None = None,
+    restrictable: bool = False,
+) -> KernelForm:
     """The pair kernel of ``pairs`` from the item kernel of their distinct items: reduced to
     ``S = F^T G F`` where that costs fewer operations than the pair kernel itself (module doc).
 
@@ -309,9 +319,13 @@ def kernel_form(kinds: Kinds, pairs: PairItems, *, through_items: bool | None = 
         pairs: The pairs (:func:`pair_items`).
         through_items: Force the reduced form (True) or the pair kernel (False); None: the
             cheaper (:attr:`PairItems.through_items`).
+        restrictable: Make :meth:`KernelForm.without_items` work (through the items, ``G``
+            ``(M, M)`` is then kept as long as the form).
     """
     reduced = pairs.through_items if through_items is None else through_items
-    return _item_form(kinds, pairs) if reduced else _pair_form(kinds, pairs)
+    if reduced:
+        return _item_form(kinds, pairs, restrictable=restrictable)
+    return _pair_form(kinds, pairs)
 
 
 def _pair_form(kinds: Kinds, pairs: PairItems) -> KernelForm:
@@ -358,9 +372,15 @@ def _rows_of(
     return KernelForm(kernel, pairs.n_rows, cross, pairs, restrict)
 
 
-def _item_form(kinds: Kinds, pairs: PairItems, gram: torch.Tensor | None = None) -> KernelForm:
+def _item_form(
+    kinds: Kinds,
+    pairs: PairItems,
+    gram: torch.Tensor | None = None,
+    *,
+    restrictable: bool = False,
+) -> KernelForm:
     """``S = F^T G F`` from the item kernel ``G`` of the distinct items (module doc; ``gram``:
-    ``G`` if at hand)."""
+    ``G`` if at hand; ``restrictable``: keep it for :meth:`KernelForm.without_items`)."""
     factor = laplacian_factor(
         pairs.index, pairs.root.square(), pairs.n_items, centering=pairs.centering
     )  # (M, r)
@@ -373,9 +393,13 @@ def _item_form(kinds: Kinds, pairs: PairItems, gram: torch.Tensor | None = None)
     def cross(q0: LayerRows, q1: LayerRows) -> torch.Tensor:
         return factor.T @ (item_gram(kinds, distinct, q1) - item_gram(kinds, distinct, q0))
 
+    if not restrictable:
+        return KernelForm(matrix, pairs.n_rows, cross, pairs)
+    kept = gram
+
     def restrict(keep: torch.Tensor) -> KernelForm:
         taken, used = pairs.take(keep)
-        return _item_form(kinds, taken, gram.index_select(0, used).index_select(1, used))
+        return _item_form(kinds, taken, kept.index_select(0, used).index_select(1, used))
 
     return KernelForm(matrix, pairs.n_rows, cross, pairs, restrict)
 

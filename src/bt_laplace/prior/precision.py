@@ -155,6 +155,7 @@ def _exact_evidence(
     (``n_items``: the pairs' distinct items, if counted already)."""
     theta_sq = float((la.mean - la.prior_mean).detach().double().square().sum())
     eigenvalues = fitted_ggn_eigenvalues(la)  # no pass when the fit already is exact
+    calibrate = setting.calibrate and refit is not None and train_loader is not None
     ggn = None
     if eigenvalues is None:
         if train_loader is None:
@@ -163,12 +164,18 @@ def _exact_evidence(
                 "the posterior was fitted on, or use the structure's own evidence."
             )
         ggn = exact_ggn_matrix(
-            la, train_loader, progress_bar=progress_bar, processes=processes, n_items=n_items
+            la,
+            train_loader,
+            progress_bar=progress_bar,
+            processes=processes,
+            n_items=n_items,
+            restrictable=calibrate,
         )
+        if ggn.form is None or not calibrate:  # nothing to share: decompose it, free it
+            eigenvalues, ggn = ggn.eigenvalues(theta_sq), None
     ratio = settles = None
-    calibrate = setting.calibrate and refit is not None and train_loader is not None
-    if calibrate:  # first: its spectrum tells whether the top of the full one will settle
-        assert refit is not None and train_loader is not None
+    if calibrate:  # before the kernel it shares is decomposed: its spectrum tells whether
+        assert refit is not None and train_loader is not None  # the top of that one settles
         form = None if ggn is None else ggn.form
         ratio, settles = held_out_prior_ratio(la, refit, train_loader, processes, theta_sq, form)
     if ggn is not None:  # the top of the spectrum, as far as the prior needs it
