@@ -6,7 +6,16 @@ Run from the repository root (needs the ``bench`` extra)::
 
 Trains the MAP model on 4,000 pairs of the task (``benchmarks/realtasks.py``), as
 ``bench_heldout.py --cost`` does, then profiles ``fit_reward_posterior(model, loader)`` with
-cProfile and prints the MAP and fit times and the functions by cumulative time.
+cProfile and prints the MAP and fit times and the functions by cumulative time. With
+``--fits K`` it first times ``K`` unprofiled fits and prints their seconds and the checkout it
+imported: the first fit of a process also pays the linear algebra library's first large call
+(about 0.5 s here), so for a before/after comparison run two checkouts alternately, fresh
+processes each, and compare the later fits::
+
+    for src in ../before/src src; do
+        PYTHONPATH=$src python benchmarks/experiments/profile_default_fit.py car --threads 2 \
+            --fits 3 --rows 0
+    done
 """
 # ruff: noqa: E402
 
@@ -34,6 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=4000)
     ap.add_argument("--rows", type=int, default=40, help="functions to print")
+    ap.add_argument("--fits", type=int, default=0, help="unprofiled fits timed first")
     args = ap.parse_args()
     setup_run()
     torch.set_num_threads(args.threads)
@@ -43,6 +53,14 @@ def main() -> None:
     t0 = time.perf_counter()
     model = train_map(xtr, ytr, 0)
     t_map = time.perf_counter() - t0
+    if args.fits:
+        seconds = []
+        for _ in range(args.fits):
+            t0 = time.perf_counter()
+            btl.fit_reward_posterior(model, loader)
+            seconds.append(time.perf_counter() - t0)
+        where = os.path.dirname(os.path.dirname(btl.__file__))
+        print(f"{args.task} ({where}): fits {', '.join(f'{s:.2f}' for s in seconds)} s")
     profile = cProfile.Profile()
     t0 = time.perf_counter()
     profile.enable()
