@@ -323,6 +323,15 @@ def pair_variance_problem(pooled: bool):
     return model, x, loader, torch.randn(7, 2, 4, dtype=torch.float64)
 
 
+def assert_exact_variances(post, xq: torch.Tensor, variances) -> None:
+    """``variances(delta)`` equal the pair variances of ``xq`` of the fitted posterior
+    ``post`` (a ``full`` one: the P x P covariance) at each of three priors, float64."""
+    for delta in (0.01, 0.7, 40.0):
+        post.laplace.prior_precision = delta
+        _, ref = post.predictive.difference_moments(xq)
+        torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, pooled):
     """The pair-kernel (Woodbury) variances of new pairs equal those of the all-weights
@@ -339,10 +348,7 @@ def test_exact_pair_variances_equal_the_full_posterior_in_float64(item_route, po
         query = post.predictive.jacobians(xq, pairs=True)
         eigs, variances = exact_pair_variances(post.laplace, loader, (query[0], query[1]))
         assert eigs.shape == (len(x),) and bool(item_route) == pooled
-        for delta in (0.01, 0.7, 40.0):
-            post.laplace.prior_precision = delta
-            _, ref = post.predictive.difference_moments(xq)
-            torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+        assert_exact_variances(post, xq, variances)
 
 
 @pytest.mark.parametrize("centering", [None, 0.3])
@@ -373,11 +379,11 @@ def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
     form = exact_ggn_matrix(post.laplace, loader, restrictable=True).form
     assert form is not None and bool(item_route) == pooled
     keys = form.pairs.keys
-    torch.testing.assert_close(keys, torch.unique(x.reshape(-1, 4), dim=0), rtol=0, atol=0)
+    items, x_keys = torch.unique(x.reshape(-1, 4), dim=0, return_inverse=True)
+    torch.testing.assert_close(keys, items, rtol=0, atol=0)
     held = torch.arange(len(keys)) % 3 == 0
     keep = ~held[form.pairs.index].any(1)
-    x_keys = torch.unique(x.reshape(-1, 4), dim=0, return_inverse=True)[1].reshape(-1, 2)
-    assert torch.equal(keep, ~held[x_keys].any(1)) and 3 < int(keep.sum()) < len(x)
+    assert torch.equal(keep, ~held[x_keys.reshape(-1, 2)].any(1)) and 3 < int(keep.sum()) < len(x)
     rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=8)
     part = full(rest)
     query = part.predictive.jacobians(xq, pairs=True)
@@ -387,10 +393,7 @@ def test_kernel_without_items_is_the_exact_posterior_of_the_other_pairs(
     want, _ = exact_pair_variances(part.laplace, rest, (query[0], query[1]))
     assert eigs.shape == want.shape == (rows,)
     torch.testing.assert_close(eigs, want, rtol=1e-9, atol=1e-12 * float(want.max()))
-    for delta in (0.01, 0.7, 40.0):
-        part.laplace.prior_precision = delta
-        _, ref = part.predictive.difference_moments(xq)
-        torch.testing.assert_close(variances(delta), ref.reshape(-1), rtol=1e-9, atol=0)
+    assert_exact_variances(part, xq, variances)
 
 
 def test_calibration_takes_the_kernel_only_of_the_same_pairs():

@@ -122,7 +122,7 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance(
     log variance of pairs of held-out items equals the exact Laplace posterior's (the full
     GGN, here bt_laplace's ``full`` posterior, at its own exact-evidence prior); where the
     structure already gives them at least that variance the prior stays (factor 1)."""
-    from bt_laplace.prior.calibration import held_out_items
+    from bt_laplace.prior.calibration import held_out_split
 
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1)).double()
@@ -137,7 +137,8 @@ def test_default_prior_gives_held_out_items_the_exact_posteriors_variance(
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     loader = DataLoader(TensorDataset(x, y), batch_size=64)
-    keep, query = held_out_items(x)
+    split = held_out_split(x)
+    keep, query = split.keep, split.query
     rest = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=64)
     exact = btl.fit_reward_posterior(model, rest, hessian_structure="full", evidence="exact")
     _, v_exact = exact.predictive.difference_moments(query)

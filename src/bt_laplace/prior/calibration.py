@@ -56,7 +56,6 @@ __all__ = [
     "CALIBRATION_HELD_OUT",
     "CALIBRATION_QUERIES",
     "HeldOut",
-    "held_out_items",
     "held_out_split",
     "held_out_prior_ratio",
 ]
@@ -128,13 +127,6 @@ def held_out_split(x: torch.Tensor) -> HeldOut | None:
     picks = picks[picks[:, 0] != picks[:, 1]]
     query = items[picks].reshape(len(picks), 2, *x.shape[2:])
     return HeldOut(keep, query, items, held, index)
-
-
-def held_out_items(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`held_out_split`'s mask ``(N,)`` of the pairs with no held-out item and its
-    query pairs ``(Q, 2, *item)``; None as there."""
-    split = held_out_split(x)
-    return None if split is None else (split.keep, split.query)
 
 
 def _tensor_pairs(

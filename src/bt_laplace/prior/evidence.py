@@ -65,7 +65,7 @@ from bt_laplace.prior.pair_io import (
     layer_kinds,
     pair_backend,
 )
-from bt_laplace.prior.spectrum import settled_spectrum
+from bt_laplace.prior.spectrum import Spectrum, settled_spectrum
 from bt_laplace.structures import structure_class
 
 __all__ = [
@@ -110,12 +110,7 @@ class ExactGGN:
         eigenvalue at once, where the attempt at the top is known not to settle)."""
         mat = self.form.matrix if self.form is not None else self.matrix
         assert mat is not None
-        mat = mat.cpu() * self.temper
-        if theta_sq is None or not settle:
-            values = torch.linalg.eigvalsh(mat).clamp_min(0.0)
-        else:
-            prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
-            values = settled_spectrum(mat, prior_of).eigenvalues()
+        values = _evidence_spectrum(mat.cpu() * self.temper, theta_sq, settle).eigenvalues()
         if self.form is None:
             return values
         return self.form.padded(values, self.size)
@@ -376,17 +371,25 @@ def exact_pair_variances(
     kernel = form.matrix.cpu() * temper
     cross = form.cross(q0, q1).cpu()  # A j / sqrt(temper), in the form's coordinates
     sq = pair_gram_diagonal(kinds, q0, q1).cpu()
-    if theta_sq is None or not settle:
-        prior_of = lambda e: 1.0  # noqa: E731  (n <= 3 * rank: every eigenvalue)
-        spectrum = settled_spectrum(kernel, prior_of, vectors=True, rank=kernel.shape[0])
-    else:
-        prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
-        spectrum = settled_spectrum(kernel, prior_of, vectors=True)
+    spectrum = _evidence_spectrum(kernel, theta_sq, settle, vectors=True)
 
     def variances(delta: float) -> torch.Tensor:
         return (sq - spectrum.project(cross, delta) * temper) / delta
 
     return form.padded(spectrum.eigenvalues()), variances
+
+
+def _evidence_spectrum(
+    mat: torch.Tensor, theta_sq: float | None, settle: bool, *, vectors: bool = False
+) -> Spectrum:
+    """The spectrum of the tempered kernel or GGN ``mat`` (CPU) as the exact evidence needs it:
+    its top, as far as the prior for ``theta_sq`` needs it
+    (:func:`~bt_laplace.prior.spectrum.settled_spectrum`), or every eigenvalue without
+    ``theta_sq`` or with ``settle`` False."""
+    if theta_sq is None or not settle:  # n <= 3 * rank: every eigenvalue, at once
+        return settled_spectrum(mat, lambda e: 1.0, vectors=vectors, rank=mat.shape[0])
+    prior_of = lambda e: exact_evidence_prior_precision(e, theta_sq)  # noqa: E731
+    return settled_spectrum(mat, prior_of, vectors=vectors)
 
 
 def exact_evidence_prior_precision(

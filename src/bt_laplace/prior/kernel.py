@@ -149,17 +149,21 @@ class KernelForm:
 
     Attributes:
         matrix: The symmetric positive semi-definite matrix, float64, untempered.
-        n_pairs: ``N``, the size of the pair kernel (its other ``N - n`` eigenvalues are 0).
         cross: Given items 0 and items 1 of ``Q`` query pairs, the ``(n, Q)`` matrix ``c`` with
             ``c^T (T matrix + delta)^-1 c = (B j)^T (T K + delta)^-1 (B j)`` for each query's
             reward-difference Jacobian ``j``.
     """
 
     matrix: torch.Tensor
-    n_pairs: int
     cross: Callable[[LayerRows, LayerRows], torch.Tensor]
     pairs: PairItems
     restrict: Callable[[torch.Tensor], KernelForm] | None = None
+
+    @property
+    def n_pairs(self) -> int:
+        """``N``, the size of the pair kernel (its other ``N - n`` eigenvalues are 0): the
+        rows of ``B`` (:attr:`PairItems.n_rows`)."""
+        return self.pairs.n_rows
 
     def without_items(self, held: torch.Tensor) -> KernelForm:
         """The same form of the pairs with neither item in ``held`` ``(M,)`` (a mask over
@@ -369,7 +373,7 @@ def _rows_of(
         taken, _ = pairs.take(keep)
         return _rows_of(matrix, taken, lambda q0, q1: cross(q0, q1).index_select(0, picked))
 
-    return KernelForm(kernel, pairs.n_rows, cross, pairs, restrict)
+    return KernelForm(kernel, cross, pairs, restrict)
 
 
 def _item_form(
@@ -394,14 +398,14 @@ def _item_form(
         return factor.T @ (item_gram(kinds, distinct, q1) - item_gram(kinds, distinct, q0))
 
     if not restrictable:
-        return KernelForm(matrix, pairs.n_rows, cross, pairs)
+        return KernelForm(matrix, cross, pairs)
     kept = gram
 
     def restrict(keep: torch.Tensor) -> KernelForm:
         taken, used = pairs.take(keep)
         return _item_form(kinds, taken, kept.index_select(0, used).index_select(1, used))
 
-    return KernelForm(matrix, pairs.n_rows, cross, pairs, restrict)
+    return KernelForm(matrix, cross, pairs, restrict)
 
 
 def laplacian(
